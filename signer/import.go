@@ -1,0 +1,327 @@
+package signer
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
+	"fmt"
+	"math/big"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// Material is key material or data a client brings (Import) or gets back (Export).
+type Material struct {
+	Class     keymap.Class
+	Algorithm string           // AES or HMAC for secret keys; RSA or EC for key halves
+	Secret    []byte           // secret key value, or the bytes of secret data and opaque objects
+	Private   crypto.Signer    // *rsa.PrivateKey or *ecdsa.PrivateKey
+	Public    crypto.PublicKey // *rsa.PublicKey or *ecdsa.PublicKey
+	Cert      []byte           // X.509 DER
+}
+
+// AttrExportable marks an imported object whose material may be given back (KMIP Get).
+const AttrExportable = "p11.exportable"
+
+// Import stores client-supplied material in a token (C_CreateObject). The client knew it already, so
+// with exportable it stays readable for Get; otherwise it is sensitive and not extractable like a
+// generated key. A private key gets its public object under the same tag, so verify, export of the
+// public key and rebuild from the token work as for generated pairs.
+func (r *Registry) Import(ctx context.Context, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
+	t, err := r.target(signer)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	tag, err := NewTag()
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	base := func(class uint) []*pkcs11.Attribute {
+		a := []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, meta.Name),
+		}
+		if class != pkcs11.CKO_DATA {
+			a = append(a, pkcs11.NewAttribute(pkcs11.CKA_ID, tag))
+		}
+		return a
+	}
+	secretAttrs := func() []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, !exportable),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, exportable),
+		}
+	}
+	var templates [][]*pkcs11.Attribute
+	var size int
+	var kid []byte
+	alg := m.Algorithm
+	switch m.Class {
+	case keymap.SecretKey:
+		switch alg {
+		case AES:
+			if n := len(m.Secret); n != 16 && n != 24 && n != 32 {
+				return keymap.Record{}, errorf(ErrInvalid, "import: an AES key is 16, 24 or 32 bytes, got %d", n)
+			}
+			templates = append(templates, append(append(base(pkcs11.CKO_SECRET_KEY), secretAttrs()...),
+				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), pkcs11.NewAttribute(pkcs11.CKA_VALUE, m.Secret),
+				pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true)))
+		case HMAC:
+			if n := len(m.Secret); n < 32 || n > 512 {
+				return keymap.Record{}, errorf(ErrInvalid, "import: an HMAC key is 32 to 512 bytes, got %d", n)
+			}
+			templates = append(templates, append(append(base(pkcs11.CKO_SECRET_KEY), secretAttrs()...),
+				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET), pkcs11.NewAttribute(pkcs11.CKA_VALUE, m.Secret),
+				pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true)))
+		default:
+			return keymap.Record{}, errorf(ErrInvalid, "import: secret keys are AES or HMAC, not %q", alg)
+		}
+		size = len(m.Secret) * 8
+	case keymap.PrivateKey:
+		if m.Private == nil {
+			return keymap.Record{}, errorf(ErrInvalid, "import: no private key given")
+		}
+		priv, err := privateTemplate(m.Private)
+		if err != nil {
+			return keymap.Record{}, err
+		}
+		pub, a, n, err := publicTemplate(m.Private.Public())
+		if err != nil {
+			return keymap.Record{}, err
+		}
+		alg, size = a, n
+		templates = append(templates,
+			append(append(append(base(pkcs11.CKO_PRIVATE_KEY), secretAttrs()...), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true)), priv...),
+			append(base(pkcs11.CKO_PUBLIC_KEY), pub...))
+		if kid, err = KeyIdentifier(m.Private.Public()); err != nil {
+			return keymap.Record{}, err
+		}
+	case keymap.PublicKey:
+		pub, a, n, err := publicTemplate(m.Public)
+		if err != nil {
+			return keymap.Record{}, err
+		}
+		alg, size = a, n
+		templates = append(templates, append(base(pkcs11.CKO_PUBLIC_KEY), pub...))
+		if kid, err = KeyIdentifier(m.Public); err != nil {
+			return keymap.Record{}, err
+		}
+	case keymap.Certificate:
+		c, err := x509.ParseCertificate(m.Cert)
+		if err != nil {
+			return keymap.Record{}, errorf(ErrInvalid, "import: not an X.509 certificate: %v", err)
+		}
+		serial, _ := asn1.Marshal(c.SerialNumber)
+		templates = append(templates, append(base(pkcs11.CKO_CERTIFICATE),
+			pkcs11.NewAttribute(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, m.Cert),
+			pkcs11.NewAttribute(pkcs11.CKA_SUBJECT, c.RawSubject),
+			pkcs11.NewAttribute(pkcs11.CKA_ISSUER, c.RawIssuer),
+			pkcs11.NewAttribute(pkcs11.CKA_SERIAL_NUMBER, serial)))
+		kid, _ = KeyIdentifier(c.PublicKey)
+		exportable = true
+		alg = ""
+	case keymap.SecretData, keymap.Opaque:
+		if len(m.Secret) == 0 {
+			return keymap.Record{}, errorf(ErrInvalid, "import: empty %s", m.Class)
+		}
+		templates = append(templates, append(base(pkcs11.CKO_DATA),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, dataApplication(tag)),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, m.Secret)))
+		exportable = true
+		alg = ""
+	default:
+		return keymap.Record{}, errorf(ErrInvalid, "import: unsupported object class %q", m.Class)
+	}
+	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var made []pkcs11.ObjectHandle
+		for _, tmpl := range templates {
+			h, err := t.ctx.CreateObject(sh, tmpl)
+			if err != nil {
+				for _, h := range made {
+					_ = t.ctx.DestroyObject(sh, h)
+				}
+				return err
+			}
+			made = append(made, h)
+		}
+		return nil
+	})
+	if err != nil {
+		return keymap.Record{}, classify(err, fmt.Sprintf("signer %q: import %s", t.cfg.Name, m.Class))
+	}
+	rec := newRecord(tag, false, t.cfg.Name, m.Class, alg, size, kid, meta)
+	if exportable {
+		rec.Attrs = withAttr(rec.Attrs, AttrExportable, "1")
+	}
+	return rec, r.put(rec)
+}
+
+func publicTemplate(pub crypto.PublicKey) ([]*pkcs11.Attribute, string, int, error) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(k.E)).Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+		}, RSA, k.N.BitLen(), nil
+	case *ecdsa.PublicKey:
+		size := k.Curve.Params().BitSize
+		oid := curveOIDs[size]
+		if oid == nil {
+			return nil, "", 0, errorf(ErrUnsupported, "import: EC curve %s", k.Curve.Params().Name)
+		}
+		params, _ := asn1.Marshal(oid)
+		raw, err := k.Bytes()
+		if err != nil {
+			return nil, "", 0, errorf(ErrInvalid, "import: %v", err)
+		}
+		point, _ := asn1.Marshal(raw)
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+		}, EC, size, nil
+	}
+	return nil, "", 0, errorf(ErrUnsupported, "import: public key of type %T", pub)
+}
+
+func privateTemplate(priv crypto.Signer) ([]*pkcs11.Attribute, error) {
+	switch k := priv.(type) {
+	case *rsa.PrivateKey:
+		if len(k.Primes) != 2 {
+			return nil, errorf(ErrUnsupported, "import: multi-prime RSA keys")
+		}
+		k.Precompute()
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(k.E)).Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE_EXPONENT, k.D.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIME_1, k.Primes[0].Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIME_2, k.Primes[1].Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_EXPONENT_1, k.Precomputed.Dp.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_EXPONENT_2, k.Precomputed.Dq.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_COEFFICIENT, k.Precomputed.Qinv.Bytes()),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+		}, nil
+	case *ecdsa.PrivateKey:
+		size := k.Curve.Params().BitSize
+		oid := curveOIDs[size]
+		if oid == nil {
+			return nil, errorf(ErrUnsupported, "import: EC curve %s", k.Curve.Params().Name)
+		}
+		params, _ := asn1.Marshal(oid)
+		d, err := k.Bytes()
+		if err != nil {
+			return nil, errorf(ErrInvalid, "import: %v", err)
+		}
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, d),
+		}, nil
+	}
+	return nil, errorf(ErrUnsupported, "import: private key of type %T", priv)
+}
+
+// Export gives back what a client registered. Generated private and secret keys, and imports made
+// without exportable, are refused with ErrNotExtractable: their material never leaves the token.
+func (r *Registry) Export(ctx context.Context, id string) (Material, error) {
+	rec, t, err := r.resolve(id)
+	if err != nil {
+		return Material{}, err
+	}
+	m := Material{Class: rec.Class, Algorithm: rec.Algorithm}
+	if rec.Class == keymap.PublicKey {
+		m.Public, err = t.publicKey(ctx, rec.Tag)
+		return m, err
+	}
+	if rec.Attrs[AttrExportable] == "" {
+		return Material{}, errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", id, rec.Class)
+	}
+	var k objKind
+	switch rec.Class {
+	case keymap.SecretKey:
+		k = kindAES
+		if rec.Algorithm == HMAC {
+			k = kindHMAC
+		}
+	case keymap.PrivateKey:
+		k = kindPrivate
+	case keymap.Certificate:
+		k = kindCert
+	default:
+		k = kindData
+	}
+	err = t.withKey(ctx, rec.Tag, k, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if rec.Class != keymap.PrivateKey {
+			a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+			if err != nil {
+				return err
+			}
+			switch rec.Class {
+			case keymap.Certificate:
+				m.Cert = a[0].Value
+			default:
+				m.Secret = a[0].Value
+			}
+			return nil
+		}
+		var err error
+		m.Private, err = t.readPrivate(sh, h, rec)
+		return err
+	})
+	if err != nil {
+		if ckr(err) == pkcs11.CKR_ATTRIBUTE_SENSITIVE {
+			return Material{}, errorf(ErrNotExtractable, "object %q is sensitive in its token", id)
+		}
+		return Material{}, classify(err, fmt.Sprintf("signer %q: export %s", t.cfg.Name, id))
+	}
+	return m, nil
+}
+
+func (t *Token) readPrivate(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, rec keymap.Record) (crypto.Signer, error) {
+	if rec.Algorithm == RSA {
+		a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE_EXPONENT, nil), pkcs11.NewAttribute(pkcs11.CKA_PRIME_1, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIME_2, nil)})
+		if err != nil {
+			return nil, err
+		}
+		n := func(i int) *big.Int { return new(big.Int).SetBytes(a[i].Value) }
+		k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: n(0), E: int(n(1).Int64())}, D: n(2), Primes: []*big.Int{n(3), n(4)}}
+		if err := k.Validate(); err != nil {
+			return nil, errorf(ErrUnavailable, "RSA key read from the token does not validate: %v", err)
+		}
+		k.Precompute()
+		return k, nil
+	}
+	a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil), pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	if err != nil {
+		return nil, err
+	}
+	size, err := curveSize(a[0].Value)
+	if err != nil {
+		return nil, err
+	}
+	k, err := ecdsa.ParseRawPrivateKey(curves[size], a[1].Value)
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "EC key read from the token: %v", err)
+	}
+	return k, nil
+}

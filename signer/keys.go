@@ -1,0 +1,310 @@
+package signer
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"encoding/asn1"
+	"fmt"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// Algorithms the registry generates and imports.
+const (
+	AES  = "AES"
+	HMAC = "HMAC"
+	RSA  = "RSA"
+	EC   = "EC"
+)
+
+// KeySpec says what to generate and, optionally, on which signer (empty: rollover or default).
+type KeySpec struct {
+	Algorithm string
+	// Size is bits: AES 128/192/256, HMAC ≥ 256, RSA 2048/3072/4096, EC 256/384.
+	Size   int
+	Signer string
+	// WithHMAC also generates a generic-secret HMAC key under the same tag (a KES key's hmac).
+	WithHMAC bool
+}
+
+// Meta is what the caller decides about a new object.
+type Meta struct {
+	Name  string
+	State keymap.State
+	Owner string
+	Attrs map[string]string
+}
+
+var curveOIDs = map[int]asn1.ObjectIdentifier{
+	256: {1, 2, 840, 10045, 3, 1, 7},
+	384: {1, 3, 132, 0, 34},
+}
+
+var curves = map[int]elliptic.Curve{256: elliptic.P256(), 384: elliptic.P384()}
+
+func (s KeySpec) check(pair bool) error {
+	bad := func() error {
+		return errorf(ErrInvalid, "unsupported %s key size %d", s.Algorithm, s.Size)
+	}
+	switch s.Algorithm {
+	case AES:
+		if pair {
+			return errorf(ErrInvalid, "AES is not a key pair algorithm")
+		}
+		if s.Size != 128 && s.Size != 192 && s.Size != 256 {
+			return bad()
+		}
+	case HMAC:
+		if pair {
+			return errorf(ErrInvalid, "HMAC is not a key pair algorithm")
+		}
+		// Tokens refuse CKM_SHA256_HMAC with shorter generic-secret keys; 512 bytes is plenty.
+		if s.Size < 256 || s.Size > 4096 || s.Size%8 != 0 {
+			return errorf(ErrInvalid, "HMAC key size %d: use 256 to 4096 bits in whole bytes", s.Size)
+		}
+	case RSA:
+		if !pair {
+			return errorf(ErrInvalid, "RSA keys are generated as key pairs")
+		}
+		if s.Size != 2048 && s.Size != 3072 && s.Size != 4096 {
+			return bad()
+		}
+	case EC:
+		if !pair {
+			return errorf(ErrInvalid, "EC keys are generated as key pairs")
+		}
+		if curveOIDs[s.Size] == nil {
+			return errorf(ErrInvalid, "unsupported EC curve size %d (P-256 or P-384)", s.Size)
+		}
+	default:
+		return errorf(ErrInvalid, "unsupported algorithm %q", s.Algorithm)
+	}
+	return nil
+}
+
+// secretTemplate is the template of a generated secret key: on the token, private, sensitive
+// and never extractable, with the tag and name set at generation (some HSMs cannot set them later).
+func secretTemplate(tag []byte, label string, keyType uint, bytes int) []*pkcs11.Attribute {
+	t := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, tag),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, bytes),
+	}
+	if keyType == pkcs11.CKK_AES {
+		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true))
+	} else {
+		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true))
+	}
+	return t
+}
+
+// Create generates a secret key (AES or HMAC) and records it. Rows reach the keymap (fsync)
+// before Create returns; a crash in between leaves an orphan on the token, never a dangling row.
+func (r *Registry) Create(ctx context.Context, spec KeySpec, meta Meta) (keymap.Record, error) {
+	if err := spec.check(false); err != nil {
+		return keymap.Record{}, err
+	}
+	t, err := r.target(spec.Signer)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	tag, err := NewTag()
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	label := meta.Name
+	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var mech uint = pkcs11.CKM_AES_KEY_GEN
+		var kt uint = pkcs11.CKK_AES
+		if spec.Algorithm == HMAC {
+			mech, kt = pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET
+		}
+		if _, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, secretTemplate(tag, label, kt, spec.Size/8)); err != nil {
+			return err
+		}
+		if spec.WithHMAC && spec.Algorithm == AES {
+			_, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
+				secretTemplate(tag, label, pkcs11.CKK_GENERIC_SECRET, 32))
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return keymap.Record{}, classify(err, fmt.Sprintf("signer %q: generate %s-%d", t.cfg.Name, spec.Algorithm, spec.Size))
+	}
+	rec := newRecord(tag, false, t.cfg.Name, keymap.SecretKey, spec.Algorithm, spec.Size, nil, meta)
+	if spec.WithHMAC {
+		rec.Attrs = withAttr(rec.Attrs, AttrHMACKey, "1")
+	}
+	return rec, r.put(rec)
+}
+
+// AttrHMACKey marks a secret key that has a companion HMAC key under its tag.
+const AttrHMACKey = "p11.hmac"
+
+func withAttr(m map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for a, b := range m {
+		out[a] = b
+	}
+	out[k] = v
+	return out
+}
+
+func newRecord(tag []byte, publicHalf bool, signer string, class keymap.Class, alg string, size int, kid []byte, meta Meta) keymap.Record {
+	now := time.Now().UTC()
+	st := meta.State
+	if st == "" {
+		st = keymap.PreActive
+	}
+	return keymap.Record{
+		ID: ObjectID(tag, publicHalf), Tag: tag, Signer: signer, Class: class, Algorithm: alg, Size: size,
+		KeyID: kid, Name: meta.Name, State: st, Owner: meta.Owner, Created: now, Attrs: meta.Attrs,
+	}
+}
+
+// CreateKeyPair generates an RSA or EC key pair; both objects carry the same tag, the private one
+// sensitive and never extractable. It returns the private and the public rows.
+func (r *Registry) CreateKeyPair(ctx context.Context, spec KeySpec, priv, pub Meta) (keymap.Record, keymap.Record, error) {
+	if err := spec.check(true); err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
+	t, err := r.target(spec.Signer)
+	if err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
+	tag, err := NewTag()
+	if err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
+	pubT := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, tag),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, pub.Name),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+	}
+	privT := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, tag),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, priv.Name),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+	}
+	var mech uint
+	if spec.Algorithm == RSA {
+		mech = pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN
+		pubT = append(pubT,
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, spec.Size),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true))
+		privT = append(privT, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true))
+	} else {
+		mech = pkcs11.CKM_EC_KEY_PAIR_GEN
+		params, _ := asn1.Marshal(curveOIDs[spec.Size])
+		pubT = append(pubT, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params))
+		privT = append(privT, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC))
+	}
+	var pubH, privH pkcs11.ObjectHandle
+	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var err error
+		pubH, privH, err = t.ctx.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubT, privT)
+		return err
+	})
+	if err != nil {
+		return keymap.Record{}, keymap.Record{}, classify(err, fmt.Sprintf("signer %q: generate %s-%d key pair", t.cfg.Name, spec.Algorithm, spec.Size))
+	}
+	t.handles.Store(handleKey{string(tag), kindPublic}, pubH)
+	t.handles.Store(handleKey{string(tag), kindPrivate}, privH)
+	pk, err := t.publicKey(ctx, tag)
+	if err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
+	kid, err := KeyIdentifier(pk)
+	if err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
+	privRec := newRecord(tag, false, t.cfg.Name, keymap.PrivateKey, spec.Algorithm, spec.Size, kid, priv)
+	pubRec := newRecord(tag, true, t.cfg.Name, keymap.PublicKey, spec.Algorithm, spec.Size, kid, pub)
+	privRec.Attrs = withAttr(privRec.Attrs, AttrPublicKey, pubRec.ID)
+	pubRec.Attrs = withAttr(pubRec.Attrs, AttrPrivateKey, privRec.ID)
+	return privRec, pubRec, r.put(privRec, pubRec)
+}
+
+// Destroy removes the token objects of id and then its row. For a secret key this includes the
+// companion HMAC key; for a private key without a public row, the public object under its tag.
+func (r *Registry) Destroy(ctx context.Context, id string) error {
+	rec, t, err := r.resolve(id)
+	if err != nil {
+		return err
+	}
+	var kinds []objKind
+	switch rec.Class {
+	case keymap.SecretKey:
+		kinds = []objKind{kindAnySecet}
+	case keymap.PrivateKey:
+		kinds = []objKind{kindPrivate}
+		if _, ok := r.km.Get(ObjectID(rec.Tag, true)); !ok {
+			kinds = append(kinds, kindPublic)
+		}
+	case keymap.PublicKey:
+		kinds = []objKind{kindPublic}
+	case keymap.Certificate:
+		kinds = []objKind{kindCert}
+	default:
+		kinds = []objKind{kindData}
+	}
+	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		for _, k := range kinds {
+			hs, err := t.findAll(sh, rec.Tag, k)
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				if err := t.ctx.DestroyObject(sh, h); err != nil && ckr(err) != pkcs11.CKR_OBJECT_HANDLE_INVALID {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	for _, k := range []objKind{kinds[0], kindAES, kindHMAC, kindPublic} {
+		t.forget(rec.Tag, k)
+	}
+	t.pubs.Delete(string(rec.Tag))
+	if err != nil {
+		return classify(err, fmt.Sprintf("signer %q: destroy %s", t.cfg.Name, id))
+	}
+	if err := r.km.Delete(id); err != nil {
+		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
+	}
+	return nil
+}
+
+// ecPublic builds an ECDSA public key from a curve size and an uncompressed point.
+func ecPublic(size int, point []byte) (*ecdsa.PublicKey, error) {
+	c := curves[size]
+	if c == nil {
+		return nil, errorf(ErrUnsupported, "EC curve of %d bits", size)
+	}
+	pk, err := ecdsa.ParseUncompressedPublicKey(c, point)
+	if err != nil {
+		return nil, errorf(ErrInvalid, "EC point is not on %s: %v", c.Params().Name, err)
+	}
+	return pk, nil
+}

@@ -1,0 +1,384 @@
+package signer
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// checkLocked asserts what DESIGN.md promises of every generated private or secret key: on the
+// token, private, sensitive, never extractable, with the tag as CKA_ID and the name as CKA_LABEL.
+func checkLocked(t *testing.T, rec keymap.Record, k objKind, wantObjects int) {
+	t.Helper()
+	tok, err := testReg.Signer(rec.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := attrs(t, tok, rec.Tag, k, pkcs11.CKA_ID, pkcs11.CKA_LABEL, pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE,
+		pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE)
+	if len(objs) != wantObjects {
+		t.Fatalf("%s: %d objects of kind %s on the token, want %d", rec.ID, len(objs), k, wantObjects)
+	}
+	for _, a := range objs {
+		if !bytes.Equal(a[0].Value, rec.Tag) || len(rec.Tag) != TagSize {
+			t.Errorf("%s: CKA_ID %x, want tag %x", rec.ID, a[0].Value, rec.Tag)
+		}
+		if string(a[1].Value) != rec.Name {
+			t.Errorf("%s: CKA_LABEL %q, want %q", rec.ID, a[1].Value, rec.Name)
+		}
+		for i, name := range []string{"CKA_TOKEN", "CKA_PRIVATE", "CKA_SENSITIVE"} {
+			if !boolAttr(a[2+i]) {
+				t.Errorf("%s: %s is false", rec.ID, name)
+			}
+		}
+		if boolAttr(a[5]) {
+			t.Errorf("%s: CKA_EXTRACTABLE is true", rec.ID)
+		}
+	}
+}
+
+func TestCreateSecretKeys(t *testing.T) {
+	for _, c := range []struct {
+		alg      string
+		size     int
+		withHMAC bool
+	}{{AES, 128, false}, {AES, 192, false}, {AES, 256, false}, {AES, 256, true}, {HMAC, 256, false}, {HMAC, 512, false}} {
+		t.Run(fmt.Sprintf("%s-%d-hmac=%v", c.alg, c.size, c.withHMAC), func(t *testing.T) {
+			name := fmt.Sprintf("secret-%s-%d-%v", c.alg, c.size, c.withHMAC)
+			rec, err := testReg.Create(ctx, KeySpec{Algorithm: c.alg, Size: c.size, WithHMAC: c.withHMAC}, Meta{Name: name, Owner: "tester"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.ID != hex.EncodeToString(rec.Tag) || rec.Signer != "a" || rec.Class != keymap.SecretKey ||
+				rec.Algorithm != c.alg || rec.Size != c.size || rec.State != keymap.PreActive || rec.Owner != "tester" {
+				t.Fatalf("record %+v", rec)
+			}
+			if got, err := testReg.Get(rec.ID); err != nil || got.Name != name {
+				t.Fatalf("keymap row: %+v %v", got, err)
+			}
+			switch {
+			case c.alg == AES && c.withHMAC:
+				checkLocked(t, rec, kindAES, 1)
+				checkLocked(t, rec, kindHMAC, 1)
+			case c.alg == AES:
+				checkLocked(t, rec, kindAES, 1)
+				checkLocked(t, rec, kindHMAC, 0)
+			default:
+				checkLocked(t, rec, kindHMAC, 1)
+			}
+			tok, _ := testReg.Signer("a")
+			vl := attrs(t, tok, rec.Tag, kindAnySecet, pkcs11.CKA_VALUE_LEN)
+			want := c.size / 8
+			if len(vl) == 0 || keyType(vl[0][0].Value) != uint(want) && keyType(vl[len(vl)-1][0].Value) != uint(want) {
+				t.Errorf("CKA_VALUE_LEN does not show %d bytes", want)
+			}
+		})
+	}
+}
+
+func TestCreateRejectsBadSpecs(t *testing.T) {
+	for _, s := range []KeySpec{{AES, 100, "", false}, {HMAC, 128, "", false}, {RSA, 2048, "", false}, {"DES", 64, "", false}, {AES, 256, "nope", false}} {
+		if _, err := testReg.Create(ctx, s, Meta{Name: "bad"}); err == nil {
+			t.Errorf("Create(%+v) succeeded", s)
+		}
+	}
+	for _, s := range []KeySpec{{RSA, 1024, "", false}, {EC, 521, "", false}, {AES, 256, "", false}} {
+		if _, _, err := testReg.CreateKeyPair(ctx, s, Meta{}, Meta{}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("CreateKeyPair(%+v): %v, want ErrInvalid", s, err)
+		}
+	}
+}
+
+// opensslKeyID has openssl compute the RFC 5280 method-1 key identifier of a public key, by
+// certifying it with a throwaway key and reading the SubjectKeyIdentifier it put in.
+func opensslKeyID(t *testing.T, pub crypto.PublicKey) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	spki, err := MarshalSPKI(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubFile := filepath.Join(dir, "pub.pem")
+	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki}), 0o600)
+	os.WriteFile(filepath.Join(dir, "ext"), []byte("subjectKeyIdentifier=hash\n"), 0o600)
+	run := func(args ...string) string {
+		out, err := exec.Command("openssl", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", filepath.Join(dir, "k.pem"))
+	out := run("x509", "-new", "-subj", "/CN=kid", "-key", filepath.Join(dir, "k.pem"), "-force_pubkey", pubFile,
+		"-extfile", filepath.Join(dir, "ext"), "-noout", "-ext", "subjectKeyIdentifier")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	kid, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(lines[len(lines)-1]), ":", ""))
+	if err != nil {
+		t.Fatalf("parse openssl output %q: %v", out, err)
+	}
+	return kid
+}
+
+func TestCreateKeyPairs(t *testing.T) {
+	for _, c := range []struct {
+		alg  string
+		size int
+	}{{RSA, 2048}, {RSA, 3072}, {RSA, 4096}, {EC, 256}, {EC, 384}} {
+		t.Run(fmt.Sprintf("%s-%d", c.alg, c.size), func(t *testing.T) {
+			priv, pub, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: c.alg, Size: c.size},
+				Meta{Name: fmt.Sprintf("pair-%d-priv", c.size)}, Meta{Name: fmt.Sprintf("pair-%d-pub", c.size)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if priv.ID == pub.ID || !bytes.Equal(priv.Tag, pub.Tag) || priv.Class != keymap.PrivateKey || pub.Class != keymap.PublicKey {
+				t.Fatalf("records %+v / %+v", priv, pub)
+			}
+			if priv.Attrs[AttrPublicKey] != pub.ID || pub.Attrs[AttrPrivateKey] != priv.ID {
+				t.Errorf("pair links missing: %v / %v", priv.Attrs, pub.Attrs)
+			}
+			checkLocked(t, priv, kindPrivate, 1)
+			tok, _ := testReg.Signer("a")
+			pa := attrs(t, tok, pub.Tag, kindPublic, pkcs11.CKA_ID, pkcs11.CKA_LABEL)
+			if len(pa) != 1 || !bytes.Equal(pa[0][0].Value, pub.Tag) || string(pa[0][1].Value) != pub.Name {
+				t.Fatalf("public object: %v", pa)
+			}
+			pk, err := testReg.PublicKey(ctx, pub.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := opensslKeyID(t, pk); !bytes.Equal(priv.KeyID, want) || !bytes.Equal(pub.KeyID, want) {
+				t.Errorf("key identifier %x, openssl says %x", priv.KeyID, want)
+			}
+			if got := testReg.ByKeyID(priv.KeyID); len(got) != 2 {
+				t.Errorf("ByKeyID found %d rows, want 2", len(got))
+			}
+			scheme := PKCS1v15
+			if c.alg == EC {
+				scheme = ECDSA
+			}
+			p := SignParams{Scheme: scheme, Hash: crypto.SHA256}
+			msg := []byte("p11bridge signs this")
+			sig, err := testReg.Sign(ctx, priv.ID, p, msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := testReg.Verify(ctx, pub.ID, p, msg, sig); err != nil {
+				t.Fatal(err)
+			}
+			if err := testReg.Verify(ctx, pub.ID, p, []byte("something else"), sig); !errors.Is(err, ErrBadSignature) {
+				t.Fatalf("verify of other data: %v", err)
+			}
+			opensslVerify(t, pk, msg, sig)
+		})
+	}
+}
+
+// opensslVerify checks a SHA-256 signature (PKCS#1 v1.5 or ECDSA DER) with openssl dgst.
+func opensslVerify(t *testing.T, pub crypto.PublicKey, msg, sig []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	spki, _ := MarshalSPKI(pub)
+	files := map[string][]byte{"pub.pem": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki}), "msg": msg, "sig": sig}
+	for n, b := range files {
+		os.WriteFile(filepath.Join(dir, n), b, 0o600)
+	}
+	out, err := exec.Command("openssl", "dgst", "-sha256", "-verify", filepath.Join(dir, "pub.pem"),
+		"-signature", filepath.Join(dir, "sig"), filepath.Join(dir, "msg")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Verified OK") {
+		t.Fatalf("openssl dgst -verify: %v: %s", err, out)
+	}
+}
+
+func TestImportAndExport(t *testing.T) {
+	aesKey := bytes.Repeat([]byte{7}, 32)
+	rec, err := testReg.Import(ctx, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: aesKey}, Meta{Name: "imp-aes"}, true, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := testReg.Export(ctx, rec.ID)
+	if err != nil || !bytes.Equal(m.Secret, aesKey) {
+		t.Fatalf("export of exportable AES key: %x %v", m.Secret, err)
+	}
+	locked, err := testReg.Import(ctx, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: aesKey}, Meta{Name: "imp-aes-locked"}, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLocked(t, locked, kindAES, 1)
+	if _, err := testReg.Export(ctx, locked.ID); !errors.Is(err, ErrNotExtractable) {
+		t.Fatalf("export of locked import: %v", err)
+	}
+	gen, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "gen"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testReg.Export(ctx, gen.ID); !errors.Is(err, ErrNotExtractable) {
+		t.Fatalf("export of generated key: %v", err)
+	}
+
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	for _, k := range []crypto.Signer{rsaKey, ecKey} {
+		rec, err := testReg.Import(ctx, Material{Class: keymap.PrivateKey, Private: k}, Meta{Name: fmt.Sprintf("imp-%T", k)}, true, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		scheme := PKCS1v15
+		if _, ok := k.(*ecdsa.PrivateKey); ok {
+			scheme = ECDSA
+		}
+		p := SignParams{Scheme: scheme, Hash: crypto.SHA384}
+		sig, err := testReg.Sign(ctx, rec.ID, p, []byte("imported"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := VerifyWith(k.Public(), p, []byte("imported"), sig); err != nil {
+			t.Fatalf("signature by imported %T: %v", k, err)
+		}
+		m, err := testReg.Export(ctx, rec.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.Private.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public()) {
+			t.Fatalf("exported %T differs", k)
+		}
+		kid, _ := KeyIdentifier(k.Public())
+		if !bytes.Equal(rec.KeyID, kid) {
+			t.Errorf("imported key identifier %x, want %x", rec.KeyID, kid)
+		}
+		pub, err := testReg.Import(ctx, Material{Class: keymap.PublicKey, Public: k.Public()}, Meta{Name: "imp-pub"}, true, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pk, err := testReg.PublicKey(ctx, pub.ID); err != nil || !pk.(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public()) {
+			t.Fatalf("imported public key: %v", err)
+		}
+		if err := testReg.Verify(ctx, pub.ID, p, []byte("imported"), sig); err != nil {
+			t.Fatalf("verify with imported public key: %v", err)
+		}
+	}
+
+	for _, class := range []keymap.Class{keymap.SecretData, keymap.Opaque} {
+		data := []byte("registered " + string(class))
+		rec, err := testReg.Import(ctx, Material{Class: class, Secret: data}, Meta{Name: "imp-" + string(class)}, false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, err := testReg.Export(ctx, rec.ID); err != nil || !bytes.Equal(m.Secret, data) {
+			t.Fatalf("%s export: %q %v", class, m.Secret, err)
+		}
+	}
+	if _, err := testReg.Import(ctx, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: []byte("short")}, Meta{}, true, ""); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("short AES import: %v", err)
+	}
+	if _, err := testReg.Import(ctx, Material{Class: keymap.Certificate, Cert: []byte("not der")}, Meta{}, true, ""); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad certificate import: %v", err)
+	}
+}
+
+func TestImportCertificate(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der := selfSigned(t, key)
+	rec, err := testReg.Import(ctx, Material{Class: keymap.Certificate, Cert: der}, Meta{Name: "cert"}, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := testReg.Export(ctx, rec.ID)
+	if err != nil || !bytes.Equal(m.Cert, der) {
+		t.Fatalf("certificate export: %v", err)
+	}
+}
+
+func selfSigned(t *testing.T, key crypto.Signer) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "registered"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), SubjectKeyId: []byte{1}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func TestDestroy(t *testing.T) {
+	priv, pub, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "doomed"}, Meta{Name: "doomed-pub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := testReg.Destroy(ctx, pub.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := testReg.Destroy(ctx, priv.ID); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := testReg.Signer("a")
+	if n := len(attrs(t, tok, priv.Tag, kindPrivate, pkcs11.CKA_ID)) + len(attrs(t, tok, priv.Tag, kindPublic, pkcs11.CKA_ID)); n != 0 {
+		t.Fatalf("%d objects left on the token", n)
+	}
+	if _, err := testReg.Get(priv.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after destroy: %v", err)
+	}
+	if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Sign after destroy: %v", err)
+	}
+	if err := testReg.Destroy(ctx, priv.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second destroy: %v", err)
+	}
+}
+
+func TestReKey(t *testing.T) {
+	old, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "rotating", State: keymap.Active, Attrs: map[string]string{"kes.name": "rotating"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nu, err := testReg.ReKey(ctx, old.ID, Meta{State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nu.Name != "rotating" || nu.Attrs["kes.name"] != "rotating" || nu.Attrs[AttrReplaced] != old.ID || nu.Attrs[AttrHMACKey] == "" {
+		t.Fatalf("new version %+v", nu)
+	}
+	if o, _ := testReg.Get(old.ID); o.Attrs[AttrReplacement] != nu.ID {
+		t.Fatalf("old version not linked: %v", o.Attrs)
+	}
+	iv, ct, err := testReg.Seal(ctx, old.ID, nil, []byte("old data"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := testReg.Open(ctx, old.ID, iv, ct, nil); err != nil || string(pt) != "old data" {
+		t.Fatalf("old version no longer decrypts: %v", err)
+	}
+	priv, _, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "rk"}, Meta{Name: "rk-pub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, nq, err := testReg.ReKeyKeyPair(ctx, priv.ID, Meta{}, Meta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if np.Name != "rk" || nq.Name != "rk-pub" || np.Attrs[AttrReplaced] != priv.ID || bytes.Equal(np.KeyID, priv.KeyID) {
+		t.Fatalf("rekeyed pair %+v / %+v", np, nq)
+	}
+}

@@ -1,0 +1,144 @@
+package signer
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// objKind names one PKCS#11 object of a key: its class, and for secret keys its key type,
+// because a KES key is an AES key and a generic-secret HMAC key under one CKA_ID.
+type objKind struct {
+	class   uint
+	keyType uint // 0 = any
+}
+
+var (
+	kindPrivate  = objKind{class: pkcs11.CKO_PRIVATE_KEY}
+	kindPublic   = objKind{class: pkcs11.CKO_PUBLIC_KEY}
+	kindAES      = objKind{class: pkcs11.CKO_SECRET_KEY, keyType: pkcs11.CKK_AES}
+	kindHMAC     = objKind{class: pkcs11.CKO_SECRET_KEY, keyType: pkcs11.CKK_GENERIC_SECRET}
+	kindCert     = objKind{class: pkcs11.CKO_CERTIFICATE}
+	kindData     = objKind{class: pkcs11.CKO_DATA}
+	kindAnySecet = objKind{class: pkcs11.CKO_SECRET_KEY}
+)
+
+type handleKey struct {
+	tag  string
+	kind objKind
+}
+
+// find returns the handle of the one object with tag and kind, from the cache when it can.
+// Handles of token objects stay valid across sessions of this process, so one lookup serves all.
+func (t *Token) find(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectHandle, error) {
+	key := handleKey{string(tag), k}
+	if h, ok := t.handles.Load(key); ok {
+		return h.(pkcs11.ObjectHandle), nil
+	}
+	var hs []pkcs11.ObjectHandle
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var err error
+		if hs, err = t.findAll(sh, tag, k); err != nil || len(hs) > 0 || k.class == pkcs11.CKO_PUBLIC_KEY {
+			return err
+		}
+		// Private objects are invisible without a login: tell a lost login from a missing key.
+		if si, err := t.ctx.GetSessionInfo(sh); err == nil && si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, classify(err, fmt.Sprintf("signer %q: find object %s", t.cfg.Name, hex.EncodeToString(tag)))
+	}
+	switch len(hs) {
+	case 0:
+		return 0, errorf(ErrNotFound, "signer %q holds no %s with CKA_ID %s", t.cfg.Name, k, hex.EncodeToString(tag))
+	case 1:
+		t.handles.Store(key, hs[0])
+		return hs[0], nil
+	}
+	// Tags are random 20-byte values; duplicates mean someone else wrote to the token. Refuse to guess.
+	return 0, errorf(ErrInvalid, "signer %q holds %d objects of kind %s with CKA_ID %s; refusing to pick one", t.cfg.Name, len(hs), k, hex.EncodeToString(tag))
+}
+
+// findAll lists the objects with tag (nil = any) and kind on session sh.
+func (t *Token) findAll(sh pkcs11.SessionHandle, tag []byte, k objKind) ([]pkcs11.ObjectHandle, error) {
+	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
+	switch {
+	case tag != nil && k == kindData:
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, dataApplication(tag)))
+	case tag != nil:
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, tag))
+	}
+	if k.class != ^uint(0) {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_CLASS, k.class))
+	}
+	if k.keyType != 0 {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, k.keyType))
+	}
+	if err := t.ctx.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, err
+	}
+	var all []pkcs11.ObjectHandle
+	for {
+		hs, _, err := t.ctx.FindObjects(sh, 256)
+		if err != nil {
+			_ = t.ctx.FindObjectsFinal(sh)
+			return nil, err
+		}
+		all = append(all, hs...)
+		if len(hs) == 0 {
+			break
+		}
+	}
+	return all, t.ctx.FindObjectsFinal(sh)
+}
+
+// forget drops cached handles of tag (after destroy, or when the token says a handle is stale).
+func (t *Token) forget(tag []byte, k objKind) {
+	t.handles.Delete(handleKey{string(tag), k})
+}
+
+// withKey runs fn with the handle of tag/kind, looking the handle up again once if the
+// cached one went stale (another process destroyed and re-created the object).
+func (t *Token) withKey(ctx context.Context, tag []byte, k objKind, fn func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error) error {
+	for attempt := 0; ; attempt++ {
+		h, err := t.find(ctx, tag, k)
+		if err != nil {
+			return err
+		}
+		err = t.do(ctx, func(sh pkcs11.SessionHandle) error { return fn(sh, h) })
+		c := ckr(err)
+		if attempt == 0 && (c == pkcs11.CKR_OBJECT_HANDLE_INVALID || c == pkcs11.CKR_KEY_HANDLE_INVALID) {
+			t.forget(tag, k)
+			continue
+		}
+		return err
+	}
+}
+
+func (k objKind) String() string {
+	switch k {
+	case kindPrivate:
+		return "private key"
+	case kindPublic:
+		return "public key"
+	case kindAES:
+		return "AES key"
+	case kindHMAC:
+		return "HMAC key"
+	case kindCert:
+		return "certificate"
+	case kindData:
+		return "data object"
+	case kindAnySecet:
+		return "secret key"
+	}
+	return fmt.Sprintf("object class %d type %d", k.class, k.keyType)
+}
+
+// dataApplication names a data object by its tag: PKCS#11 data objects have no CKA_ID, so the
+// tag goes into CKA_APPLICATION instead.
+func dataApplication(tag []byte) string { return "p11bridge:" + hex.EncodeToString(tag) }

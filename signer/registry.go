@@ -1,0 +1,306 @@
+// Package signer is the registry of named PKCS#11 tokens ("signers") that both front ends share:
+// key generation with fresh 20-byte tags, crypto operations inside the tokens, public-key export,
+// and the keymap rows that tie each key's tag to its metadata.
+package signer
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// TagSize is the length of the random CKA_ID every object of a key carries.
+const TagSize = 20
+
+// pubSuffix marks the public half of a key pair, which shares its private key's tag.
+const pubSuffix = "-pub"
+
+// Options is what the registry runs with; Reconfigure swaps it as a whole.
+type Options struct {
+	Signers  []Config
+	Default  string
+	Rollover string
+	Logger   *slog.Logger
+}
+
+type state struct {
+	tokens   map[string]*Token
+	order    []string
+	def      string
+	rollover string
+}
+
+// Registry is safe for concurrent use. Its configuration is an immutable snapshot replaced
+// atomically, so requests in flight finish on the signers they started with.
+type Registry struct {
+	km    *keymap.Map
+	log   *slog.Logger
+	st    atomic.Pointer[state]
+	cfgMu sync.Mutex // serializes Reconfigure and Close
+	recMu sync.Mutex // serializes read-modify-write of keymap rows
+}
+
+// Open opens every configured signer. It fails, naming each signer that could not be opened,
+// unless all open; nothing stays open on failure.
+func Open(opts Options, km *keymap.Map) (*Registry, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	r := &Registry{km: km, log: opts.Logger}
+	if err := r.Reconfigure(opts); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Reconfigure applies a new signer set: signers whose configuration is unchanged keep their
+// sessions; new or changed ones are opened first, and only when all open is the switch made.
+func (r *Registry) Reconfigure(opts Options) error {
+	if opts.Logger != nil {
+		r.log = opts.Logger
+	}
+	r.cfgMu.Lock()
+	defer r.cfgMu.Unlock()
+	old := r.st.Load()
+	next := &state{tokens: map[string]*Token{}, def: opts.Default, rollover: opts.Rollover}
+	var opened []*Token
+	var errs []error
+	for _, c := range opts.Signers {
+		if _, dup := next.tokens[c.Name]; dup {
+			errs = append(errs, errorf(ErrConfig, "signer %q configured twice", c.Name))
+			continue
+		}
+		if old != nil {
+			if t := old.tokens[c.Name]; t != nil && sameConfig(t.cfg, c) && t.refused() == nil {
+				next.tokens[c.Name] = t
+				next.order = append(next.order, c.Name)
+				continue
+			}
+		}
+		t, err := openToken(c, r.log)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		opened = append(opened, t)
+		next.tokens[c.Name] = t
+		next.order = append(next.order, c.Name)
+	}
+	if next.def == "" && len(next.order) == 1 {
+		next.def = next.order[0]
+	}
+	if _, ok := next.tokens[next.def]; !ok && len(errs) == 0 {
+		errs = append(errs, errorf(ErrConfig, "default signer %q is not configured", next.def))
+	}
+	if next.rollover != "" {
+		if _, ok := next.tokens[next.rollover]; !ok && len(errs) == 0 {
+			errs = append(errs, errorf(ErrConfig, "rollover signer %q is not configured", next.rollover))
+		}
+	}
+	if len(errs) > 0 {
+		for _, t := range opened {
+			t.close()
+		}
+		return errors.Join(errs...)
+	}
+	r.st.Store(next)
+	if old != nil {
+		for name, t := range old.tokens {
+			if next.tokens[name] != t {
+				t.close()
+			}
+		}
+	}
+	return nil
+}
+
+func sameConfig(a, b Config) bool {
+	slot := func(p *uint) int64 {
+		if p == nil {
+			return -1
+		}
+		return int64(*p)
+	}
+	return a.Name == b.Name && a.Module == b.Module && slot(a.SlotID) == slot(b.SlotID) &&
+		a.TokenLabel == b.TokenLabel && a.TokenSerial == b.TokenSerial && a.URI == b.URI &&
+		a.PIN == b.PIN && a.MaxSessions == b.MaxSessions && a.SessionTimeout == b.SessionTimeout
+}
+
+// Close ends all sessions of all signers.
+func (r *Registry) Close() {
+	r.cfgMu.Lock()
+	defer r.cfgMu.Unlock()
+	if st := r.st.Swap(&state{tokens: map[string]*Token{}}); st != nil {
+		for _, t := range st.tokens {
+			t.close()
+		}
+	}
+}
+
+// Signers lists the configured signers in configuration order.
+func (r *Registry) Signers() []*Token {
+	st := r.st.Load()
+	out := make([]*Token, 0, len(st.order))
+	for _, n := range st.order {
+		out = append(out, st.tokens[n])
+	}
+	return out
+}
+
+// Default and Rollover name the signers new keys go to.
+func (r *Registry) Default() string  { return r.st.Load().def }
+func (r *Registry) Rollover() string { return r.st.Load().rollover }
+
+// Signer returns the named signer.
+func (r *Registry) Signer(name string) (*Token, error) {
+	if t := r.st.Load().tokens[name]; t != nil {
+		return t, nil
+	}
+	return nil, errorf(ErrUnavailable, "signer %q is not configured", name)
+}
+
+// target is where a new key goes: an explicit signer, else the rollover signer while one is
+// set, else the default.
+func (r *Registry) target(explicit string) (*Token, error) {
+	st := r.st.Load()
+	name := explicit
+	if name == "" {
+		name = st.rollover
+	}
+	if name == "" {
+		name = st.def
+	}
+	return r.Signer(name)
+}
+
+// NewTag draws a fresh random CKA_ID.
+func NewTag() ([]byte, error) {
+	tag := make([]byte, TagSize)
+	if _, err := rand.Read(tag); err != nil {
+		return nil, fmt.Errorf("draw tag: %w", err)
+	}
+	return tag, nil
+}
+
+// ObjectID is the KMIP unique identifier of an object: the hex tag, and for the public half of a
+// key pair the tag with a suffix. Any instance that sees the token can derive it again.
+func ObjectID(tag []byte, publicHalf bool) string {
+	id := hex.EncodeToString(tag)
+	if publicHalf {
+		id += pubSuffix
+	}
+	return id
+}
+
+// ParseObjectID recovers the tag from an identifier made by ObjectID.
+func ParseObjectID(id string) (tag []byte, publicHalf bool, err error) {
+	s, publicHalf := strings.CutSuffix(id, pubSuffix)
+	tag, err = hex.DecodeString(s)
+	if err != nil || len(tag) == 0 || len(tag) > 64 {
+		return nil, false, errorf(ErrNotFound, "no object with identifier %q", id)
+	}
+	return tag, publicHalf, nil
+}
+
+// Get returns the keymap row of id.
+func (r *Registry) Get(id string) (keymap.Record, error) {
+	rec, ok := r.km.Get(id)
+	if !ok {
+		return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
+	}
+	return rec, nil
+}
+
+// ByName returns the live rows named name.
+func (r *Registry) ByName(name string) []keymap.Record { return r.km.ByName(name) }
+
+// ByKeyID returns the rows whose public key has that X.509 key identifier.
+func (r *Registry) ByKeyID(kid []byte) []keymap.Record { return r.km.ByKeyID(kid) }
+
+// Range visits every row in identifier order until fn returns false.
+func (r *Registry) Range(fn func(keymap.Record) bool) { r.km.Range(fn) }
+
+// List returns the rows held by signer (all signers when empty), in identifier order.
+func (r *Registry) List(signer string) []keymap.Record {
+	var out []keymap.Record
+	r.km.Range(func(rec keymap.Record) bool {
+		if signer == "" || rec.Signer == signer {
+			out = append(out, rec)
+		}
+		return true
+	})
+	return out
+}
+
+// Update changes the metadata of id (state, names, attributes) and persists it before returning.
+// fn must not change the fields that bind the row to the token (ID, Tag, Signer, Class).
+func (r *Registry) Update(id string, fn func(*keymap.Record) error) (keymap.Record, error) {
+	r.recMu.Lock()
+	defer r.recMu.Unlock()
+	rec, ok := r.km.Get(id)
+	if !ok {
+		return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
+	}
+	rec = rec.Clone()
+	fixed := [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)}
+	if err := fn(&rec); err != nil {
+		return keymap.Record{}, err
+	}
+	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
+		return keymap.Record{}, errorf(ErrInvalid, "object %q: identity fields cannot change", id)
+	}
+	rec.Updated = time.Time{}
+	if err := r.km.Put(rec); err != nil {
+		return keymap.Record{}, errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
+	}
+	return rec, nil
+}
+
+// put persists new rows; callers answer clients only after it returns.
+func (r *Registry) put(recs ...keymap.Record) error {
+	for _, rec := range recs {
+		if err := r.km.Put(rec); err != nil {
+			return errorf(ErrUnavailable, "object %q: write keymap: %v", rec.ID, err)
+		}
+	}
+	return nil
+}
+
+// resolve finds the row and signer of id.
+func (r *Registry) resolve(id string) (keymap.Record, *Token, error) {
+	rec, ok := r.km.Get(id)
+	if !ok {
+		return keymap.Record{}, nil, errorf(ErrNotFound, "no object with identifier %q", id)
+	}
+	t, err := r.Signer(rec.Signer)
+	if err != nil {
+		return rec, nil, errorf(ErrUnavailable, "object %q lives on signer %q, which is not configured", id, rec.Signer)
+	}
+	return rec, t, nil
+}
+
+// Counts is how many live objects a signer holds per state.
+type Counts map[keymap.State]int
+
+// Census counts the rows of each signer by state: what still depends on each token.
+func (r *Registry) Census() map[string]Counts {
+	out := map[string]Counts{}
+	r.km.Range(func(rec keymap.Record) bool {
+		c := out[rec.Signer]
+		if c == nil {
+			c = Counts{}
+			out[rec.Signer] = c
+		}
+		c[rec.State]++
+		return true
+	})
+	return out
+}

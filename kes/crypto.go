@@ -1,0 +1,181 @@
+package kes
+
+import (
+	"crypto"
+	"errors"
+	"net/http"
+
+	"github.com/p11bridge/p11bridge/signer"
+)
+
+// dataKeySize is the size of the data keys generate hands out (AES-256 keys for MinIO).
+const dataKeySize = 32
+
+// generateKey draws a data key from the token's RNG and seals it with the current version.
+func (h *Handler) generateKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	var req struct {
+		Context []byte `json:"context"`
+	}
+	if e := c.readBody(&req, true); e != nil {
+		writeError(c.w, e)
+		return
+	}
+	k, exists := lookup(h.reg, name)
+	if !exists {
+		writeError(c.w, errKeyNotFound)
+		return
+	}
+	cur := k.current()
+	c.use(cur)
+	// The token that holds the key also makes the data key, so nothing but the token's RNG is trusted.
+	dk, err := h.reg.Random(c.ctx, cur.Signer, dataKeySize)
+	if err != nil {
+		c.fail(h, err, "generate data key")
+		return
+	}
+	defer clear(dk)
+	ct, err := h.seal(c, name, cur.ID, cur.Tag, dk, req.Context)
+	if err != nil {
+		h.versionErr(c, err, cur, "generate data key")
+		return
+	}
+	c.reply(struct {
+		Plaintext  []byte `json:"plaintext"`
+		Ciphertext []byte `json:"ciphertext"`
+	}{dk, ct})
+}
+
+// encryptKey seals a client plaintext with the current version.
+func (h *Handler) encryptKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	var req struct {
+		Plaintext []byte `json:"plaintext"`
+		Context   []byte `json:"context"`
+	}
+	if e := c.readBody(&req, false); e != nil {
+		writeError(c.w, e)
+		return
+	}
+	defer clear(req.Plaintext)
+	k, exists := lookup(h.reg, name)
+	if !exists {
+		writeError(c.w, errKeyNotFound)
+		return
+	}
+	cur := k.current()
+	c.use(cur)
+	ct, err := h.seal(c, name, cur.ID, cur.Tag, req.Plaintext, req.Context)
+	if err != nil {
+		h.versionErr(c, err, cur, "encrypt")
+		return
+	}
+	c.reply(struct {
+		Ciphertext []byte `json:"ciphertext"`
+	}{ct})
+}
+
+func (h *Handler) seal(c *call, name, id string, tag, plaintext, context []byte) ([]byte, error) {
+	iv, body, err := h.reg.Seal(c.ctx, id, nil, plaintext, aad(name, tag, context))
+	if err != nil {
+		return nil, err
+	}
+	if len(iv) != signer.GCMNonceSize {
+		// The format has room for exactly one IV size; a token that picked another would make
+		// ciphertexts nobody can parse.
+		return nil, failf(http.StatusBadGateway, "key store failure: signer %q used a %d-byte GCM IV, want %d", c.signer, len(iv), signer.GCMNonceSize)
+	}
+	return encodeCiphertext(tag, iv, body), nil
+}
+
+// decryptKey opens a ciphertext with the version named inside it, which must be a version of the
+// key in the path. Every way a ciphertext can be wrong gets the same sentinel.
+func (h *Handler) decryptKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	var req struct {
+		Ciphertext []byte `json:"ciphertext"`
+		Context    []byte `json:"context"`
+	}
+	if e := c.readBody(&req, false); e != nil {
+		writeError(c.w, e)
+		return
+	}
+	if _, exists := lookup(h.reg, name); !exists {
+		writeError(c.w, errKeyNotFound)
+		return
+	}
+	s, ok := parseCiphertext(req.Ciphertext)
+	if !ok {
+		writeError(c.w, errDecrypt)
+		return
+	}
+	rec, err := h.reg.Get(signer.ObjectID(s.tag, false))
+	if err != nil || !isVersionOf(rec, name) {
+		writeError(c.w, errDecrypt)
+		return
+	}
+	c.use(rec)
+	pt, err := h.reg.Open(c.ctx, rec.ID, s.iv, s.body, aad(name, s.tag, req.Context))
+	if err != nil {
+		if errors.Is(err, signer.ErrNotAuthentic) {
+			writeError(c.w, errDecrypt)
+			return
+		}
+		h.versionErr(c, err, rec, "decrypt")
+		return
+	}
+	defer clear(pt)
+	c.reply(struct {
+		Plaintext []byte `json:"plaintext"`
+	}{pt})
+}
+
+// hmacKey computes HMAC-SHA256 inside the token with the HMAC key of the key's ORIGINAL version:
+// MinIO derives its root credentials from it, so it must not change when the key is rotated.
+func (h *Handler) hmacKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	var req struct {
+		Message []byte `json:"message"`
+	}
+	if e := c.readBody(&req, false); e != nil {
+		writeError(c.w, e)
+		return
+	}
+	k, exists := lookup(h.reg, name)
+	if !exists {
+		writeError(c.w, errKeyNotFound)
+		return
+	}
+	orig := k.original()
+	c.use(orig)
+	id := orig.ID
+	switch {
+	case orig.Attrs[signer.AttrHMACKey] != "":
+	case orig.Attrs[AttrHMAC] != "":
+		id = orig.Attrs[AttrHMAC]
+	default:
+		// 501, not 4xx/5xx: MinIO treats 501 as "no HMAC here" instead of failing with an empty key.
+		writeError(c.w, failf(http.StatusNotImplemented, "key '%s' has no HMAC key: it was made without one (e.g. through KMIP)", name))
+		return
+	}
+	sum, err := h.reg.HMAC(c.ctx, id, crypto.SHA256, req.Message)
+	if err != nil {
+		h.versionErr(c, err, orig, "hmac")
+		return
+	}
+	c.reply(struct {
+		Sum []byte `json:"hmac"`
+	}{sum})
+}

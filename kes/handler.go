@@ -1,0 +1,245 @@
+package kes
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/p11bridge/p11bridge/signer"
+)
+
+// Handler serves the KES API. It is safe for concurrent use.
+type Handler struct {
+	reg         *signer.Registry
+	auth        Authorizer
+	log         *slog.Logger
+	audit       *slog.Logger
+	errLog      LogStream
+	auditLS     LogStream
+	versionName string
+	commit      string
+	maxBody     int64
+	started     time.Time
+	routes      *router
+	stats       *metrics
+}
+
+// New returns the KES API handler. Registry and Auth are required.
+func New(opts Options) http.Handler { return newHandler(opts) }
+
+func newHandler(opts Options) *Handler {
+	if opts.Registry == nil || opts.Auth == nil {
+		panic("kes.New: Options.Registry and Options.Auth are required")
+	}
+	h := &Handler{
+		reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit,
+		errLog: opts.ErrorLog, auditLS: opts.AuditLog,
+		versionName: opts.Version, commit: buildCommit(), maxBody: opts.MaxBody,
+		started: time.Now(), routes: newRouter(routeTable()),
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.versionName == "" {
+		h.versionName = "dev"
+	}
+	if h.maxBody <= 0 {
+		h.maxBody = DefaultMaxBody
+	}
+	h.stats = newMetrics(h)
+	return h
+}
+
+// call is one request in flight: what the route handlers need and what metrics and audit record.
+type call struct {
+	w        *recorder
+	r        *http.Request
+	ctx      context.Context
+	route    *route
+	arg      string // the route argument (key name, list pattern, …)
+	identity string
+	// Set by key handlers as they learn them, for the audit record and metrics.
+	key, version, signer string
+}
+
+// recorder remembers the status written, for metrics and audit.
+type recorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and deadlines of the real writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ServeHTTP routes, checks method, identity and policy (in KES's order), limits the body and runs
+// the route. Every answer is counted; key operations are audited.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	h.stats.active.Inc()
+	defer h.stats.active.Dec()
+	rec := &recorder{ResponseWriter: w}
+	p := r.URL.Path
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	ro, arg, redirect := h.routes.match(p)
+	if ro == nil {
+		writeError(rec, errNotFound)
+		h.stats.observe("unknown", "", rec.status, time.Since(start))
+		return
+	}
+	c := &call{w: rec, r: r, ctx: r.Context(), route: ro, arg: arg}
+	defer h.finish(c, start)
+
+	if r.Method != ro.method && !(ro.method == http.MethodPut && r.Method == http.MethodPost) {
+		rec.Header().Set("Allow", allowed(ro))
+		writeError(rec, failf(http.StatusMethodNotAllowed, "received method '%s' expected '%s'", r.Method, ro.method))
+		return
+	}
+	if redirect {
+		u := *r.URL
+		u.Path, u.RawPath = p+"/", ""
+		http.Redirect(rec, r, u.String(), http.StatusMovedPermanently)
+		return
+	}
+	if ro.auth != authNone {
+		id, err := h.auth.Identify(r)
+		if err != nil || id == "" {
+			writeError(rec, errNotAllowed)
+			return
+		}
+		c.identity = id
+		if ro.auth == authPolicy && !h.auth.AllowKES(id, p) {
+			writeError(rec, errNotAllowed)
+			return
+		}
+	}
+	if ro.body {
+		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
+	} else if r.Body != nil {
+		// Routes without a body never read it; KES limits them to 0 bytes the same way.
+		r.Body = http.MaxBytesReader(rec, r.Body, 0)
+	}
+	if ro.timeout > 0 {
+		var cancel context.CancelFunc
+		c.ctx, cancel = context.WithTimeout(c.ctx, ro.timeout)
+		defer cancel()
+	}
+	ro.serve(h, c)
+}
+
+func allowed(ro *route) string {
+	if ro.method == http.MethodPut {
+		return "PUT, POST"
+	}
+	return ro.method
+}
+
+// finish records metrics and, for key operations, one audit record.
+func (h *Handler) finish(c *call, start time.Time) {
+	took := time.Since(start)
+	status := c.w.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	h.stats.observe(c.route.op, c.signer, status, took)
+	if status >= 500 {
+		h.stats.errs.Inc()
+	}
+	if c.route.keyOp && h.audit != nil {
+		h.stats.audits.Inc()
+		h.audit.LogAttrs(context.Background(), slog.LevelInfo, "kes "+c.route.op,
+			slog.String("identity", c.identity),
+			slog.String("protocol", "kes"),
+			slog.String("operation", c.route.op),
+			slog.String("key", c.key),
+			slog.String("version", c.version),
+			slog.String("signer", c.signer),
+			slog.Int("status", status),
+			slog.Duration("latency", took),
+			slog.String("remote", c.r.RemoteAddr),
+		)
+	}
+}
+
+// fail answers with err: an apiError as is, a registry error mapped by fromSigner. Server-side
+// failures are logged with the request, since the client only sees the short message.
+func (c *call) fail(h *Handler, err error, what string) {
+	ae := fromSigner(err, what)
+	if ae.status >= 500 {
+		h.log.LogAttrs(c.ctx, slog.LevelError, "kes: request failed",
+			slog.String("op", c.route.op), slog.String("key", c.key), slog.String("identity", c.identity),
+			slog.Int("status", ae.status), slog.Any("err", err))
+	}
+	writeError(c.w, ae)
+}
+
+// writeError sends KES's error shape: JSON {"message": …} with the status.
+func writeError(w http.ResponseWriter, e *apiError) {
+	b, _ := json.Marshal(struct {
+		Message string `json:"message"`
+	}{e.msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(e.status)
+	_, _ = w.Write(b)
+}
+
+// reply sends v as JSON with status 200.
+func (c *call) reply(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(c.w, failf(http.StatusInternalServerError, "encode response: %v", err))
+		return
+	}
+	c.w.Header().Set("Content-Type", "application/json")
+	c.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	c.w.WriteHeader(http.StatusOK)
+	_, _ = c.w.Write(b)
+}
+
+// ok sends 200 with an empty body.
+func (c *call) ok() {
+	c.w.Header().Set("Content-Length", "0")
+	c.w.WriteHeader(http.StatusOK)
+}
+
+// readBody decodes the JSON request body into v. An empty body leaves v as is when optional,
+// since MinIO and kms-go may send generate without one.
+func (c *call) readBody(v any, optional bool) *apiError {
+	data, err := io.ReadAll(c.r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return errBodyTooLarge
+		}
+		return failf(http.StatusBadRequest, "read request body: %v", err)
+	}
+	if len(data) == 0 && optional {
+		return nil
+	}
+	// Unmarshal, not a Decoder: it refuses trailing data after the object.
+	if err := json.Unmarshal(data, v); err != nil {
+		return errBadBody
+	}
+	return nil
+}

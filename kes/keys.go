@@ -1,0 +1,245 @@
+package kes
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
+)
+
+// pageSize is how many names one list answer carries at most.
+const pageSize = 1024
+
+func badName(kind, s string) *apiError {
+	if len(s) > 100 {
+		s = s[:100] + "…"
+	}
+	return failf(http.StatusBadRequest, "%s name '%s' is empty, too long or contains invalid characters", kind, s)
+}
+
+func badPattern(s string) *apiError {
+	if len(s) > 100 {
+		s = s[:100] + "…"
+	}
+	return failf(http.StatusBadRequest, "listing pattern '%s' is empty, too long or is invalid", s)
+}
+
+// keyName validates the route argument as a key name and records it for audit.
+func (c *call) keyName() (string, bool) {
+	if !validName(c.arg) {
+		writeError(c.w, badName("key", c.arg))
+		return "", false
+	}
+	c.key = c.arg
+	return c.arg, true
+}
+
+// use records the version a request works with, for audit and the per-signer metrics.
+func (c *call) use(rec keymap.Record) { c.version, c.signer = rec.ID, rec.Signer }
+
+// versionErr maps a failure of an operation on version rec. The registry says "not found" both
+// when the row went away (a concurrent delete: the key does not exist) and when the token lost the
+// object behind a row that is still there, which is a key store fault the client must not take for
+// "create the key again".
+func (h *Handler) versionErr(c *call, err error, rec keymap.Record, what string) {
+	if errors.Is(err, signer.ErrNotFound) {
+		if _, gerr := h.reg.Get(rec.ID); gerr != nil {
+			writeError(c.w, errKeyNotFound)
+			return
+		}
+		c.fail(h, failf(http.StatusBadGateway, "key store failure: %s: key version %s is in the keymap but its token object is missing (signer %q)", what, rec.ID, rec.Signer), what)
+		return
+	}
+	c.fail(h, err, what)
+}
+
+// createKey makes an AES-256 key and its companion HMAC key in the token where new keys go.
+func (h *Handler) createKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	defer lockName(name)()
+	if _, exists := lookup(h.reg, name); exists {
+		writeError(c.w, errKeyExists)
+		return
+	}
+	rec, err := h.reg.Create(c.ctx, signer.KeySpec{Algorithm: signer.AES, Size: 256, WithHMAC: true}, signer.Meta{
+		Name: name, State: keymap.Active, Owner: c.identity, Attrs: map[string]string{AttrName: name},
+	})
+	if err != nil {
+		c.fail(h, err, "create key")
+		return
+	}
+	c.use(rec)
+	c.ok()
+}
+
+// importKey puts client-supplied AES-256 key bytes into the token, sensitive and not extractable.
+// Import cannot add a companion HMAC key under the same tag, so a separate HMAC key is generated
+// in the token and linked through the kes.hmac attribute (KES, too, gives imported keys a fresh
+// random HMAC key).
+func (h *Handler) importKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	var req struct {
+		Key    []byte `json:"key"`
+		Cipher string `json:"cipher"`
+	}
+	if e := c.readBody(&req, false); e != nil {
+		writeError(c.w, e)
+		return
+	}
+	defer clear(req.Key)
+	switch req.Cipher {
+	case "AES256", "AES256-GCM_SHA256":
+	default:
+		writeError(c.w, failf(http.StatusNotAcceptable, "algorithm '%s' is not supported: keys live in PKCS#11 tokens, which do AES256", clip(req.Cipher)))
+		return
+	}
+	if len(req.Key) != 32 {
+		writeError(c.w, failf(http.StatusNotAcceptable, "invalid key size for '%s': want 32 bytes", req.Cipher))
+		return
+	}
+	defer lockName(name)()
+	if _, exists := lookup(h.reg, name); exists {
+		writeError(c.w, errKeyExists)
+		return
+	}
+	hm, err := h.reg.Create(c.ctx, signer.KeySpec{Algorithm: signer.HMAC, Size: 256}, signer.Meta{
+		Name: name + ".hmac", State: keymap.Active, Owner: c.identity,
+	})
+	if err != nil {
+		c.fail(h, err, "import key: generate its HMAC key")
+		return
+	}
+	rec, err := h.reg.Import(c.ctx, signer.Material{Class: keymap.SecretKey, Algorithm: signer.AES, Secret: req.Key}, signer.Meta{
+		Name: name, State: keymap.Active, Owner: c.identity, Attrs: map[string]string{AttrName: name, AttrHMAC: hm.ID},
+	}, false, "")
+	if err != nil {
+		if derr := h.reg.Destroy(c.ctx, hm.ID); derr != nil {
+			h.log.Warn("kes: import failed and its HMAC key could not be removed", "key", name, "hmac_key", hm.ID, "err", derr)
+		}
+		c.fail(h, err, "import key")
+		return
+	}
+	// The back link only helps operators reading the keymap; the key works without it.
+	if _, err := h.reg.Update(hm.ID, func(r *keymap.Record) error {
+		if r.Attrs == nil {
+			r.Attrs = map[string]string{}
+		}
+		r.Attrs[AttrHMACOf] = rec.ID
+		return nil
+	}); err != nil {
+		h.log.Warn("kes: could not link HMAC key to imported key", "key", name, "hmac_key", hm.ID, "err", err)
+	}
+	c.use(rec)
+	c.ok()
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// describeKey reports the key as first created: rotations do not change its creation facts.
+func (h *Handler) describeKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	k, exists := lookup(h.reg, name)
+	if !exists {
+		writeError(c.w, errKeyNotFound)
+		return
+	}
+	orig := k.original()
+	c.use(k.current())
+	c.reply(struct {
+		Name      string    `json:"name"`
+		Algorithm string    `json:"algorithm"`
+		CreatedAt time.Time `json:"created_at"`
+		CreatedBy string    `json:"created_by"`
+	}{name, "AES256", orig.Created.UTC(), orig.Owner})
+}
+
+// deleteKey destroys every version (and an imported key's HMAC key) in the token.
+func (h *Handler) deleteKey(c *call) {
+	name, ok := c.keyName()
+	if !ok {
+		return
+	}
+	defer lockName(name)()
+	k, exists := lookup(h.reg, name)
+	if !exists {
+		writeError(c.w, errKeyNotFound)
+		return
+	}
+	for i := len(k.versions) - 1; i >= 0; i-- {
+		v := k.versions[i]
+		c.use(v)
+		if err := h.reg.Destroy(c.ctx, v.ID); err != nil && !errors.Is(err, signer.ErrNotFound) {
+			c.fail(h, err, "delete key version "+v.ID)
+			return
+		}
+		if hid := v.Attrs[AttrHMAC]; hid != "" {
+			if err := h.reg.Destroy(c.ctx, hid); err != nil && !errors.Is(err, signer.ErrNotFound) {
+				c.fail(h, err, "delete HMAC key "+hid)
+				return
+			}
+		}
+	}
+	c.version = ""
+	c.ok()
+}
+
+// kesNameOf is the KES name rec answers to, or "" when it is no KES key.
+func kesNameOf(rec keymap.Record) string {
+	n, ok := rec.Attrs[AttrName]
+	if !ok {
+		n = rec.Name
+	}
+	if !validName(n) || !isVersionOf(rec, n) {
+		return ""
+	}
+	return n
+}
+
+// listKeys answers sorted names matching the pattern, a page at a time. continue_at, when set, is
+// the argument that fetches the next page.
+func (h *Handler) listKeys(c *call) {
+	p, ok := parseListPattern(c.arg)
+	if !ok {
+		writeError(c.w, badPattern(c.arg))
+		return
+	}
+	seen := map[string]bool{}
+	var names []string
+	h.reg.Range(func(rec keymap.Record) bool {
+		if n := kesNameOf(rec); n != "" && !seen[n] && p.match(n) {
+			seen[n] = true
+			names = append(names, n)
+		}
+		return true
+	})
+	slices.Sort(names)
+	next := ""
+	if len(names) > pageSize {
+		next = p.continueToken(names[pageSize])
+		names = names[:pageSize]
+	}
+	if names == nil {
+		names = []string{}
+	}
+	c.reply(struct {
+		Names      []string `json:"names"`
+		ContinueAt string   `json:"continue_at"`
+	}{names, next})
+}

@@ -1,0 +1,189 @@
+package kes
+
+import (
+	"slices"
+	"time"
+)
+
+// The policy and identity routes are read-only views of the server's configuration: policies are
+// configured in HCL, not created through the API.
+
+func (h *Handler) policy(name string) (Policy, bool) {
+	for _, p := range h.auth.Policies() {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Policy{}, false
+}
+
+// policyName validates the argument of a policy route.
+func (c *call) policyName() (string, bool) {
+	if !validName(c.arg) {
+		writeError(c.w, badName("policy", c.arg))
+		return "", false
+	}
+	return c.arg, true
+}
+
+func (h *Handler) describePolicy(c *call) {
+	name, ok := c.policyName()
+	if !ok {
+		return
+	}
+	p, ok := h.policy(name)
+	if !ok {
+		writeError(c.w, errPolicyNotFound)
+		return
+	}
+	c.reply(struct {
+		Name      string    `json:"name"`
+		CreatedAt time.Time `json:"created_at"`
+		CreatedBy string    `json:"created_by"`
+	}{p.Name, h.createdAt(p.CreatedAt), p.CreatedBy})
+}
+
+// createdAt falls back to the handler's start for policies the config gives no time.
+func (h *Handler) createdAt(t time.Time) time.Time {
+	if t.IsZero() {
+		return h.started.UTC()
+	}
+	return t.UTC()
+}
+
+// ruleSet is KES's JSON shape of allow and deny lists: an object whose keys are the patterns.
+func ruleSet(patterns []string) map[string]struct{} {
+	out := make(map[string]struct{}, len(patterns))
+	for _, p := range patterns {
+		out[p] = struct{}{}
+	}
+	return out
+}
+
+func (h *Handler) readPolicy(c *call) {
+	name, ok := c.policyName()
+	if !ok {
+		return
+	}
+	p, ok := h.policy(name)
+	if !ok {
+		writeError(c.w, errPolicyNotFound)
+		return
+	}
+	c.reply(struct {
+		Name      string              `json:"name"`
+		Allow     map[string]struct{} `json:"allow"`
+		Deny      map[string]struct{} `json:"deny"`
+		CreatedAt time.Time           `json:"created_at"`
+		CreatedBy string              `json:"created_by"`
+	}{p.Name, ruleSet(p.Allow), ruleSet(p.Deny), h.createdAt(p.CreatedAt), p.CreatedBy})
+}
+
+// listNames filters, sorts and pages names for the policy and identity lists.
+func listNames(all []string, p listPattern) (names []string, next string) {
+	names = []string{}
+	for _, n := range all {
+		if p.match(n) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	if len(names) > pageSize {
+		next = p.continueToken(names[pageSize])
+		names = names[:pageSize]
+	}
+	return names, next
+}
+
+func (h *Handler) listPolicies(c *call) {
+	p, ok := parseListPattern(c.arg)
+	if !ok {
+		writeError(c.w, badPattern(c.arg))
+		return
+	}
+	var all []string
+	for _, pol := range h.auth.Policies() {
+		all = append(all, pol.Name)
+	}
+	names, next := listNames(all, p)
+	c.reply(struct {
+		Names      []string `json:"names"`
+		ContinueAt string   `json:"continue_at"`
+	}{names, next})
+}
+
+// identityArg validates an identity argument: the lowercase hex SHA-256 KES identities are, or any
+// name KES would accept.
+func (c *call) identityArg() (string, bool) {
+	if !validName(c.arg) {
+		writeError(c.w, badName("identity", c.arg))
+		return "", false
+	}
+	return c.arg, true
+}
+
+func (h *Handler) describeIdentity(c *call) {
+	id, ok := c.identityArg()
+	if !ok {
+		return
+	}
+	type identityJSON struct {
+		Policy    string    `json:"policy,omitempty"`
+		IsAdmin   bool      `json:"admin,omitempty"`
+		CreatedAt time.Time `json:"created_at"`
+		CreatedBy string    `json:"created_by,omitempty"`
+	}
+	if h.auth.IsAdmin(id) {
+		c.reply(identityJSON{IsAdmin: true, CreatedAt: h.started.UTC()})
+		return
+	}
+	name, ok := h.auth.PolicyOf(id)
+	if !ok {
+		writeError(c.w, errIdentityNotFound)
+		return
+	}
+	c.reply(identityJSON{Policy: name, CreatedAt: h.started.UTC()})
+}
+
+func (h *Handler) listIdentities(c *call) {
+	p, ok := parseListPattern(c.arg)
+	if !ok {
+		writeError(c.w, badPattern(c.arg))
+		return
+	}
+	ids, next := listNames(h.auth.Identities(), p)
+	c.reply(struct {
+		Identities []string `json:"identities"`
+		ContinueAt string   `json:"continue_at"`
+	}{ids, next})
+}
+
+// selfDescribe answers any identified client about itself, policy included (KES lets every client
+// with a certificate ask this). The fields are flat, as kms-go v0.3.1 reads them.
+func (h *Handler) selfDescribe(c *call) {
+	type selfJSON struct {
+		Identity  string              `json:"identity"`
+		IsAdmin   bool                `json:"admin,omitempty"`
+		CreatedAt time.Time           `json:"created_at"`
+		Policy    string              `json:"policy,omitempty"`
+		Allow     map[string]struct{} `json:"allow,omitempty"`
+		Deny      map[string]struct{} `json:"deny,omitempty"`
+	}
+	out := selfJSON{Identity: c.identity, CreatedAt: h.started.UTC()}
+	if h.auth.IsAdmin(c.identity) {
+		out.IsAdmin = true
+		c.reply(out)
+		return
+	}
+	name, ok := h.auth.PolicyOf(c.identity)
+	if !ok {
+		writeError(c.w, errIdentityNotFound)
+		return
+	}
+	out.Policy = name
+	if p, ok := h.policy(name); ok {
+		out.Allow, out.Deny = ruleSet(p.Allow), ruleSet(p.Deny)
+	}
+	c.reply(out)
+}

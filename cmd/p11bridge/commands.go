@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/p11bridge/p11bridge/conf"
+	"github.com/p11bridge/p11bridge/kes"
+	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/server"
+	"github.com/p11bridge/p11bridge/server/pki"
+	"github.com/p11bridge/p11bridge/signer"
+)
+
+func flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError(err.Error())
+	}
+	return nil
+}
+
+func needConfig(path string) error {
+	if path == "" {
+		return usageError("--config FILE is required")
+	}
+	return nil
+}
+
+func cmdServe(args []string, stderr io.Writer) error {
+	fs := flags("serve")
+	cfg := fs.String("config", "", "config file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := needConfig(*cfg); err != nil {
+		return err
+	}
+	return server.Run(*cfg, server.Options{Version: version, Stderr: stderr})
+}
+
+// cmdCheck validates the config and opens each signer on its own, so every broken one is reported.
+func cmdCheck(args []string, stdout io.Writer) error {
+	fs := flags("check")
+	path := fs.String("config", "", "config file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := needConfig(*path); err != nil {
+		return err
+	}
+	cfg, err := conf.Load(*path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "config %s: ok (%d signers, default %q", *path, len(cfg.Signers), cfg.DefaultSigner)
+	if cfg.RolloverSigner != "" {
+		fmt.Fprintf(stdout, ", rollover to %q", cfg.RolloverSigner)
+	}
+	fmt.Fprintln(stdout, ")")
+	km, err := keymap.Open(filepath.Join(os.TempDir(), fmt.Sprintf("p11bridge-check-%d.csv", os.Getpid())), nil)
+	if err != nil {
+		return err
+	}
+	defer func() { km.Close(); os.Remove(km.Path()) }()
+	var problems []string
+	for _, sc := range server.SignerConfigs(cfg) {
+		reg, err := signer.Open(signer.Options{Signers: []signer.Config{sc}, Default: sc.Name}, km)
+		if err != nil {
+			problems = append(problems, err.Error())
+			fmt.Fprintf(stdout, "FAIL %v\n", err)
+			continue
+		}
+		p, err := reg.Probe(context.Background(), sc.Name)
+		if err != nil {
+			problems = append(problems, err.Error())
+			fmt.Fprintf(stdout, "FAIL %v\n", err)
+		} else {
+			fmt.Fprint(stdout, p.String())
+		}
+		reg.Close()
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%d of %d signers failed", len(problems), len(cfg.Signers))
+	}
+	return nil
+}
+
+func cmdDev(args []string, stdout, stderr io.Writer) error {
+	fs := flags("dev")
+	opts := server.DevOptions{}
+	fs.StringVar(&opts.Dir, "dir", ".p11bridge-dev", "directory for the token, certificates and config")
+	fs.StringVar(&opts.KMIP, "kmip", "127.0.0.1:5696", "KMIP listen address")
+	fs.StringVar(&opts.KES, "kes", "127.0.0.1:7373", "KES listen address")
+	fs.StringVar(&opts.Ops, "ops", "127.0.0.1:9464", "ops (health, metrics) listen address")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	d, err := server.PrepareDev(opts)
+	if err != nil {
+		return err
+	}
+	cfg, err := conf.Load(d.Config)
+	if err != nil {
+		return err
+	}
+	s, err := server.New(cfg, server.Options{Version: version, Dev: true, Stderr: stderr})
+	if err != nil {
+		return err
+	}
+	if err := s.Start(); err != nil {
+		s.Shutdown(context.Background())
+		return err
+	}
+	fmt.Fprint(stdout, d.Instructions(opts))
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	<-sigs
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return s.Shutdown(ctx)
+}
+
+func cmdKeys(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return usageError("keys needs list, show or rotate")
+	}
+	fs := flags("keys " + args[0])
+	path := fs.String("config", "", "config file")
+	only := fs.String("signer", "", "only objects on this signer")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if err := needConfig(*path); err != nil {
+		return err
+	}
+	cfg, err := conf.Load(*path)
+	if err != nil {
+		return err
+	}
+	km, err := keymap.Open(cfg.Keymap.Path, nil)
+	if err != nil {
+		return fmt.Errorf("%w (is a p11bridge serving with this keymap? stop it first)", err)
+	}
+	defer km.Close()
+	switch args[0] {
+	case "list":
+		return keysList(km, *only, stdout)
+	case "show":
+		if fs.NArg() != 1 {
+			return usageError("keys show ID")
+		}
+		rec, ok := km.Get(fs.Arg(0))
+		if !ok {
+			return fmt.Errorf("no object with identifier %q", fs.Arg(0))
+		}
+		return showRecord(rec, stdout)
+	case "rotate":
+		if fs.NArg() != 1 {
+			return usageError("keys rotate NAME")
+		}
+		reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}, km)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		id, err := kes.Rotate(context.Background(), reg, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "key %q: new version %s\n", fs.Arg(0), id)
+		return nil
+	}
+	return usageError("keys needs list, show or rotate")
+}
+
+func keysList(km *keymap.Map, only string, stdout io.Writer) error {
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSIGNER\tCLASS\tALGORITHM\tSTATE\tNAME")
+	counts := map[string]map[keymap.State]int{}
+	km.Range(func(r keymap.Record) bool {
+		if only != "" && r.Signer != only {
+			return true
+		}
+		alg := r.Algorithm
+		if r.Size > 0 {
+			alg = fmt.Sprintf("%s-%d", r.Algorithm, r.Size)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Signer, r.Class, alg, r.State, r.Name)
+		if counts[r.Signer] == nil {
+			counts[r.Signer] = map[keymap.State]int{}
+		}
+		counts[r.Signer][r.State]++
+		return true
+	})
+	tw.Flush()
+	names := make([]string, 0, len(counts))
+	for n := range counts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		var parts []string
+		for st, c := range counts[n] {
+			parts = append(parts, fmt.Sprintf("%d %s", c, st))
+		}
+		sort.Strings(parts)
+		fmt.Fprintf(stdout, "signer %s: %s\n", n, strings.Join(parts, ", "))
+	}
+	return nil
+}
+
+func showRecord(r keymap.Record, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "id         %s\ntag        %s\nsigner     %s\nclass      %s\nalgorithm  %s\nsize       %d\n",
+		r.ID, hex.EncodeToString(r.Tag), r.Signer, r.Class, r.Algorithm, r.Size)
+	fmt.Fprintf(stdout, "key id     %s\nname       %s\nstate      %s\nowner      %s\ncreated    %s\nupdated    %s\n",
+		hex.EncodeToString(r.KeyID), r.Name, r.State, r.Owner, r.Created.Format(time.RFC3339), r.Updated.Format(time.RFC3339))
+	keys := make([]string, 0, len(r.Attrs))
+	for k := range r.Attrs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(stdout, "attr       %s = %s\n", k, r.Attrs[k])
+	}
+	return nil
+}
+
+func cmdIdentity(args []string, stdout io.Writer) error {
+	if len(args) != 1 {
+		return usageError("identity CERT.pem")
+	}
+	c, err := pki.LoadCert(args[0])
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: no such file", args[0])
+		}
+		return err
+	}
+	fmt.Fprintln(stdout, pki.Identity(c))
+	return nil
+}

@@ -1,0 +1,69 @@
+// Command p11bridge serves keys that never leave PKCS#11 tokens to KMIP clients and to MinIO
+// through the KES API. It parses flags and calls package server; it wires nothing itself.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time (-ldflags "-X main.version=…").
+var version = "dev"
+
+const usage = `p11bridge — keys in PKCS#11 tokens, served over KMIP and the KES API
+
+Usage:
+  p11bridge serve    --config FILE          run the server (SIGHUP reloads, SIGINT/SIGTERM stop)
+  p11bridge check    --config FILE          validate the config and probe every token
+  p11bridge dev      [--dir DIR] [--kmip ADDR] [--kes ADDR] [--ops ADDR]
+                                            run on a SoftHSM2 token with generated certificates
+  p11bridge keys list   --config FILE [--signer S]   list objects in the keymap
+  p11bridge keys show   --config FILE ID             show one object
+  p11bridge keys rotate --config FILE NAME           add a new version of a KES key (server stopped)
+  p11bridge identity CERT.pem               print the identity (SHA-256 of the certificate's public key)
+  p11bridge version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(args[1:], stderr)
+	case "check":
+		err = cmdCheck(args[1:], stdout)
+	case "dev":
+		err = cmdDev(args[1:], stdout, stderr)
+	case "keys":
+		err = cmdKeys(args[1:], stdout)
+	case "identity":
+		err = cmdIdentity(args[1:], stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "p11bridge", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "p11bridge: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "p11bridge %s: %v\n", args[0], err)
+		if _, ok := err.(usageError); ok {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError string
+
+func (u usageError) Error() string { return string(u) }

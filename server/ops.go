@@ -1,0 +1,108 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// SignerStatus is one signer in the ops status view.
+type SignerStatus struct {
+	Name     string         `json:"name"`
+	Healthy  bool           `json:"healthy"`
+	Default  bool           `json:"default"`
+	Rollover bool           `json:"rollover"`
+	Keys     map[string]int `json:"keys"` // live objects per KMIP state
+}
+
+// Status is what /status answers: per signer, what it holds, and whether a rollover is in progress.
+type Status struct {
+	Version            string         `json:"version"`
+	Uptime             float64        `json:"uptime_seconds"`
+	Default            string         `json:"default_signer"`
+	Rollover           string         `json:"rollover_signer,omitempty"`
+	RolloverUnderway   bool           `json:"rollover_in_progress"`
+	Signers            []SignerStatus `json:"signers"`
+	UnconfiguredHeldBy []string       `json:"keys_on_unconfigured_signers,omitempty"`
+}
+
+// Status collects the status view.
+func (s *Server) Status() Status {
+	census := s.reg.Census()
+	st := Status{Version: s.opts.Version, Uptime: time.Since(s.start).Seconds(), Default: s.reg.Default(), Rollover: s.reg.Rollover()}
+	st.RolloverUnderway = st.Rollover != ""
+	seen := map[string]bool{}
+	for _, t := range s.reg.Signers() {
+		seen[t.Name()] = true
+		keys := map[string]int{}
+		for state, n := range census[t.Name()] {
+			keys[string(state)] = n
+		}
+		st.Signers = append(st.Signers, SignerStatus{Name: t.Name(), Healthy: t.Healthy(), Default: t.Name() == st.Default,
+			Rollover: t.Name() == st.Rollover, Keys: keys})
+	}
+	for name := range census {
+		if !seen[name] {
+			st.UnconfiguredHeldBy = append(st.UnconfiguredHeldBy, name)
+		}
+	}
+	return st
+}
+
+// signerCollector reports signer health and key counts at scrape time, so reloads need no
+// re-registration.
+type signerCollector struct {
+	s        *Server
+	up, keys *prometheus.Desc
+}
+
+func (c signerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up; ch <- c.keys }
+
+func (c signerCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, t := range c.s.reg.Signers() {
+		v := 0.0
+		if t.Healthy() {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, v, t.Name())
+	}
+	for name, counts := range c.s.reg.Census() {
+		for state, n := range counts {
+			ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(n), name, string(state))
+		}
+	}
+}
+
+func (s *Server) opsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		signerCollector{s: s,
+			up:   prometheus.NewDesc("p11bridge_signer_up", "Whether the signer's last token calls succeeded.", []string{"signer"}, nil),
+			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil)})
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		for _, t := range s.reg.Signers() {
+			if _, err := t.Ping(ctx); err != nil {
+				http.Error(w, "signer "+t.Name()+" unavailable", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(s.Status())
+	})
+	return mux
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -302,8 +304,8 @@ type auditSink struct {
 }
 
 func (s *auditSink) Enabled(context.Context, slog.Level) bool { return true }
-func (s *auditSink) WithAttrs([]slog.Attr) slog.Handler      { return s }
-func (s *auditSink) WithGroup(string) slog.Handler           { return s }
+func (s *auditSink) WithAttrs([]slog.Attr) slog.Handler       { return s }
+func (s *auditSink) WithGroup(string) slog.Handler            { return s }
 func (s *auditSink) Handle(_ context.Context, r slog.Record) error {
 	m := map[string]string{"msg": r.Message}
 	r.Attrs(func(a slog.Attr) bool {
@@ -398,4 +400,18 @@ func wantErr(t *testing.T, what string, err, want error) {
 	if !errors.Is(err, want) {
 		t.Fatalf("%s: got %v (%T), want %v", what, err, err, want)
 	}
+}
+
+func tlsNoCert() *tls.Config { return &tls.Config{} }
+
+func b64(b []byte) string  { return base64.StdEncoding.EncodeToString(b) }
+func hexs(b []byte) string { return hex.EncodeToString(b) }
+
+// kesStatus is the HTTP status of a kms-go API error, 0 for other errors.
+func kesStatus(err error) int {
+	var e kesclient.Error
+	if errors.As(err, &e) {
+		return e.Status()
+	}
+	return 0
 }

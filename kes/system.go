@@ -87,7 +87,8 @@ func (h *Handler) ready(c *call) {
 		}
 	}
 	if len(h.reg.Signers()) == 0 {
-		down = append(down, "(no signers configured)")
+		writeError(c.w, failf(http.StatusServiceUnavailable, "key store is not ready: no signer is configured"))
+		return
 	}
 	if len(down) > 0 {
 		writeError(c.w, failf(http.StatusServiceUnavailable, "key store is not ready: signer %s unavailable", strings.Join(down, ", ")))

@@ -4,6 +4,7 @@
 package signer
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -210,11 +211,14 @@ func ParseObjectID(id string) (tag []byte, publicHalf bool, err error) {
 	return tag, publicHalf, nil
 }
 
-// Get returns the keymap row of id.
+// Get returns the keymap row of id. An identifier the keymap lacks is looked for on the tokens
+// (see adopt), so instances sharing an HSM resolve each other's keys.
 func (r *Registry) Get(id string) (keymap.Record, error) {
 	rec, ok := r.km.Get(id)
 	if !ok {
-		return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
+		if rec, ok = r.adopt(context.Background(), id); !ok {
+			return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
+		}
 	}
 	return rec, nil
 }
@@ -276,9 +280,9 @@ func (r *Registry) put(recs ...keymap.Record) error {
 
 // resolve finds the row and signer of id.
 func (r *Registry) resolve(id string) (keymap.Record, *Token, error) {
-	rec, ok := r.km.Get(id)
-	if !ok {
-		return keymap.Record{}, nil, errorf(ErrNotFound, "no object with identifier %q", id)
+	rec, err := r.Get(id)
+	if err != nil {
+		return keymap.Record{}, nil, err
 	}
 	t, err := r.Signer(rec.Signer)
 	if err != nil {

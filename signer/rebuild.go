@@ -1,0 +1,249 @@
+package signer
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// AttrRebuilt marks a row re-derived from a token rather than written when its key was made.
+const AttrRebuilt = "p11.rebuilt"
+
+// tokenObject is what a token says about one object.
+type tokenObject struct {
+	class, keyType uint
+	tag            []byte
+	label          string
+	valueLen       int
+	modulusLen     int
+	ecParams       []byte
+}
+
+// scanTokenObjects lists the token objects that carry a p11bridge tag (tag nil: all of them).
+func (t *Token) scanTokenObjects(ctx context.Context, tag []byte) ([]tokenObject, error) {
+	var objs []tokenObject
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		objs = objs[:0]
+		for _, k := range []objKind{{class: ^uint(0)}, kindData} {
+			if k == kindData && tag == nil {
+				// Without a tag, data objects are found with the others and told apart by CKA_APPLICATION.
+				continue
+			}
+			hs, err := t.findAll(sh, tag, k)
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				o, ok := t.describe(sh, h)
+				if ok {
+					objs = append(objs, o)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, classify(err, fmt.Sprintf("signer %q: scan token", t.cfg.Name))
+	}
+	return objs, nil
+}
+
+// describe reads the attributes rebuild needs; attributes a class lacks are simply absent.
+func (t *Token) describe(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (tokenObject, bool) {
+	get := func(ty uint) []byte {
+		a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(ty, nil)})
+		if err != nil || len(a) == 0 {
+			return nil
+		}
+		return a[0].Value
+	}
+	o := tokenObject{class: keyType(get(pkcs11.CKA_CLASS)), label: string(get(pkcs11.CKA_LABEL))}
+	if o.class == pkcs11.CKO_DATA {
+		app, ok := strings.CutPrefix(string(get(pkcs11.CKA_APPLICATION)), "p11bridge:")
+		tag, err := hex.DecodeString(app)
+		if !ok || err != nil || len(tag) != TagSize {
+			return o, false
+		}
+		o.tag = tag
+		return o, true
+	}
+	o.tag = get(pkcs11.CKA_ID)
+	if len(o.tag) != TagSize {
+		return o, false // not made by p11bridge
+	}
+	o.keyType = keyType(get(pkcs11.CKA_KEY_TYPE))
+	o.valueLen = int(keyType(get(pkcs11.CKA_VALUE_LEN)))
+	o.modulusLen = len(get(pkcs11.CKA_MODULUS)) * 8
+	o.ecParams = get(pkcs11.CKA_EC_PARAMS)
+	return o, true
+}
+
+// derive turns the objects of one tag into keymap rows, as the registry would have written them.
+func (r *Registry) derive(ctx context.Context, t *Token, tag []byte, objs []tokenObject) []keymap.Record {
+	now := time.Now().UTC()
+	var recs []keymap.Record
+	mk := func(publicHalf bool, class keymap.Class, alg string, size int, label string) keymap.Record {
+		return keymap.Record{ID: ObjectID(tag, publicHalf), Tag: tag, Signer: t.cfg.Name, Class: class, Algorithm: alg, Size: size,
+			Name: label, State: keymap.Active, Created: now, Attrs: map[string]string{AttrRebuilt: now.Format(time.RFC3339)}}
+	}
+	var aes, gen, priv, pub, cert, data *tokenObject
+	for i := range objs {
+		o := &objs[i]
+		switch {
+		case o.class == pkcs11.CKO_SECRET_KEY && o.keyType == pkcs11.CKK_AES:
+			aes = o
+		case o.class == pkcs11.CKO_SECRET_KEY && o.keyType == pkcs11.CKK_GENERIC_SECRET:
+			gen = o
+		case o.class == pkcs11.CKO_PRIVATE_KEY:
+			priv = o
+		case o.class == pkcs11.CKO_PUBLIC_KEY:
+			pub = o
+		case o.class == pkcs11.CKO_CERTIFICATE:
+			cert = o
+		case o.class == pkcs11.CKO_DATA:
+			data = o
+		}
+	}
+	switch {
+	case aes != nil:
+		rec := mk(false, keymap.SecretKey, AES, aes.valueLen*8, aes.label)
+		if gen != nil {
+			rec.Attrs[AttrHMACKey] = "1"
+		}
+		rec.Attrs["kes.name"] = aes.label
+		recs = append(recs, rec)
+	case gen != nil:
+		recs = append(recs, mk(false, keymap.SecretKey, HMAC, gen.valueLen*8, gen.label))
+	}
+	if priv != nil || pub != nil {
+		half := pub
+		if half == nil {
+			half = priv
+		}
+		alg, size := RSA, half.modulusLen
+		if half.keyType == pkcs11.CKK_EC {
+			alg = EC
+			size, _ = curveSize(half.ecParams)
+			if pub != nil {
+				size, _ = curveSize(pub.ecParams)
+			}
+		}
+		var kid []byte
+		if pk, err := t.publicKey(ctx, tag); err == nil {
+			kid, _ = KeyIdentifier(pk)
+			if k, ok := pk.(interface{ Size() int }); ok && alg == RSA {
+				size = k.Size() * 8
+			}
+		}
+		if priv != nil {
+			rec := mk(false, keymap.PrivateKey, alg, size, priv.label)
+			rec.KeyID = kid
+			if pub != nil {
+				rec.Attrs[AttrPublicKey] = ObjectID(tag, true)
+			}
+			recs = append(recs, rec)
+		}
+		if pub != nil {
+			rec := mk(priv != nil, keymap.PublicKey, alg, size, pub.label)
+			rec.KeyID = kid
+			if priv != nil {
+				rec.Attrs[AttrPrivateKey] = ObjectID(tag, false)
+			}
+			recs = append(recs, rec)
+		}
+	}
+	if cert != nil {
+		rec := mk(false, keymap.Certificate, "", 0, cert.label)
+		rec.Attrs[AttrExportable] = "1"
+		recs = append(recs, rec)
+	}
+	if data != nil {
+		rec := mk(false, keymap.SecretData, "", 0, data.label)
+		rec.Attrs[AttrExportable] = "1"
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// Rebuild re-derives keymap rows (tag, class, algorithm, size, key identifier, label) for the objects
+// on signer's token that the keymap lacks, without touching rows it has. With dryRun nothing is
+// written: the rows returned are the token's objects nobody acknowledged (orphans of a crash, or keys
+// made by another instance). Rebuilt keys are Active, owned by nobody (so only the admin sees them over
+// KMIP) and marked with AttrRebuilt.
+func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]keymap.Record, error) {
+	t, err := r.Signer(signer)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := t.scanTokenObjects(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	byTag := map[string][]tokenObject{}
+	for _, o := range objs {
+		byTag[string(o.tag)] = append(byTag[string(o.tag)], o)
+	}
+	tags := make([]string, 0, len(byTag))
+	for tag := range byTag {
+		tags = append(tags, tag)
+	}
+	sort.Strings(tags)
+	var out []keymap.Record
+	r.recMu.Lock()
+	defer r.recMu.Unlock()
+	for _, tag := range tags {
+		for _, rec := range r.derive(ctx, t, []byte(tag), byTag[tag]) {
+			if _, ok := r.km.Get(rec.ID); ok {
+				continue
+			}
+			if !dryRun {
+				if err := r.km.Put(rec); err != nil {
+					return out, errorf(ErrUnavailable, "rebuild: write keymap: %v", err)
+				}
+			}
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+// adopt looks for an identifier the keymap does not know on every signer's token, and records what
+// it finds: several instances in front of one HSM then serve each other's keys.
+func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
+	tag, _, err := ParseObjectID(id)
+	if err != nil || len(tag) != TagSize {
+		return keymap.Record{}, false
+	}
+	for _, t := range r.Signers() {
+		objs, err := t.scanTokenObjects(ctx, tag)
+		if err != nil || len(objs) == 0 {
+			continue
+		}
+		r.recMu.Lock()
+		var found keymap.Record
+		ok := false
+		for _, rec := range r.derive(ctx, t, tag, objs) {
+			if _, have := r.km.Get(rec.ID); !have {
+				if err := r.km.Put(rec); err != nil {
+					continue
+				}
+			}
+			if rec.ID == id {
+				found, ok = rec, true
+			}
+		}
+		r.recMu.Unlock()
+		if ok {
+			r.log.Info("adopted a key found on a token but not in the keymap", "id", id, "signer", t.cfg.Name)
+			return found, true
+		}
+	}
+	return keymap.Record{}, false
+}

@@ -1,0 +1,115 @@
+package signer
+
+import (
+	"bytes"
+	"crypto"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// TestRebuildFromToken: a lost keymap is re-derived from the token with the same identifiers and key
+// identifiers, and every key works again; a second keymap in front of the same token adopts keys it
+// is asked for.
+func TestRebuildFromToken(t *testing.T) {
+	dir := t.TempDir()
+	km1, _ := keymap.Open(filepath.Join(dir, "one.csv"), quietLog())
+	r1, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Close()
+	priv, pub, err := r1.CreateKeyPair(ctx, KeySpec{Algorithm: RSA, Size: 2048}, Meta{Name: "rb-priv"}, Meta{Name: "rb-pub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecPriv, _, err := r1.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 384}, Meta{Name: "rb-ec"}, Meta{Name: "rb-ec-pub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kesKey, err := r1.Create(ctx, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "rb-kes", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iv, ct, err := r1.Seal(ctx, kesKey.ID, nil, []byte("before"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := r1.Import(ctx, Material{Class: keymap.SecretData, Secret: []byte("s3cr3t")}, Meta{Name: "rb-data"}, true, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A second, empty keymap on the same token: the CSV was lost.
+	km2, _ := keymap.Open(filepath.Join(dir, "two.csv"), quietLog())
+	r2, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	orphans, err := r2.Rebuild(ctx, "b", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if km2.Len() != 0 {
+		t.Fatal("a dry run wrote rows")
+	}
+	got, err := r2.Rebuild(ctx, "b", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(orphans) {
+		t.Fatalf("dry run reported %d rows, rebuild wrote %d", len(orphans), len(got))
+	}
+	for _, want := range []keymap.Record{priv, pub, ecPriv, kesKey, data} {
+		rec, ok := km2.Get(want.ID)
+		if !ok {
+			t.Fatalf("rebuild lost %s (%s)", want.ID, want.Name)
+		}
+		if rec.Class != want.Class || rec.Algorithm != want.Algorithm || rec.Size != want.Size || !bytes.Equal(rec.KeyID, want.KeyID) || rec.Name != want.Name {
+			t.Errorf("rebuilt %+v\nwant      %+v", rec, want)
+		}
+	}
+	sig, err := r2.Sign(ctx, priv.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Verify(ctx, pub.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, []byte("after"), sig); err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := r2.Open(ctx, kesKey.ID, iv, ct, nil); err != nil || string(pt) != "before" {
+		t.Fatalf("decrypt after rebuild: %v", err)
+	}
+	if _, err := r2.HMAC(ctx, kesKey.ID, crypto.SHA256, []byte("m")); err != nil {
+		t.Fatalf("hmac after rebuild: %v", err)
+	}
+	if m, err := r2.Export(ctx, data.ID); err != nil || string(m.Secret) != "s3cr3t" {
+		t.Fatalf("data after rebuild: %v", err)
+	}
+	again, _ := r2.Rebuild(ctx, "b", false)
+	if len(again) != 0 {
+		t.Fatalf("a second rebuild added %d rows", len(again))
+	}
+
+	// A third instance never rebuilt: it adopts what it is asked for.
+	km3, _ := keymap.Open(filepath.Join(dir, "three.csv"), quietLog())
+	r3, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r3.Close()
+	if _, err := r3.Sign(ctx, ecPriv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+		t.Fatalf("sign with a key another instance made: %v", err)
+	}
+	var ids []string
+	km3.Range(func(r keymap.Record) bool { ids = append(ids, r.ID); return true })
+	sort.Strings(ids)
+	if len(ids) != 2 {
+		t.Fatalf("adopting one key pair wrote rows %v", ids)
+	}
+	if _, err := r3.Get("00112233445566778899aabbccddeeff00112233"); err == nil {
+		t.Fatal("an unknown tag was adopted")
+	}
+}

@@ -145,6 +145,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	fs := flags("keys " + args[0])
 	path := fs.String("config", "", "config file")
 	only := fs.String("signer", "", "only objects on this signer")
+	dry := fs.Bool("dry-run", false, "rebuild: only report what the keymap lacks")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -172,6 +173,25 @@ func cmdKeys(args []string, stdout io.Writer) error {
 			return fmt.Errorf("no object with identifier %q", fs.Arg(0))
 		}
 		return showRecord(rec, stdout)
+	case "rebuild":
+		if *only == "" {
+			return usageError("keys rebuild --signer S")
+		}
+		reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}, km)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		recs, err := reg.Rebuild(context.Background(), *only, *dry)
+		verb := "added"
+		if *dry {
+			verb = "not in the keymap (orphan or another instance's)"
+		}
+		for _, r := range recs {
+			fmt.Fprintf(stdout, "%s\t%s\t%s-%d\t%q\t%s\n", r.ID, r.Class, r.Algorithm, r.Size, r.Name, verb)
+		}
+		fmt.Fprintf(stdout, "signer %s: %d objects %s\n", *only, len(recs), verb)
+		return err
 	case "rotate":
 		if fs.NArg() != 1 {
 			return usageError("keys rotate NAME")
@@ -188,7 +208,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "key %q: new version %s\n", fs.Arg(0), id)
 		return nil
 	}
-	return usageError("keys needs list, show or rotate")
+	return usageError("keys needs list, show, rebuild or rotate")
 }
 
 func keysList(km *keymap.Map, only string, stdout io.Writer) error {

@@ -20,6 +20,8 @@ Usage:
                                             run on a SoftHSM2 token with generated certificates
   p11bridge keys list   --config FILE [--signer S]   list objects in the keymap
   p11bridge keys show   --config FILE ID             show one object
+  p11bridge keys rebuild --config FILE --signer S [--dry-run]
+                                            re-derive keymap rows from a token (server stopped)
   p11bridge keys rotate --config FILE NAME           add a new version of a KES key (server stopped)
   p11bridge identity CERT.pem               print the identity (SHA-256 of the certificate's public key)
   p11bridge version

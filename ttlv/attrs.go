@@ -1,0 +1,314 @@
+package ttlv
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/gemalto/kmip-go/kmip14"
+	tt "github.com/gemalto/kmip-go/ttlv"
+)
+
+// access says how a client may touch an attribute.
+type access int
+
+const (
+	serverOnly access = iota // the server sets and maintains it
+	atCreate                 // a client may give it when the object is made, never change it
+	clientRW                 // a client may set, add, modify and delete it
+)
+
+// attrDef describes one KMIP attribute.
+type attrDef struct {
+	name   string // KMIP 1.x attribute name ("Cryptographic Usage Mask"); filled from the tag
+	tag    tt.Tag // the tag of its value (KMIP 2.0 encodes attributes under it)
+	typ    tt.Type
+	multi  bool
+	since  ProtocolVersion
+	access access
+	shape  func() any // for structures: a fresh Go value the value must decode into
+}
+
+var v10, v11, v12, v13, v14 = ProtocolVersion{1, 0}, ProtocolVersion{1, 1}, ProtocolVersion{1, 2}, ProtocolVersion{1, 3}, ProtocolVersion{1, 4}
+
+const (
+	tStruct = tt.TypeStructure
+	tInt    = tt.TypeInteger
+	tEnum   = tt.TypeEnumeration
+	tBool   = tt.TypeBoolean
+	tText   = tt.TypeTextString
+	tDate   = tt.TypeDateTime
+	tIntvl  = tt.TypeInterval
+)
+
+// attrDefs lists the attributes the server knows, in the order GetAttributes reports them.
+var attrDefs = []*attrDef{
+	{tag: kmip14.TagUniqueIdentifier, typ: tText, since: v10, access: serverOnly},
+	{tag: kmip14.TagName, typ: tStruct, multi: true, since: v10, access: clientRW, shape: func() any { return &kName{} }},
+	{tag: kmip14.TagObjectType, typ: tEnum, since: v10, access: atCreate},
+	{tag: kmip14.TagCryptographicAlgorithm, typ: tEnum, since: v10, access: atCreate},
+	{tag: kmip14.TagCryptographicLength, typ: tInt, since: v10, access: atCreate},
+	{tag: kmip14.TagCryptographicParameters, typ: tStruct, multi: true, since: v10, access: clientRW, shape: func() any { return &cryptoParams{} }},
+	{tag: kmip14.TagCryptographicDomainParameters, typ: tStruct, since: v10, access: atCreate},
+	{tag: kmip14.TagCertificateType, typ: tEnum, since: v10, access: serverOnly},
+	{tag: kmip14.TagCertificateLength, typ: tInt, since: v11, access: serverOnly},
+	{tag: kmip14.TagDigitalSignatureAlgorithm, typ: tEnum, multi: true, since: v11, access: serverOnly},
+	{tag: kmip14.TagDigest, typ: tStruct, multi: true, since: v10, access: serverOnly},
+	{tag: kmip14.TagOperationPolicyName, typ: tText, since: v10, access: clientRW},
+	{tag: kmip14.TagCryptographicUsageMask, typ: tInt, since: v10, access: clientRW},
+	{tag: kmip14.TagLeaseTime, typ: tIntvl, since: v10, access: serverOnly},
+	{tag: kmip14.TagUsageLimits, typ: tStruct, since: v10, access: clientRW},
+	{tag: kmip14.TagState, typ: tEnum, since: v10, access: serverOnly},
+	{tag: kmip14.TagInitialDate, typ: tDate, since: v10, access: serverOnly},
+	{tag: kmip14.TagActivationDate, typ: tDate, since: v10, access: clientRW},
+	{tag: kmip14.TagProcessStartDate, typ: tDate, since: v10, access: clientRW},
+	{tag: kmip14.TagProtectStopDate, typ: tDate, since: v10, access: clientRW},
+	{tag: kmip14.TagDeactivationDate, typ: tDate, since: v10, access: clientRW},
+	{tag: kmip14.TagDestroyDate, typ: tDate, since: v10, access: serverOnly},
+	{tag: kmip14.TagCompromiseOccurrenceDate, typ: tDate, since: v10, access: serverOnly},
+	{tag: kmip14.TagCompromiseDate, typ: tDate, since: v10, access: serverOnly},
+	{tag: kmip14.TagRevocationReason, typ: tStruct, since: v10, access: serverOnly, shape: func() any { return &revocationReason{} }},
+	{tag: kmip14.TagArchiveDate, typ: tDate, since: v10, access: serverOnly},
+	{tag: kmip14.TagObjectGroup, typ: tText, multi: true, since: v10, access: clientRW},
+	{tag: kmip14.TagFresh, typ: tBool, since: v11, access: serverOnly},
+	{tag: kmip14.TagLink, typ: tStruct, multi: true, since: v10, access: clientRW, shape: func() any { return &kLink{} }},
+	{tag: kmip14.TagApplicationSpecificInformation, typ: tStruct, multi: true, since: v10, access: clientRW},
+	{tag: kmip14.TagContactInformation, typ: tText, since: v10, access: clientRW},
+	{tag: kmip14.TagLastChangeDate, typ: tDate, since: v10, access: serverOnly},
+	{tag: kmip14.TagAlternativeName, typ: tStruct, multi: true, since: v12, access: clientRW},
+	{tag: kmip14.TagKeyValuePresent, typ: tBool, since: v12, access: serverOnly},
+	{tag: kmip14.TagKeyValueLocation, typ: tStruct, multi: true, since: v12, access: clientRW},
+	{tag: kmip14.TagOriginalCreationDate, typ: tDate, since: v12, access: atCreate},
+	{tag: kmip14.TagRandomNumberGenerator, typ: tStruct, since: v13, access: serverOnly},
+	{tag: kmip14.TagPKCS_12FriendlyName, typ: tText, since: v14, access: clientRW},
+	{tag: kmip14.TagDescription, typ: tText, since: v14, access: clientRW},
+	{tag: kmip14.TagComment, typ: tText, since: v14, access: clientRW},
+	{tag: kmip14.TagSensitive, typ: tBool, since: v14, access: serverOnly},
+	{tag: kmip14.TagAlwaysSensitive, typ: tBool, since: v14, access: serverOnly},
+	{tag: kmip14.TagExtractable, typ: tBool, since: v14, access: serverOnly},
+	{tag: kmip14.TagNeverExtractable, typ: tBool, since: v14, access: serverOnly},
+}
+
+var (
+	defByName = map[string]*attrDef{}
+	defByTag  = map[tt.Tag]*attrDef{}
+)
+
+func init() {
+	for _, d := range attrDefs {
+		d.name = tt.DefaultRegistry.FormatTagCanonical(d.tag)
+		defByName[d.name] = d
+		defByTag[d.tag] = d
+	}
+}
+
+func def(tag tt.Tag) *attrDef { return defByTag[tag] }
+
+// attr is one attribute instance, whatever the protocol version that carried it.
+type attr struct {
+	def   *attrDef // nil for custom attributes
+	name  string   // KMIP 1.x name; custom attributes keep theirs ("x-owner")
+	index int32    // -1 when the request gave none
+	value *node    // nil when a request names an attribute without a value
+}
+
+// custom says whether name is a custom attribute: "x-" ones belong to clients, "y-" ones to servers.
+func custom(name string) bool { return strings.HasPrefix(name, "x-") || strings.HasPrefix(name, "y-") }
+
+// normName folds runs of white space, as the OASIS vectors send "Object   Type".
+func normName(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// lookupAttr finds the definition of a 1.x attribute name.
+func lookupAttr(name string) (*attrDef, string, error) {
+	name = normName(name)
+	if custom(name) {
+		return nil, name, nil
+	}
+	if d := defByName[name]; d != nil {
+		return d, name, nil
+	}
+	return nil, name, kerr(rInvalidField, "attribute %q is not supported", name)
+}
+
+// attr1 is the KMIP 1.x Attribute structure; in KMIP 2.0 the same tag carries vendor attributes.
+type attr1 struct {
+	Vendor *string `kmip:"VendorIdentification"`
+	Name   string  `kmip:"AttributeName,required"`
+	Index  *int32  `kmip:"AttributeIndex"`
+	Value  *node   `kmip:"AttributeValue"`
+}
+
+// fromAttr1 turns a decoded Attribute structure into an attr.
+func fromAttr1(a attr1, needValue bool) (attr, error) {
+	name := a.Name
+	if a.Vendor != nil {
+		// A KMIP 2.0 vendor attribute: vendor "x" with name "owner" is the 1.x custom "x-owner".
+		name = *a.Vendor + "-" + a.Name
+	}
+	d, name, err := lookupAttr(name)
+	if err != nil {
+		return attr{}, err
+	}
+	out := attr{def: d, name: name, index: -1, value: a.Value}
+	if a.Index != nil {
+		if *a.Index < 0 {
+			return attr{}, kerr(rIndex, "attribute %q: negative index %d", name, *a.Index)
+		}
+		out.index = *a.Index
+	}
+	if needValue || a.Value != nil {
+		if err := checkValue(out); err != nil {
+			return attr{}, err
+		}
+	}
+	return out, nil
+}
+
+// fromItem turns a KMIP 2.0 attribute item (tagged by the attribute itself) into an attr.
+func fromItem(n *node, needValue bool) (attr, error) {
+	if n.Tag == kmip14.TagAttribute {
+		var a attr1
+		if err := decodeStruct(n, &a); err != nil {
+			return attr{}, err
+		}
+		if a.Vendor == nil {
+			return attr{}, kerr(rInvalidField, "attribute %q: KMIP 2.0 carries attributes under their own tags (Attribute is for vendor attributes)", a.Name)
+		}
+		return fromAttr1(a, needValue)
+	}
+	d := defByTag[n.Tag]
+	if d == nil {
+		return attr{}, kerr(rInvalidField, "%s is not a supported attribute", tagName(n.Tag))
+	}
+	a := attr{def: d, name: d.name, index: -1, value: n}
+	return a, checkValue(a)
+}
+
+// checkValue checks that a value has the type (and for structures the shape) of its attribute.
+func checkValue(a attr) error {
+	if a.value == nil {
+		return kerr(rInvalidField, "attribute %q has no value", a.name)
+	}
+	if a.def == nil {
+		return nil
+	}
+	if a.value.Type != a.def.typ {
+		return kerr(rInvalidField, "attribute %q: expected %s, got %s", a.name, typeName(a.def.typ), typeName(a.value.Type))
+	}
+	if a.def.shape != nil {
+		if err := decodeStruct(a.value, a.def.shape()); err != nil {
+			return withReason(err, rInvalidField, "attribute %q", a.name)
+		}
+	}
+	return nil
+}
+
+// parseAttrs reads the attributes of a TemplateAttribute (1.x) or, with v2, an Attributes (2.0)
+// structure.
+func parseAttrs(v2 bool, n *node) ([]attr, error) {
+	if n == nil {
+		return nil, nil
+	}
+	var out []attr
+	for _, k := range n.Kids {
+		var a attr
+		var err error
+		switch {
+		case v2:
+			a, err = fromItem(k, true)
+		case k.Tag == kmip14.TagAttribute:
+			var a1 attr1
+			if err = decodeStruct(k, &a1); err == nil {
+				if a1.Vendor != nil {
+					err = kerr(rInvalidField, "VendorIdentification in an attribute needs KMIP 2.0")
+				} else {
+					a, err = fromAttr1(a1, true)
+				}
+			}
+		case k.Tag == kmip14.TagName:
+			err = kerr(rFeature, "Template objects are not supported (TemplateAttribute names a template)")
+		default:
+			err = kerr(rInvalidField, "unexpected %s in %s", tagName(k.Tag), tagName(n.Tag))
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// encodeAttr writes an attribute instance for a response in the request's version.
+func encodeAttr(v ProtocolVersion, a attr) *node {
+	if v.v2() {
+		if a.def != nil {
+			c := *a.value
+			c.Tag = a.def.tag
+			return &c
+		}
+		vendor, name, _ := strings.Cut(a.name, "-")
+		return newStruct(kmip14.TagAttribute, newText(kmip14.TagVendorIdentification, vendor),
+			newText(kmip14.TagAttributeName, name), retag(a.value, kmip14.TagAttributeValue))
+	}
+	var idx *node
+	if a.index > 0 {
+		idx = newInt(kmip14.TagAttributeIndex, a.index)
+	}
+	return newStruct(kmip14.TagAttribute, newText(kmip14.TagAttributeName, a.name), idx, retag(a.value, kmip14.TagAttributeValue))
+}
+
+// encodeRef writes an attribute name for GetAttributeList: a 1.x AttributeName, or a 2.0
+// AttributeReference (the tag as an enumeration, or vendor and name for custom attributes).
+func encodeRef(v ProtocolVersion, a attr) *node {
+	if !v.v2() {
+		return newText(kmip14.TagAttributeName, a.name)
+	}
+	if a.def != nil {
+		return newEnum(tagAttributeReference, uint32(a.def.tag))
+	}
+	vendor, name, _ := strings.Cut(a.name, "-")
+	return newStruct(tagAttributeReference, newText(kmip14.TagVendorIdentification, vendor), newText(kmip14.TagAttributeName, name))
+}
+
+// parseRef reads an attribute reference: a 1.x AttributeName, or a 2.0 AttributeReference.
+func parseRef(n *node) (*attrDef, string, error) {
+	switch {
+	case n.Type == tt.TypeTextString:
+		return lookupAttr(n.text())
+	case n.Type == tt.TypeEnumeration:
+		d := defByTag[tt.Tag(n.u32())]
+		if d == nil {
+			return nil, "", kerr(rInvalidField, "%s is not a supported attribute", tagName(tt.Tag(n.u32())))
+		}
+		return d, d.name, nil
+	case n.Type == tt.TypeStructure:
+		var r struct {
+			Vendor string `kmip:"VendorIdentification,required"`
+			Name   string `kmip:"AttributeName,required"`
+		}
+		if err := decodeStruct(n, &r); err != nil {
+			return nil, "", err
+		}
+		if r.Vendor == "" {
+			// PyKMIP 2.0 sends standard attributes as a reference with an empty vendor.
+			return lookupAttr(r.Name)
+		}
+		return lookupAttr(r.Vendor + "-" + r.Name)
+	}
+	return nil, "", kerr(rInvalidField, "attribute reference of type %s", typeName(n.Type))
+}
+
+func retag(n *node, tag tt.Tag) *node {
+	if n == nil {
+		return nil
+	}
+	c := *n
+	c.Tag = tag
+	return &c
+}
+
+func (a attr) String() string {
+	if a.index >= 0 {
+		return fmt.Sprintf("%s[%d]", a.name, a.index)
+	}
+	return a.name
+}

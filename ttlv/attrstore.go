@@ -1,0 +1,330 @@
+package ttlv
+
+import (
+	"encoding/json"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gemalto/kmip-go/kmip14"
+	tt "github.com/gemalto/kmip-go/ttlv"
+
+	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
+)
+
+// KMIP attributes that a keymap row has no field for live in Record.Attrs: standard ones under
+// "kmip.<TagName>", custom "x-name" ones under "x.name". Each value is a JSON array of instances in
+// the KMIP JSON encoding (index i = attribute index i; null = a deleted instance, so later indexes
+// keep their numbers). The registry's own "p11." and "link." keys are never written here.
+const (
+	attrPrefix   = "kmip."
+	customPrefix = "x."
+)
+
+func storeKey(d *attrDef, name string) string {
+	if d == nil {
+		return customPrefix + strings.TrimPrefix(name, "x-")
+	}
+	return attrPrefix + tagName(d.tag)
+}
+
+// encodeValues renders attribute instances as a JSON array.
+func encodeValues(tag tt.Tag, vals []*node) (string, error) {
+	for len(vals) > 0 && vals[len(vals)-1] == nil {
+		vals = vals[:len(vals)-1]
+	}
+	parts := make([]json.RawMessage, len(vals))
+	for i, v := range vals {
+		if v == nil {
+			parts[i] = json.RawMessage("null")
+			continue
+		}
+		b, err := tt.TTLV(retag(v, tag).bytes()).MarshalJSON()
+		if err != nil {
+			return "", withReason(err, rGeneral, "store attribute %s", tagName(tag))
+		}
+		parts[i] = b
+	}
+	b, err := json.Marshal(parts)
+	return string(b), err
+}
+
+// decodeValues reads what encodeValues wrote.
+func decodeValues(s string) ([]*node, error) {
+	var parts []json.RawMessage
+	if err := json.Unmarshal([]byte(s), &parts); err != nil {
+		return nil, err
+	}
+	out := make([]*node, len(parts))
+	for i, p := range parts {
+		if string(p) == "null" {
+			continue
+		}
+		var t tt.TTLV
+		if err := t.UnmarshalJSON(p); err != nil {
+			return nil, err
+		}
+		n, err := parseNode(t)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
+// stored returns the stored instances of an attribute (nil entries are deleted instances).
+func (s *Server) stored(rec keymap.Record, d *attrDef, name string) []*node {
+	raw, ok := rec.Attrs[storeKey(d, name)]
+	if !ok {
+		if d == def(kmip14.TagName) && rec.Name != "" {
+			// Objects made outside KMIP (KES, the CLI) have only the keymap's name.
+			return []*node{encodeStruct(kmip14.TagName, kName{Value: rec.Name, Type: uint32(kmip14.NameTypeUninterpretedTextString)})}
+		}
+		return nil
+	}
+	vals, err := decodeValues(raw)
+	if err != nil {
+		s.log.Error("kmip: stored attribute does not decode; ignoring it", "key", rec.ID, "attribute", name, "err", err)
+		return nil
+	}
+	return vals
+}
+
+// setStored replaces the stored instances of an attribute in rec (a clone being updated).
+func setStored(rec *keymap.Record, d *attrDef, name string, vals []*node) error {
+	key := storeKey(d, name)
+	tag := kmip14.TagAttributeValue
+	if d != nil {
+		tag = d.tag
+	}
+	if rec.Attrs == nil {
+		rec.Attrs = map[string]string{}
+	}
+	live := 0
+	for _, v := range vals {
+		if v != nil {
+			live++
+		}
+	}
+	if live == 0 {
+		delete(rec.Attrs, key)
+	} else {
+		s, err := encodeValues(tag, vals)
+		if err != nil {
+			return err
+		}
+		rec.Attrs[key] = s
+	}
+	if d == def(kmip14.TagName) {
+		// The keymap's Name (CKA_LABEL, name lookups) follows the first live instance.
+		rec.Name = ""
+		for _, v := range vals {
+			if v != nil {
+				var nm kName
+				if decodeStruct(v, &nm) == nil {
+					rec.Name = nm.Value
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// storedDate reads a single-valued DateTime attribute.
+func (s *Server) storedDate(rec keymap.Record, tag tt.Tag) (time.Time, bool) {
+	if _, ok := rec.Attrs[storeKey(def(tag), "")]; !ok {
+		return time.Time{}, false
+	}
+	vals := s.stored(rec, def(tag), "")
+	if len(vals) == 0 || vals[0] == nil || vals[0].Type != tt.TypeDateTime {
+		return time.Time{}, false
+	}
+	return vals[0].dateTime(), true
+}
+
+// storedInt reads a single-valued Integer or Enumeration attribute.
+func (s *Server) storedInt(rec keymap.Record, tag tt.Tag) (uint32, bool) {
+	if _, ok := rec.Attrs[storeKey(def(tag), "")]; !ok {
+		return 0, false
+	}
+	vals := s.stored(rec, def(tag), "")
+	if len(vals) == 0 || vals[0] == nil {
+		return 0, false
+	}
+	return vals[0].u32(), true
+}
+
+// Mappings between keymap and KMIP enumerations.
+var classTypes = map[keymap.Class]kmip14.ObjectType{
+	keymap.SecretKey:   kmip14.ObjectTypeSymmetricKey,
+	keymap.PrivateKey:  kmip14.ObjectTypePrivateKey,
+	keymap.PublicKey:   kmip14.ObjectTypePublicKey,
+	keymap.Certificate: kmip14.ObjectTypeCertificate,
+	keymap.SecretData:  kmip14.ObjectTypeSecretData,
+	keymap.Opaque:      kmip14.ObjectTypeOpaqueObject,
+}
+
+var stateEnums = map[keymap.State]kmip14.State{
+	keymap.PreActive:            kmip14.StatePreActive,
+	keymap.Active:               kmip14.StateActive,
+	keymap.Deactivated:          kmip14.StateDeactivated,
+	keymap.Compromised:          kmip14.StateCompromised,
+	keymap.Destroyed:            kmip14.StateDestroyed,
+	keymap.DestroyedCompromised: kmip14.StateDestroyedCompromised,
+}
+
+// effectiveState is the state of rec now: a Pre-Active object whose Activation Date has come is
+// Active, an Active one past its Deactivation Date is Deactivated (KMIP's date-driven transitions).
+func (s *Server) effectiveState(rec keymap.Record, now time.Time) keymap.State {
+	st := rec.State
+	if st == "" {
+		st = keymap.PreActive
+	}
+	if st == keymap.PreActive {
+		if t, ok := s.storedDate(rec, kmip14.TagActivationDate); ok && !t.After(now) {
+			st = keymap.Active
+		}
+	}
+	if st == keymap.Active {
+		if t, ok := s.storedDate(rec, kmip14.TagDeactivationDate); ok && !t.After(now) {
+			st = keymap.Deactivated
+		}
+	}
+	return st
+}
+
+// kmipAlgorithm is the Cryptographic Algorithm to report: what the client asked for when it was
+// recorded (HMAC-SHA384, ECDSA, …), else the registry's algorithm.
+func (s *Server) kmipAlgorithm(rec keymap.Record, v ProtocolVersion) (uint32, bool) {
+	if a, ok := s.storedInt(rec, kmip14.TagCryptographicAlgorithm); ok {
+		return a, true
+	}
+	switch rec.Algorithm {
+	case signer.AES:
+		return uint32(kmip14.CryptographicAlgorithmAES), true
+	case signer.RSA:
+		return uint32(kmip14.CryptographicAlgorithmRSA), true
+	case signer.HMAC:
+		return uint32(kmip14.CryptographicAlgorithmHMAC_SHA256), true
+	case signer.EC:
+		if v.atLeast(1, 2) {
+			return uint32(kmip14.CryptographicAlgorithmEC), true
+		}
+		return uint32(kmip14.CryptographicAlgorithmECDSA), true
+	}
+	return 0, false
+}
+
+// registryLinks are the links the registry keeps, as KMIP Link types.
+var registryLinks = []struct {
+	key  string
+	kind kmip14.LinkType
+}{
+	{signer.AttrPublicKey, kmip14.LinkTypePublicKeyLink},
+	{signer.AttrPrivateKey, kmip14.LinkTypePrivateKeyLink},
+	{signer.AttrReplacement, kmip14.LinkTypeReplacementObjectLink},
+	{signer.AttrReplaced, kmip14.LinkTypeReplacedObjectLink},
+}
+
+func isKey(c keymap.Class) bool {
+	return c == keymap.SecretKey || c == keymap.PrivateKey || c == keymap.PublicKey
+}
+
+// attributesOf lists every attribute instance of rec that version v defines.
+func (s *Server) attributesOf(rec keymap.Record, v ProtocolVersion) []attr {
+	now := time.Now()
+	var out []attr
+	add := func(tag tt.Tag, val *node) {
+		d := def(tag)
+		if d != nil && v.atLeast(d.since.Major, d.since.Minor) {
+			out = append(out, attr{def: d, name: d.name, index: -1, value: val})
+		}
+	}
+	addStored := func(d *attrDef, name string) {
+		if !v.atLeast(d.since.Major, d.since.Minor) {
+			return
+		}
+		for i, val := range s.stored(rec, d, name) {
+			if val != nil {
+				out = append(out, attr{def: d, name: d.name, index: int32(i), value: val})
+			}
+		}
+	}
+	for _, d := range attrDefs {
+		switch d.tag {
+		case kmip14.TagUniqueIdentifier:
+			add(d.tag, newText(d.tag, rec.ID))
+		case kmip14.TagObjectType:
+			add(d.tag, newEnum(d.tag, uint32(classTypes[rec.Class])))
+		case kmip14.TagCryptographicAlgorithm:
+			if a, ok := s.kmipAlgorithm(rec, v); ok && isKey(rec.Class) {
+				add(d.tag, newEnum(d.tag, a))
+			}
+		case kmip14.TagCryptographicLength:
+			if rec.Size > 0 && isKey(rec.Class) {
+				add(d.tag, newInt(d.tag, int32(rec.Size)))
+			}
+		case kmip14.TagCertificateType:
+			if rec.Class == keymap.Certificate {
+				add(d.tag, newEnum(d.tag, uint32(kmip14.CertificateTypeX_509)))
+			} else {
+				addStored(d, d.name)
+			}
+		case kmip14.TagState:
+			add(d.tag, newEnum(d.tag, uint32(stateEnums[s.effectiveState(rec, now)])))
+		case kmip14.TagInitialDate:
+			add(d.tag, newDateTime(d.tag, rec.Created))
+		case kmip14.TagLastChangeDate:
+			t := rec.Updated
+			if t.IsZero() {
+				t = rec.Created
+			}
+			add(d.tag, newDateTime(d.tag, t))
+		case kmip14.TagLink:
+			n := 0
+			for _, l := range registryLinks {
+				if id := rec.Attrs[l.key]; id != "" {
+					out = append(out, attr{def: d, name: d.name, index: int32(n), value: encodeStruct(d.tag, kLink{Type: uint32(l.kind), ID: id})})
+					n++
+				}
+			}
+			for _, val := range s.stored(rec, d, d.name) {
+				if val != nil {
+					out = append(out, attr{def: d, name: d.name, index: int32(n), value: val})
+				}
+				n++
+			}
+		case kmip14.TagSensitive, kmip14.TagExtractable, kmip14.TagAlwaysSensitive, kmip14.TagNeverExtractable:
+			if rec.Class == keymap.SecretKey || rec.Class == keymap.PrivateKey {
+				exportable := rec.Attrs[signer.AttrExportable] != ""
+				val := !exportable
+				if d.tag == kmip14.TagExtractable {
+					val = exportable
+				}
+				add(d.tag, newBool(d.tag, val))
+			}
+		default:
+			if d.access != serverOnly || rec.Attrs[storeKey(d, d.name)] != "" || d.tag == kmip14.TagName {
+				addStored(d, d.name)
+			}
+		}
+	}
+	var customs []string
+	for k := range rec.Attrs {
+		if strings.HasPrefix(k, customPrefix) {
+			customs = append(customs, "x-"+strings.TrimPrefix(k, customPrefix))
+		}
+	}
+	sort.Strings(customs)
+	for _, name := range customs {
+		for i, val := range s.stored(rec, nil, name) {
+			if val != nil {
+				out = append(out, attr{name: name, index: int32(i), value: val})
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,238 @@
+package ttlv
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/gemalto/kmip-go/kmip14"
+	"github.com/gemalto/kmip-go/kmip20"
+)
+
+// handler runs one operation. It decodes its own payload (so a bad payload fails only its item)
+// and returns a response payload struct.
+type handler func(o *op, payload *node) (any, error)
+
+type opDef struct {
+	fn    handler
+	since ProtocolVersion // first protocol version that defines the operation
+}
+
+// handlers is filled by the op_*.go files.
+var handlers = map[kmip14.Operation]opDef{}
+
+func register(o kmip14.Operation, since ProtocolVersion, fn handler) {
+	handlers[o] = opDef{fn: fn, since: since}
+}
+
+// batch is what the items of one request message share.
+type batch struct {
+	// placeholder is the KMIP ID Placeholder: the object the last creating or locating item
+	// produced, used by later items that omit their Unique Identifier.
+	placeholder string
+	// last holds, for KMIP 2.0 Unique Identifier enumerations, the identifier the last item of
+	// each kind produced.
+	last map[kmip20.UniqueIdentifier]string
+}
+
+// op is the context of one batch item.
+type op struct {
+	ctx      context.Context
+	s        *Server
+	v        ProtocolVersion
+	identity string
+	admin    bool
+	b        *batch
+	name     string
+
+	// For the audit record.
+	key    string
+	signer string
+
+	// undo reverts what the item did (BatchErrorContinuationOption Undo); irreversible marks an
+	// item that cannot be reverted (Destroy).
+	undo         []func(ctx context.Context) error
+	irreversible bool
+}
+
+// produced records an identifier an item created or found, for the ID Placeholder.
+func (o *op) produced(id string, kinds ...kmip20.UniqueIdentifier) {
+	o.b.placeholder = id
+	for _, k := range kinds {
+		o.b.last[k] = id
+	}
+	if o.key == "" {
+		o.key = id
+	}
+}
+
+func (o *op) onUndo(fn func(ctx context.Context) error) { o.undo = append(o.undo, fn) }
+
+// handleMessage answers one request message (raw TTLV bytes). It never panics and always returns a
+// response; the fuzz test drives it directly.
+func (s *Server) handleMessage(ctx context.Context, identity string, raw []byte) (out []byte) {
+	v := ProtocolVersion{1, 0}
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("kmip: request handler panicked", "identity", identity, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			out = failureResponse(v, nil, rGeneral, "internal error; the request was not completed")
+		}
+	}()
+	n, err := parseNode(raw)
+	if err != nil {
+		return failureResponse(v, nil, rInvalidMsg, "malformed TTLV: "+err.Error())
+	}
+	if pv, ok := peekVersion(n); ok {
+		v = pv
+		if !v.supported() {
+			v = nearestSupported(pv)
+			return failureResponse(v, nil, uint32(kmip20.ResultReasonUnsupportedProtocolVersion),
+				fmt.Sprintf("protocol version %s is not supported; this server speaks KMIP 1.0 to 1.4 and 2.0", pv))
+		}
+	}
+	req, err := decodeRequest(n)
+	if err != nil {
+		return failureResponse(v, nil, rInvalidMsg, "invalid request: "+err.Error())
+	}
+	if int(req.Header.BatchCount) != len(req.Items) {
+		return failureResponse(v, req.Items, rInvalidMsg,
+			fmt.Sprintf("BatchCount is %d but the message holds %d batch items", req.Header.BatchCount, len(req.Items)))
+	}
+	resp := s.runBatch(ctx, identity, req)
+	b := resp.encode()
+	if m := req.Header.MaximumResponseSize; m != nil && *m > 0 && len(b) > int(*m) {
+		return failureResponse(v, req.Items, rTooLarge,
+			fmt.Sprintf("the response of %d bytes exceeds the MaximumResponseSize of %d bytes", len(b), *m))
+	}
+	return b
+}
+
+// runBatch runs the items of a request in order, honouring BatchErrorContinuationOption.
+func (s *Server) runBatch(ctx context.Context, identity string, req *RequestMessage) *ResponseMessage {
+	v := req.Header.ProtocolVersion
+	onErr := kmip14.BatchErrorContinuationOptionStop
+	if o := req.Header.BatchErrorContinuationOption; o != nil {
+		onErr = kmip14.BatchErrorContinuationOption(*o)
+	}
+	b := &batch{last: map[kmip20.UniqueIdentifier]string{}}
+	admin := s.auth.IsAdmin(identity)
+	resp := &ResponseMessage{Header: ResponseHeader{ProtocolVersion: v, TimeStamp: time.Now().UTC().Truncate(time.Second)}}
+	var done []*op
+	for i := range req.Items {
+		item := &req.Items[i]
+		o := &op{ctx: ctx, s: s, v: v, identity: identity, admin: admin, b: b, name: opName(item.Operation)}
+		res := s.runItem(o, item)
+		resp.Items = append(resp.Items, res)
+		if res.ResultStatus == uint32(kmip14.ResultStatusSuccess) {
+			done = append(done, o)
+			continue
+		}
+		if onErr == kmip14.BatchErrorContinuationOptionContinue {
+			continue
+		}
+		if onErr == kmip14.BatchErrorContinuationOptionUndo {
+			s.undo(ctx, done, resp.Items)
+		}
+		break
+	}
+	resp.Header.BatchCount = int32(len(resp.Items))
+	return resp
+}
+
+// undo reverts the successful items before a failure, newest first, as far as they can be.
+func (s *Server) undo(ctx context.Context, done []*op, items []ResponseBatchItem) {
+	for i := len(done) - 1; i >= 0; i-- {
+		o := done[i]
+		if o.irreversible {
+			continue
+		}
+		ok := true
+		for j := len(o.undo) - 1; j >= 0; j-- {
+			if err := o.undo[j](ctx); err != nil {
+				ok = false
+				s.log.Error("kmip: undo failed", "operation", o.name, "key", o.key, "identity", o.identity, "err", err)
+			}
+		}
+		if ok {
+			items[i].ResultStatus = uint32(kmip14.ResultStatusOperationUndone)
+			items[i].Payload = nil
+			s.auditf(o, "undone", 0)
+		}
+	}
+}
+
+// runItem runs one batch item and writes its audit record.
+func (s *Server) runItem(o *op, item *RequestBatchItem) (res ResponseBatchItem) {
+	start := time.Now()
+	opv := item.Operation
+	res = ResponseBatchItem{Operation: &opv, UniqueBatchItemID: item.UniqueBatchItemID}
+	payload, err := s.call(o, item)
+	if err == nil {
+		res.ResultStatus = uint32(kmip14.ResultStatusSuccess)
+		res.Payload = payload
+		s.auditf(o, "success", time.Since(start))
+		return res
+	}
+	reason, msg := resultOf(err, o.v)
+	res.ResultStatus = uint32(kmip14.ResultStatusOperationFailed)
+	res.ResultReason = &reason
+	res.ResultMessage = &msg
+	s.auditf(o, tagEnumName(kmip14.TagResultReason, reason), time.Since(start))
+	if reason == rGeneral {
+		s.log.Warn("kmip: operation failed", "operation", o.name, "identity", o.identity, "key", o.key, "err", err)
+	}
+	return res
+}
+
+// call checks that the operation exists and is allowed, then runs it, turning a panic into a
+// failure of this item only.
+func (s *Server) call(o *op, item *RequestBatchItem) (payload any, err error) {
+	def, ok := handlers[kmip14.Operation(item.Operation)]
+	if !ok || !o.v.atLeast(def.since.Major, def.since.Minor) {
+		return nil, kerr(rNotSupported, "operation %s is not supported in KMIP %s", o.name, o.v)
+	}
+	if item.MessageExtension != nil {
+		if crit := item.MessageExtension.find(kmip14.TagCriticalityIndicator); crit != nil && crit.boolean() {
+			return nil, kerr(rFeature, "critical message extensions are not supported")
+		}
+	}
+	if !s.auth.AllowKMIP(o.identity, o.name) {
+		return nil, kerr(rDenied, "identity %s may not run %s", o.identity, o.name)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("kmip: operation panicked", "operation", o.name, "identity", o.identity, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			payload, err = nil, kerr(rGeneral, "internal error in %s", o.name)
+		}
+	}()
+	return def.fn(o, item.RequestPayload)
+}
+
+func (s *Server) auditf(o *op, result string, latency time.Duration) {
+	s.audit.Info("kmip", "identity", o.identity, "protocol", "kmip", "operation", o.name,
+		"key", o.key, "signer", o.signer, "result", result, "latency", latency)
+}
+
+// failureResponse is a whole-message failure: one failed item per request item (echoing each
+// Operation and batch item ID), or a single item when the items could not be read.
+func failureResponse(v ProtocolVersion, items []RequestBatchItem, reason uint32, msg string) []byte {
+	reason = reasonFor(reason, v)
+	resp := &ResponseMessage{Header: ResponseHeader{ProtocolVersion: v, TimeStamp: time.Now().UTC().Truncate(time.Second)}}
+	fail := func() ResponseBatchItem {
+		r, m := reason, msg
+		return ResponseBatchItem{ResultStatus: uint32(kmip14.ResultStatusOperationFailed), ResultReason: &r, ResultMessage: &m}
+	}
+	if len(items) == 0 {
+		resp.Items = []ResponseBatchItem{fail()}
+	}
+	for i := range items {
+		it := fail()
+		opv := items[i].Operation
+		it.Operation = &opv
+		it.UniqueBatchItemID = items[i].UniqueBatchItemID
+		resp.Items = append(resp.Items, it)
+	}
+	resp.Header.BatchCount = int32(len(resp.Items))
+	return resp.encode()
+}

@@ -1,0 +1,432 @@
+package ttlv
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/gemalto/kmip-go/kmip14"
+	"github.com/gemalto/kmip-go/kmip20"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+func init() {
+	register(kmip14.OperationGetAttributes, v10, getAttributes)
+	register(kmip14.OperationGetAttributeList, v10, getAttributeList)
+	register(kmip14.OperationAddAttribute, v10, addAttribute)
+	register(kmip14.OperationModifyAttribute, v10, modifyAttribute)
+	register(kmip14.OperationDeleteAttribute, v10, deleteAttribute)
+	register(kmip14.Operation(kmip20.OperationSetAttribute), ProtocolVersion{2, 0}, setAttribute)
+}
+
+type getAttributesRequest struct {
+	UID   *uidRef `kmip:"UniqueIdentifier"`
+	Names []*node `kmip:"AttributeName"`
+	Refs  []*node `kmip:"AttributeReference"`
+}
+
+type attributesResponse struct {
+	UID   string  `kmip:"UniqueIdentifier"`
+	Attrs []*node `kmip:",any"`
+}
+
+// getAttributes returns the requested attributes (all when none are named); names the object
+// does not have, or the server does not know, are left out.
+func getAttributes(o *op, p *node) (any, error) {
+	var req getAttributesRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	all := o.s.attributesOf(rec, o.v)
+	want := map[string]bool{}
+	for _, n := range append(req.Names, req.Refs...) {
+		if _, name, err := parseRef(n); err == nil {
+			want[name] = true
+		}
+	}
+	var items []*node
+	for _, a := range all {
+		if len(want) == 0 || want[a.name] {
+			items = append(items, encodeAttr(o.v, a))
+		}
+	}
+	resp := attributesResponse{UID: rec.ID}
+	if o.v.v2() {
+		resp.Attrs = []*node{newStruct(tagAttributes, items...)}
+	} else {
+		resp.Attrs = items
+	}
+	return resp, nil
+}
+
+// getAttributeList names the attributes the object has.
+func getAttributeList(o *op, p *node) (any, error) {
+	var req uidRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	resp := attributesResponse{UID: rec.ID}
+	seen := map[string]bool{}
+	for _, a := range o.s.attributesOf(rec, o.v) {
+		if !seen[a.name] {
+			seen[a.name] = true
+			resp.Attrs = append(resp.Attrs, encodeRef(o.v, a))
+		}
+	}
+	return resp, nil
+}
+
+// attrRequest covers Add/Modify/Delete/SetAttribute in 1.x (Attribute, AttributeName,
+// AttributeIndex) and 2.0 (NewAttribute, CurrentAttribute, AttributeReference).
+type attrRequest struct {
+	UID       *uidRef `kmip:"UniqueIdentifier"`
+	Attribute *node   `kmip:"Attribute"`
+	Name      *node   `kmip:"AttributeName"`
+	Index     *int32  `kmip:"AttributeIndex"`
+	Current   *node   `kmip:"CurrentAttribute"`
+	New       *node   `kmip:"NewAttribute"`
+	Ref       *node   `kmip:"AttributeReference"`
+}
+
+type attrResponse struct {
+	UID       string `kmip:"UniqueIdentifier"`
+	Attribute *node  `kmip:"Attribute"`
+}
+
+// wrapped reads the single attribute inside a 2.0 NewAttribute/CurrentAttribute.
+func wrapped(n *node) (attr, error) {
+	if len(n.Kids) != 1 {
+		return attr{}, kerr(rInvalidField, "%s must hold exactly one attribute", tagName(n.Tag))
+	}
+	return fromItem(n.Kids[0], true)
+}
+
+// requestAttr reads the attribute a 1.x request carries in its Attribute structure.
+func requestAttr(n *node) (attr, error) {
+	if n == nil {
+		return attr{}, kerr(rMissing, "the request carries no Attribute")
+	}
+	var a1 attr1
+	if err := decodeStruct(n, &a1); err != nil {
+		return attr{}, err
+	}
+	return fromAttr1(a1, true)
+}
+
+// instances returns the client-changeable instances of an attribute and how many read-only
+// instances come before them (the registry's own links).
+func (o *op) instances(rec keymap.Record, a attr) ([]*node, int) {
+	fixed := 0
+	if a.def == def(kmip14.TagLink) {
+		for _, l := range registryLinks {
+			if rec.Attrs[l.key] != "" {
+				fixed++
+			}
+		}
+	}
+	return o.s.stored(rec, a.def, a.name), fixed
+}
+
+// checkWritable refuses changes to attributes the server owns, and date changes the lifecycle
+// no longer allows.
+func (o *op) checkWritable(rec keymap.Record, a attr) error {
+	if a.def == nil {
+		if !isClientCustom(a.name) {
+			return kerr(rReadOnly, "attribute %q is reserved for the server (client attributes start with x-)", a.name)
+		}
+		return nil
+	}
+	if a.def.access != clientRW {
+		return kerr(rReadOnly, "attribute %q cannot be changed by a client", a.name)
+	}
+	st := o.s.effectiveState(rec, time.Now())
+	switch a.def.tag {
+	case kmip14.TagActivationDate:
+		if st != keymap.PreActive {
+			return wrongState(rec, st, "the Activation Date can only change before activation")
+		}
+	case kmip14.TagDeactivationDate, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate:
+		if st != keymap.PreActive && st != keymap.Active {
+			return wrongState(rec, st, "its dates can no longer change")
+		}
+	}
+	return nil
+}
+
+// afterDateChange applies an Activation Date at or before now (the object becomes Active).
+func afterDateChange(r *keymap.Record, a attr, vals []*node) {
+	if a.def == def(kmip14.TagActivationDate) && r.State == keymap.PreActive && len(vals) > 0 && vals[0] != nil &&
+		!vals[0].dateTime().After(time.Now()) {
+		r.State = keymap.Active
+	}
+}
+
+// changeAttr runs fn on the instances of one attribute inside a registry update.
+func (o *op) changeAttr(rec keymap.Record, a attr, fn func(vals []*node, fixed int) ([]*node, error)) error {
+	if err := o.checkWritable(rec, a); err != nil {
+		return err
+	}
+	_, err := o.update(rec.ID, func(r *keymap.Record) error {
+		vals, fixed := o.instances(*r, a)
+		vals, err := fn(vals, fixed)
+		if err != nil {
+			return err
+		}
+		if err := setStored(r, a.def, a.name, vals); err != nil {
+			return err
+		}
+		afterDateChange(r, a, vals)
+		return nil
+	})
+	return err
+}
+
+func sameValue(a, b *node) bool {
+	return a != nil && b != nil && bytes.Equal(a.encodeAs(nil, 0), b.encodeAs(nil, 0))
+}
+
+// addAttribute adds an instance: a new index of a multi-valued attribute, or the value of an
+// absent single-valued one.
+func addAttribute(o *op, p *node) (any, error) {
+	var req attrRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	var a attr
+	if o.v.v2() {
+		if req.New == nil {
+			return nil, kerr(rMissing, "AddAttribute needs a NewAttribute")
+		}
+		a, err = wrapped(req.New)
+	} else {
+		a, err = requestAttr(req.Attribute)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var index int
+	err = o.changeAttr(rec, a, func(vals []*node, fixed int) ([]*node, error) {
+		live := 0
+		for _, v := range vals {
+			if v != nil {
+				live++
+			}
+		}
+		if (a.def == nil || !a.def.multi) && live > 0 {
+			return nil, kerr(rSingleValued, "attribute %q is single-valued and already set; use ModifyAttribute", a.name)
+		}
+		index = fixed + len(vals)
+		return append(vals, a.value), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := attrResponse{UID: rec.ID}
+	if !o.v.v2() {
+		a.index = int32(index)
+		resp.Attribute = encodeAttr(o.v, a)
+	}
+	return resp, nil
+}
+
+// modifyAttribute replaces one instance: the given index (index 0 when none is given, which is
+// how Krill renames both halves of a key pair), or in 2.0 the instance equal to CurrentAttribute.
+func modifyAttribute(o *op, p *node) (any, error) {
+	var req attrRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	var a attr
+	var current *attr
+	if o.v.v2() {
+		if req.New == nil {
+			return nil, kerr(rMissing, "ModifyAttribute needs a NewAttribute")
+		}
+		if a, err = wrapped(req.New); err != nil {
+			return nil, err
+		}
+		if req.Current != nil {
+			c, err := wrapped(req.Current)
+			if err != nil {
+				return nil, err
+			}
+			if c.name != a.name {
+				return nil, kerr(rInvalidField, "CurrentAttribute %q and NewAttribute %q differ", c.name, a.name)
+			}
+			current = &c
+		}
+	} else if a, err = requestAttr(req.Attribute); err != nil {
+		return nil, err
+	}
+	index := 0
+	if a.index >= 0 {
+		index = int(a.index)
+	}
+	err = o.changeAttr(rec, a, func(vals []*node, fixed int) ([]*node, error) {
+		if current != nil {
+			index = -1
+			for i, v := range vals {
+				if sameValue(v, current.value) {
+					index = fixed + i
+					break
+				}
+			}
+			if index < 0 {
+				return nil, kerr(rAttrNotFound, "attribute %q has no instance equal to CurrentAttribute", a.name)
+			}
+		} else if a.index < 0 && len(vals) > 0 && vals[0] == nil {
+			// Index 0 was deleted: without an index, modify the first live instance.
+			for i, v := range vals {
+				if v != nil {
+					index = fixed + i
+					break
+				}
+			}
+		}
+		if index < fixed {
+			return nil, kerr(rReadOnly, "attribute %q instance %d is maintained by the server", a.name, index)
+		}
+		if index-fixed >= len(vals) || vals[index-fixed] == nil {
+			return nil, kerr(rAttrNotFound, "attribute %q has no instance %d", a.name, index)
+		}
+		vals[index-fixed] = a.value
+		return vals, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := attrResponse{UID: rec.ID}
+	if !o.v.v2() {
+		a.index = int32(index)
+		resp.Attribute = encodeAttr(o.v, a)
+	}
+	return resp, nil
+}
+
+// setAttribute (2.0) sets a single-valued attribute, adding or replacing it.
+func setAttribute(o *op, p *node) (any, error) {
+	var req attrRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	if req.New == nil {
+		return nil, kerr(rMissing, "SetAttribute needs a NewAttribute")
+	}
+	a, err := wrapped(req.New)
+	if err != nil {
+		return nil, err
+	}
+	if a.def != nil && a.def.multi {
+		return nil, kerr(uint32(kmip20.ResultReasonMultiValuedAttribute), "attribute %q is multi-valued; use AddAttribute or ModifyAttribute", a.name)
+	}
+	err = o.changeAttr(rec, a, func([]*node, int) ([]*node, error) { return []*node{a.value}, nil })
+	if err != nil {
+		return nil, err
+	}
+	return attrResponse{UID: rec.ID}, nil
+}
+
+// deleteAttribute removes one instance (1.x: the given index, 0 by default; 2.0: the instance equal
+// to CurrentAttribute) or, with a 2.0 AttributeReference, all of them. Later indexes keep their
+// numbers.
+func deleteAttribute(o *op, p *node) (any, error) {
+	var req attrRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	var a attr
+	var current *node
+	all := false
+	index := 0
+	switch {
+	case req.Current != nil:
+		if a, err = wrapped(req.Current); err != nil {
+			return nil, err
+		}
+		current = a.value
+	case req.Ref != nil:
+		d, name, err := parseRef(req.Ref)
+		if err != nil {
+			return nil, err
+		}
+		a, all = attr{def: d, name: name, index: -1}, true
+	case req.Name != nil:
+		if req.Name.Type != tText {
+			return nil, kerr(rInvalidField, "AttributeName must be a TextString")
+		}
+		d, name, err := lookupAttr(req.Name.text())
+		if err != nil {
+			return nil, err
+		}
+		a = attr{def: d, name: name, index: -1}
+		if req.Index != nil {
+			index = int(*req.Index)
+			a.index = *req.Index
+		}
+	default:
+		return nil, kerr(rMissing, "DeleteAttribute needs an AttributeName (or in 2.0 a CurrentAttribute or AttributeReference)")
+	}
+	var deleted *node
+	err = o.changeAttr(rec, a, func(vals []*node, fixed int) ([]*node, error) {
+		if all {
+			if len(vals) == 0 {
+				return nil, kerr(rAttrNotFound, "object %s has no attribute %q", rec.ID, a.name)
+			}
+			return nil, nil
+		}
+		if current != nil {
+			index = -1
+			for i, v := range vals {
+				if sameValue(v, current) {
+					index = fixed + i
+					break
+				}
+			}
+			if index < 0 {
+				return nil, kerr(rAttrNotFound, "attribute %q has no instance equal to CurrentAttribute", a.name)
+			}
+		}
+		if index < fixed {
+			return nil, kerr(rReadOnly, "attribute %q instance %d is maintained by the server", a.name, index)
+		}
+		if index-fixed >= len(vals) || vals[index-fixed] == nil {
+			return nil, kerr(rAttrNotFound, "attribute %q has no instance %d", a.name, index)
+		}
+		deleted = vals[index-fixed]
+		vals[index-fixed] = nil
+		return vals, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := attrResponse{UID: rec.ID}
+	if !o.v.v2() && deleted != nil {
+		a.index, a.value = int32(index), deleted
+		resp.Attribute = encodeAttr(o.v, a)
+	}
+	return resp, nil
+}

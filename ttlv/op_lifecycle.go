@@ -1,0 +1,121 @@
+package ttlv
+
+import (
+	"time"
+
+	"github.com/gemalto/kmip-go/kmip14"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+func init() {
+	register(kmip14.OperationActivate, v10, activate)
+	register(kmip14.OperationRevoke, v10, revoke)
+	register(kmip14.OperationDestroy, v10, destroy)
+}
+
+type uidRequest struct {
+	UID *uidRef `kmip:"UniqueIdentifier"`
+}
+
+type uidResponse struct {
+	UID string `kmip:"UniqueIdentifier"`
+}
+
+// activate moves a Pre-Active object to Active.
+func activate(o *op, p *node) (any, error) {
+	var req uidRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	_, err = o.update(rec.ID, func(r *keymap.Record) error {
+		if st := o.s.effectiveState(*r, now); st != keymap.PreActive {
+			return wrongState(*r, st, "only Pre-Active objects can be activated")
+		}
+		r.State = keymap.Active
+		return setStored(r, def(kmip14.TagActivationDate), "", []*node{newDateTime(kmip14.TagActivationDate, now)})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return uidResponse{UID: rec.ID}, nil
+}
+
+type revokeRequest struct {
+	UID                      *uidRef          `kmip:"UniqueIdentifier"`
+	Reason                   revocationReason `kmip:"RevocationReason,required"`
+	CompromiseOccurrenceDate *time.Time       `kmip:"CompromiseOccurrenceDate"`
+}
+
+// revoke deactivates an object, or marks it compromised when the reason says so.
+func revoke(o *op, p *node) (any, error) {
+	var req revokeRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	code := kmip14.RevocationReasonCode(req.Reason.Code)
+	compromised := code == kmip14.RevocationReasonCodeKeyCompromise || code == kmip14.RevocationReasonCodeCACompromise
+	_, err = o.update(rec.ID, func(r *keymap.Record) error {
+		st := o.s.effectiveState(*r, now)
+		store := func(n *node) error { return setStored(r, def(n.Tag), "", []*node{n}) }
+		if compromised {
+			if st == keymap.Compromised {
+				return wrongState(*r, st, "the object is already compromised")
+			}
+			occurred := now
+			if req.CompromiseOccurrenceDate != nil {
+				occurred = *req.CompromiseOccurrenceDate
+			}
+			r.State = keymap.Compromised
+			if err := store(newDateTime(kmip14.TagCompromiseDate, now)); err != nil {
+				return err
+			}
+			if err := store(newDateTime(kmip14.TagCompromiseOccurrenceDate, occurred)); err != nil {
+				return err
+			}
+		} else {
+			if st != keymap.Active && st != keymap.PreActive {
+				return wrongState(*r, st, "only Pre-Active and Active objects can be revoked for this reason")
+			}
+			r.State = keymap.Deactivated
+			if err := store(newDateTime(kmip14.TagDeactivationDate, now)); err != nil {
+				return err
+			}
+		}
+		return store(encodeStruct(kmip14.TagRevocationReason, req.Reason))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return uidResponse{UID: rec.ID}, nil
+}
+
+// destroy removes an object from its token and the keymap. Active objects must be revoked first.
+func destroy(o *op, p *node) (any, error) {
+	var req uidRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	if st := o.s.effectiveState(rec, time.Now()); st == keymap.Active {
+		return nil, wrongState(rec, st, "revoke it before destroying it")
+	}
+	o.irreversible = true
+	if err := o.s.reg.Destroy(o.ctx, rec.ID); err != nil {
+		return nil, err
+	}
+	return uidResponse{UID: rec.ID}, nil
+}

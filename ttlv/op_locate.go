@@ -1,0 +1,187 @@
+package ttlv
+
+import (
+	"sort"
+	"time"
+
+	"github.com/gemalto/kmip-go/kmip14"
+	"github.com/gemalto/kmip-go/kmip20"
+	tt "github.com/gemalto/kmip-go/ttlv"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+func init() {
+	register(kmip14.OperationLocate, v10, locate)
+}
+
+type locateRequest struct {
+	MaximumItems      *int32  `kmip:"MaximumItems"`
+	OffsetItems       *int32  `kmip:"OffsetItems"`
+	StorageStatusMask *int32  `kmip:"StorageStatusMask"`
+	ObjectGroupMember *uint32 `kmip:"ObjectGroupMember"`
+	Attributes1       []*node `kmip:"Attribute"`
+	Attributes2       *node   `kmip:"Attributes"`
+}
+
+type locateResponse struct {
+	LocatedItems *int32   `kmip:"LocatedItems"`
+	UIDs         []string `kmip:"UniqueIdentifier"`
+}
+
+// filter is one attribute of a Locate request with all the instances given for it.
+type filter struct {
+	a    attr
+	vals []*node
+}
+
+// locate finds the objects the caller may see whose attributes match every given attribute, most
+// recently created first.
+func locate(o *op, p *node) (any, error) {
+	var req locateRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	var attrs []attr
+	var err error
+	if req.Attributes2 != nil {
+		attrs, err = parseAttrs(true, req.Attributes2)
+	} else {
+		attrs, err = parseAttrs(false, newStruct(kmip14.TagTemplateAttribute, req.Attributes1...))
+	}
+	if err != nil {
+		return nil, err
+	}
+	var filters []*filter
+	byName := map[string]*filter{}
+	for _, a := range attrs {
+		f := byName[a.name]
+		if f == nil {
+			f = &filter{a: a}
+			byName[a.name] = f
+			filters = append(filters, f)
+		}
+		f.vals = append(f.vals, a.value)
+	}
+	var found []keymap.Record
+	o.s.reg.Range(func(rec keymap.Record) bool {
+		if o.visible(rec) && o.matches(rec, filters) {
+			found = append(found, rec)
+		}
+		return true
+	})
+	sort.Slice(found, func(i, j int) bool {
+		if !found[i].Created.Equal(found[j].Created) {
+			return found[i].Created.After(found[j].Created)
+		}
+		return found[i].ID < found[j].ID
+	})
+	total := len(found)
+	if req.OffsetItems != nil && *req.OffsetItems > 0 {
+		found = found[min(int(*req.OffsetItems), len(found)):]
+	}
+	if req.MaximumItems != nil && *req.MaximumItems > 0 && int(*req.MaximumItems) < len(found) {
+		found = found[:*req.MaximumItems]
+	}
+	resp := locateResponse{}
+	if o.v.atLeast(1, 3) {
+		resp.LocatedItems = ptr(int32(total))
+	}
+	for _, rec := range found {
+		resp.UIDs = append(resp.UIDs, rec.ID)
+	}
+	if len(found) > 0 {
+		o.produced(found[0].ID, kmip20.UniqueIdentifierLocate)
+	}
+	return resp, nil
+}
+
+// matches says whether rec satisfies every filter.
+func (o *op) matches(rec keymap.Record, filters []*filter) bool {
+	if len(filters) == 0 {
+		return true
+	}
+	var have map[string][]*node
+	for _, f := range filters {
+		// Cheap fields first, so most rows are rejected without decoding stored attributes.
+		if f.a.def != nil {
+			switch f.a.def.tag {
+			case kmip14.TagObjectType:
+				if uint32(classTypes[rec.Class]) != f.vals[0].u32() {
+					return false
+				}
+				continue
+			case kmip14.TagState:
+				if uint32(stateEnums[o.s.effectiveState(rec, time.Now())]) != f.vals[0].u32() {
+					return false
+				}
+				continue
+			case kmip14.TagCryptographicLength:
+				if int32(rec.Size) != int32(f.vals[0].u32()) {
+					return false
+				}
+				continue
+			}
+		}
+		if have == nil {
+			have = map[string][]*node{}
+			for _, a := range o.s.attributesOf(rec, o.v) {
+				have[a.name] = append(have[a.name], a.value)
+			}
+		}
+		if !matchOne(f, have[f.a.name]) {
+			return false
+		}
+	}
+	return true
+}
+
+// matchOne compares the instances an object has with those a filter gives: usage masks must
+// include the given bits, two dates bound a range, Names compare by value, anything else must be
+// equal to one of the object's instances.
+func matchOne(f *filter, have []*node) bool {
+	if len(have) == 0 {
+		return false
+	}
+	if f.a.def != nil {
+		switch {
+		case f.a.def.tag == kmip14.TagCryptographicUsageMask:
+			want := f.vals[0].u32()
+			return have[0].u32()&want == want
+		case f.a.def.typ == tt.TypeDateTime && len(f.vals) == 2:
+			lo, hi := f.vals[0].dateTime(), f.vals[1].dateTime()
+			if hi.Before(lo) {
+				lo, hi = hi, lo
+			}
+			t := have[0].dateTime()
+			return !t.Before(lo) && !t.After(hi)
+		case f.a.def.tag == kmip14.TagName:
+			for _, want := range f.vals {
+				wv := want.find(kmip14.TagNameValue)
+				ok := false
+				for _, h := range have {
+					if hv := h.find(kmip14.TagNameValue); hv != nil && wv != nil && hv.text() == wv.text() {
+						ok = true
+					}
+				}
+				if !ok {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	for _, want := range f.vals {
+		ok := false
+		for _, h := range have {
+			if sameValue(h, want) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -34,6 +34,7 @@ import (
 var fx struct {
 	dir     string
 	tok     *softhsm.Token
+	tokB    *softhsm.Token
 	km      *keymap.Map
 	reg     *signer.Registry
 	h       *Handler
@@ -73,6 +74,11 @@ func run(m *testing.M) (int, error) {
 	defer os.RemoveAll(dir)
 	fx.dir = dir
 	if fx.tok, err = softhsm.Ensure(filepath.Join(dir, "softhsm"), "kes-test"); err != nil {
+		return 0, err
+	}
+	// The rollover test's second token: SoftHSM reads its token list at C_Initialize, so it must
+	// exist before the first registry opens.
+	if fx.tokB, err = softhsm.Ensure(filepath.Join(dir, "softhsm"), "kes-test-b"); err != nil {
 		return 0, err
 	}
 	os.Setenv("SOFTHSM2_CONF", fx.tok.Conf)

@@ -92,9 +92,8 @@ func (rt *router) match(p string) (ro *route, arg string, redirect bool) {
 	if ro := rt.prefix[p]; ro != nil {
 		return ro, "", true
 	}
-	// The argument is everything after the route's path; argument routes are two or three
-	// segments deep, so try the parent of the last '/' and, for "…/self/describe" style paths,
-	// nothing else is needed.
+	// The argument is everything after the route's path. The common case, an argument without
+	// '/', is found by cutting at the last '/'.
 	i := strings.LastIndexByte(p, '/')
 	if i <= 0 {
 		return nil, "", false
@@ -103,7 +102,8 @@ func (rt *router) match(p string) (ro *route, arg string, redirect bool) {
 		return ro, p[i+1:], false
 	}
 	// An argument holding '/' (e.g. an escaped "%2F") still belongs to its route; the name check
-	// refuses it there with a clear 400 instead of a 404.
+	// refuses it there with a clear 400 instead of a 404. Route paths are no prefix of each other,
+	// so at most one matches and the map's order does not matter.
 	for base, ro := range rt.prefix {
 		if rest, ok := strings.CutPrefix(p, base+"/"); ok {
 			return ro, rest, false

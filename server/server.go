@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -293,6 +294,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// PIDFile is where a serving p11bridge writes its process id: next to its keymap, which only one
+// process may hold. `p11bridge reload` reads it.
+func PIDFile(cfg *conf.Config) string { return cfg.Keymap.Path + ".pid" }
+
 // Run starts a server from the config file and serves until SIGINT or SIGTERM; SIGHUP reloads.
 func Run(path string, opts Options) error {
 	cfg, err := conf.Load(path)
@@ -307,6 +312,11 @@ func Run(path string, opts Options) error {
 		s.Shutdown(context.Background())
 		return err
 	}
+	pidFile := PIDFile(cfg)
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		s.log.Warn("cannot write the pid file; `p11bridge reload` will not find this process", "file", pidFile, "err", err)
+	}
+	defer os.Remove(pidFile)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -275,5 +276,35 @@ func cmdIdentity(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, pki.Identity(c))
+	return nil
+}
+
+// cmdReload validates the config first, so a typo is reported here rather than only in the
+// server's log, then sends SIGHUP to the server named by the pid file.
+func cmdReload(args []string, stdout io.Writer) error {
+	fs := flags("reload")
+	path := fs.String("config", "", "config file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := needConfig(*path); err != nil {
+		return err
+	}
+	cfg, err := conf.Load(*path)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(server.PIDFile(cfg))
+	if err != nil {
+		return fmt.Errorf("no running p11bridge for this config (%v)", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("%s does not hold a process id", server.PIDFile(cfg))
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("signal process %d: %w", pid, err)
+	}
+	fmt.Fprintf(stdout, "sent SIGHUP to p11bridge (pid %d); its log says whether the new config was applied\n", pid)
 	return nil
 }

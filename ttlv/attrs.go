@@ -26,6 +26,10 @@ type attrDef struct {
 	since  ProtocolVersion
 	access access
 	shape  func() any // for structures: a fresh Go value the value must decode into
+	// named: reported by GetAttributes only when asked for by name (GetAttributeList still lists
+	// it). PyKMIP 0.10 cannot decode these values and fails the whole response when an unfiltered
+	// GetAttributes carries one; clients that want them name them.
+	named bool
 }
 
 var v10, v11, v12, v13, v14 = ProtocolVersion{1, 0}, ProtocolVersion{1, 1}, ProtocolVersion{1, 2}, ProtocolVersion{1, 3}, ProtocolVersion{1, 4}
@@ -48,15 +52,15 @@ var attrDefs = []*attrDef{
 	{tag: kmip14.TagCryptographicAlgorithm, typ: tEnum, since: v10, access: atCreate},
 	{tag: kmip14.TagCryptographicLength, typ: tInt, since: v10, access: atCreate},
 	{tag: kmip14.TagCryptographicParameters, typ: tStruct, multi: true, since: v10, access: clientRW, shape: func() any { return &cryptoParams{} }},
-	{tag: kmip14.TagCryptographicDomainParameters, typ: tStruct, since: v10, access: atCreate},
+	{tag: kmip14.TagCryptographicDomainParameters, typ: tStruct, since: v10, access: atCreate, named: true},
 	{tag: kmip14.TagCertificateType, typ: tEnum, since: v10, access: serverOnly},
 	{tag: kmip14.TagCertificateLength, typ: tInt, since: v11, access: serverOnly},
-	{tag: kmip14.TagDigitalSignatureAlgorithm, typ: tEnum, multi: true, since: v11, access: serverOnly},
+	{tag: kmip14.TagDigitalSignatureAlgorithm, typ: tEnum, multi: true, since: v11, access: serverOnly, named: true},
 	{tag: kmip14.TagDigest, typ: tStruct, multi: true, since: v10, access: serverOnly},
 	{tag: kmip14.TagOperationPolicyName, typ: tText, since: v10, access: clientRW},
 	{tag: kmip14.TagCryptographicUsageMask, typ: tInt, since: v10, access: clientRW},
 	{tag: kmip14.TagLeaseTime, typ: tIntvl, since: v10, access: serverOnly},
-	{tag: kmip14.TagUsageLimits, typ: tStruct, since: v10, access: clientRW},
+	{tag: kmip14.TagUsageLimits, typ: tStruct, since: v10, access: clientRW, named: true},
 	{tag: kmip14.TagState, typ: tEnum, since: v10, access: serverOnly},
 	{tag: kmip14.TagInitialDate, typ: tDate, since: v10, access: serverOnly},
 	{tag: kmip14.TagActivationDate, typ: tDate, since: v10, access: clientRW},
@@ -66,11 +70,11 @@ var attrDefs = []*attrDef{
 	{tag: kmip14.TagDestroyDate, typ: tDate, since: v10, access: serverOnly},
 	{tag: kmip14.TagCompromiseOccurrenceDate, typ: tDate, since: v10, access: serverOnly},
 	{tag: kmip14.TagCompromiseDate, typ: tDate, since: v10, access: serverOnly},
-	{tag: kmip14.TagRevocationReason, typ: tStruct, since: v10, access: serverOnly, shape: func() any { return &revocationReason{} }},
+	{tag: kmip14.TagRevocationReason, typ: tStruct, since: v10, access: serverOnly, shape: func() any { return &revocationReason{} }, named: true},
 	{tag: kmip14.TagArchiveDate, typ: tDate, since: v10, access: serverOnly},
 	{tag: kmip14.TagObjectGroup, typ: tText, multi: true, since: v10, access: clientRW},
 	{tag: kmip14.TagFresh, typ: tBool, since: v11, access: serverOnly},
-	{tag: kmip14.TagLink, typ: tStruct, multi: true, since: v10, access: clientRW, shape: func() any { return &kLink{} }},
+	{tag: kmip14.TagLink, typ: tStruct, multi: true, since: v10, access: clientRW, shape: func() any { return &kLink{} }, named: true},
 	{tag: kmip14.TagApplicationSpecificInformation, typ: tStruct, multi: true, since: v10, access: clientRW},
 	{tag: kmip14.TagContactInformation, typ: tText, since: v10, access: clientRW},
 	{tag: kmip14.TagLastChangeDate, typ: tDate, since: v10, access: serverOnly},
@@ -83,9 +87,9 @@ var attrDefs = []*attrDef{
 	{tag: kmip14.TagDescription, typ: tText, since: v14, access: clientRW},
 	{tag: kmip14.TagComment, typ: tText, since: v14, access: clientRW},
 	{tag: kmip14.TagSensitive, typ: tBool, since: v14, access: serverOnly},
-	{tag: kmip14.TagAlwaysSensitive, typ: tBool, since: v14, access: serverOnly},
-	{tag: kmip14.TagExtractable, typ: tBool, since: v14, access: serverOnly},
-	{tag: kmip14.TagNeverExtractable, typ: tBool, since: v14, access: serverOnly},
+	{tag: kmip14.TagAlwaysSensitive, typ: tBool, since: v14, access: serverOnly, named: true},
+	{tag: kmip14.TagExtractable, typ: tBool, since: v14, access: serverOnly, named: true},
+	{tag: kmip14.TagNeverExtractable, typ: tBool, since: v14, access: serverOnly, named: true},
 }
 
 var (

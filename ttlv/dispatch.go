@@ -2,6 +2,7 @@ package ttlv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -162,6 +163,14 @@ func (s *Server) undo(ctx context.Context, done []*op, items []ResponseBatchItem
 	}
 }
 
+// failure is an error whose response still carries a payload (a failed Check names what failed).
+type failure struct {
+	error
+	payload any
+}
+
+func (f *failure) Unwrap() error { return f.error }
+
 // runItem runs one batch item and writes its audit record.
 func (s *Server) runItem(o *op, item *RequestBatchItem) (res ResponseBatchItem) {
 	start := time.Now()
@@ -175,6 +184,10 @@ func (s *Server) runItem(o *op, item *RequestBatchItem) (res ResponseBatchItem) 
 		return res
 	}
 	reason, msg := resultOf(err, o.v)
+	var f *failure
+	if errors.As(err, &f) {
+		res.Payload = f.payload
+	}
 	res.ResultStatus = uint32(kmip14.ResultStatusOperationFailed)
 	res.ResultReason = &reason
 	res.ResultMessage = &msg

@@ -50,7 +50,7 @@ func getAttributes(o *op, p *node) (any, error) {
 	}
 	var items []*node
 	for _, a := range all {
-		if len(want) == 0 || want[a.name] {
+		if want[a.name] || (len(want) == 0 && !(a.def != nil && a.def.named)) {
 			items = append(items, encodeAttr(o.v, a))
 		}
 	}

@@ -119,3 +119,42 @@ func destroy(o *op, p *node) (any, error) {
 	}
 	return uidResponse{UID: rec.ID}, nil
 }
+
+func init() {
+	register(kmip14.OperationCheck, v10, check)
+}
+
+type checkRequest struct {
+	UID             *uidRef        `kmip:"UniqueIdentifier"`
+	UsageLimitCount *int64         `kmip:"UsageLimitsCount"`
+	UsageMask       *uint32        `kmip:"CryptographicUsageMask,int"`
+	LeaseTime       *time.Duration `kmip:"LeaseTime"`
+}
+
+type checkResponse struct {
+	UID       string  `kmip:"UniqueIdentifier"`
+	UsageMask *uint32 `kmip:"CryptographicUsageMask,int"`
+}
+
+// check says whether an object may be used as the client intends: it exists, the caller may see
+// it, and its usage mask (when it has one) allows the given bits. The server grants no leases and
+// counts no usage, so those checks always pass.
+func check(o *op, p *node) (any, error) {
+	var req checkRequest
+	if err := decodeStruct(p, &req); err != nil {
+		return nil, err
+	}
+	rec, err := o.target(req.UID)
+	if err != nil {
+		return nil, err
+	}
+	if req.UsageMask != nil {
+		if mask, ok := o.s.storedInt(rec, kmip14.TagCryptographicUsageMask); ok && mask&*req.UsageMask != *req.UsageMask {
+			// A failed Check names what failed in its payload.
+			return nil, &failure{payload: checkResponse{UID: rec.ID, UsageMask: req.UsageMask},
+				error: kerr(rUsageMask, "object %s: its Cryptographic Usage Mask (%s) does not include %s", rec.ID,
+					tagMaskName(kmip14.TagCryptographicUsageMask, mask), tagMaskName(kmip14.TagCryptographicUsageMask, *req.UsageMask))}
+		}
+	}
+	return uidResponse{UID: rec.ID}, nil
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -257,6 +258,9 @@ func (s *Server) Reload(cfg *conf.Config) error {
 	if cfg.Listen != old.Listen {
 		return fmt.Errorf("reload: listener addresses cannot change while running (restart instead)")
 	}
+	if err := s.checkRemovedSigners(cfg); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
 	if err := s.loadTLS(cfg); err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
@@ -271,6 +275,37 @@ func (s *Server) Reload(cfg *conf.Config) error {
 		}
 	}
 	s.log.Info("configuration reloaded", "default_signer", s.reg.Default(), "rollover_signer", s.reg.Rollover())
+	return nil
+}
+
+// checkRemovedSigners refuses a configuration that drops a signer still holding keys in use
+// (Active or Pre-Active): their clients would fail from then on. The keys must be revoked or
+// destroyed first.
+func (s *Server) checkRemovedSigners(cfg *conf.Config) error {
+	var msgs []string
+	census := s.reg.Census()
+	for _, t := range s.reg.Signers() {
+		if _, kept := cfg.Signer(t.Name()); kept {
+			continue
+		}
+		c := census[t.Name()]
+		if n := c[keymap.Active] + c[keymap.PreActive]; n > 0 {
+			var ids []string
+			for _, rec := range s.reg.List(t.Name()) {
+				if rec.State == keymap.Active || rec.State == keymap.PreActive {
+					ids = append(ids, rec.ID+" ("+rec.Name+")")
+				}
+				if len(ids) == 10 {
+					ids = append(ids, "…")
+					break
+				}
+			}
+			msgs = append(msgs, fmt.Sprintf("signer %q still holds %d active or pre-active keys: %s", t.Name(), n, strings.Join(ids, ", ")))
+		}
+	}
+	if len(msgs) > 0 {
+		return fmt.Errorf("%s; revoke or destroy them before removing the signer", strings.Join(msgs, "; "))
+	}
 	return nil
 }
 

@@ -2,8 +2,8 @@ package ttlv
 
 import (
 	"bytes"
-	"crypto"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"

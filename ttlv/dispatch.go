@@ -119,14 +119,14 @@ func (s *Server) runBatch(ctx context.Context, identity string, req *RequestMess
 	b := &batch{last: map[kmip20.UniqueIdentifier]string{}}
 	admin := s.auth.IsAdmin(identity)
 	resp := &ResponseMessage{Header: ResponseHeader{ProtocolVersion: v, TimeStamp: time.Now().UTC().Truncate(time.Second)}}
-	var done []*op
+	var done []doneItem
 	for i := range req.Items {
 		item := &req.Items[i]
 		o := &op{ctx: ctx, s: s, v: v, identity: identity, admin: admin, b: b, name: opName(item.Operation)}
 		res := s.runItem(o, item)
 		resp.Items = append(resp.Items, res)
 		if res.ResultStatus == uint32(kmip14.ResultStatusSuccess) {
-			done = append(done, o)
+			done = append(done, doneItem{o, i})
 			continue
 		}
 		if onErr == kmip14.BatchErrorContinuationOptionContinue {
@@ -135,16 +135,31 @@ func (s *Server) runBatch(ctx context.Context, identity string, req *RequestMess
 		if onErr == kmip14.BatchErrorContinuationOptionUndo {
 			s.undo(ctx, done, resp.Items)
 		}
+		// Every request item gets a response item (clients match them by position): the ones
+		// not run are reported as cancelled by the requester's continuation option.
+		for j := i + 1; j < len(req.Items); j++ {
+			opv := req.Items[j].Operation
+			reason := uint32(kmip14.ResultReasonOperationCanceledByRequester)
+			msg := fmt.Sprintf("not run: batch item %d failed and BatchErrorContinuationOption is %s", i+1, onErr)
+			resp.Items = append(resp.Items, ResponseBatchItem{Operation: &opv, UniqueBatchItemID: req.Items[j].UniqueBatchItemID,
+				ResultStatus: uint32(kmip14.ResultStatusOperationFailed), ResultReason: &reason, ResultMessage: &msg})
+		}
 		break
 	}
 	resp.Header.BatchCount = int32(len(resp.Items))
 	return resp
 }
 
+// doneItem is a batch item that succeeded, and its position in the response.
+type doneItem struct {
+	o   *op
+	idx int
+}
+
 // undo reverts the successful items before a failure, newest first, as far as they can be.
-func (s *Server) undo(ctx context.Context, done []*op, items []ResponseBatchItem) {
+func (s *Server) undo(ctx context.Context, done []doneItem, items []ResponseBatchItem) {
 	for i := len(done) - 1; i >= 0; i-- {
-		o := done[i]
+		o, idx := done[i].o, done[i].idx
 		if o.irreversible {
 			continue
 		}
@@ -156,8 +171,8 @@ func (s *Server) undo(ctx context.Context, done []*op, items []ResponseBatchItem
 			}
 		}
 		if ok {
-			items[i].ResultStatus = uint32(kmip14.ResultStatusOperationUndone)
-			items[i].Payload = nil
+			items[idx].ResultStatus = uint32(kmip14.ResultStatusOperationUndone)
+			items[idx].Payload = nil
 			s.auditf(o, "undone", 0)
 		}
 	}

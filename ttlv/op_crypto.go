@@ -356,6 +356,11 @@ func signParams(rec keymap.Record, p cryptoParams) (signer.SignParams, error) {
 	if sp.Hash, err = hashOf(hash, crypto.SHA256); err != nil {
 		return sp, err
 	}
+	if m := p.MaskGeneratorHashingAlgorithm; m != nil && sp.Scheme == signer.PSS {
+		if mh, err := hashOf(m, sp.Hash); err != nil || mh != sp.Hash {
+			return sp, kerr(rBadParams, "PSS with a mask generation hash different from the message hash is not supported")
+		}
+	}
 	if p.SaltLength != nil {
 		sp.SaltLength = int(*p.SaltLength)
 	}

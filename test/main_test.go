@@ -124,6 +124,20 @@ func waitReady(t *testing.T, p *proc, ops string) {
 	t.Fatalf("p11bridge not ready after 30 s\n%s", p.Output())
 }
 
+// runTool runs another program to completion and returns its combined output and exit code.
+func runTool(t *testing.T, env []string, name string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
 // runCmd runs the binary to completion and returns its combined output and exit code.
 func runCmd(t *testing.T, env []string, args ...string) (string, int) {
 	t.Helper()

@@ -2,7 +2,6 @@ package ttlv
 
 import (
 	"bytes"
-	"fmt"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -11,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"testing"
 	"time"

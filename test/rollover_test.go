@@ -118,6 +118,10 @@ func TestRolloverBetweenTokens(t *testing.T) {
 	if ok, log := b.reload(); !ok {
 		t.Fatalf("rollover config refused:\n%s", log)
 	}
+	if out, code := runCmd(t, b.env, "status", "--config", b.cfgPath); code != 0 || !strings.Contains(out, `ROLLOVER in progress: new keys go to "roll-b"`) ||
+		!strings.Contains(out, "active 1") {
+		t.Fatalf("status during rollover:\n%s", out)
+	}
 	privB, pubB := krillKeyPair(t, c, "krill_b")
 	if !b.onToken("roll-b", privB) || b.onToken("roll-a", privB) {
 		t.Fatal("a key pair made during rollover is not on token B")

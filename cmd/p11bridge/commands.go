@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -306,5 +308,62 @@ func cmdReload(args []string, stdout io.Writer) error {
 		return fmt.Errorf("signal process %d: %w", pid, err)
 	}
 	fmt.Fprintf(stdout, "sent SIGHUP to p11bridge (pid %d); its log says whether the new config was applied\n", pid)
+	return nil
+}
+
+// cmdStatus asks the running server's ops listener what each signer holds: what still depends on
+// an old token during a rollover.
+func cmdStatus(args []string, stdout io.Writer) error {
+	fs := flags("status")
+	path := fs.String("config", "", "config file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := needConfig(*path); err != nil {
+		return err
+	}
+	cfg, err := conf.Load(*path)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen.Ops == "" {
+		return fmt.Errorf("the config has no ops listener (listen { ops = … }) to ask")
+	}
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + cfg.Listen.Ops + "/status")
+	if err != nil {
+		return fmt.Errorf("ask the server: %w", err)
+	}
+	defer resp.Body.Close()
+	var st server.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return fmt.Errorf("status answer: %w", err)
+	}
+	fmt.Fprintf(stdout, "p11bridge %s, up %s, default signer %q", st.Version, time.Duration(st.Uptime*float64(time.Second)).Round(time.Second), st.Default)
+	if st.RolloverUnderway {
+		fmt.Fprintf(stdout, ", ROLLOVER in progress: new keys go to %q", st.Rollover)
+	}
+	fmt.Fprintln(stdout)
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SIGNER\tROLE\tHEALTHY\tKEYS BY STATE")
+	for _, s := range st.Signers {
+		role := ""
+		switch {
+		case s.Rollover:
+			role = "rollover"
+		case s.Default:
+			role = "default"
+		}
+		states := make([]string, 0, len(s.Keys))
+		for k, n := range s.Keys {
+			states = append(states, fmt.Sprintf("%s %d", k, n))
+		}
+		sort.Strings(states)
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", s.Name, role, s.Healthy, strings.Join(states, ", "))
+	}
+	tw.Flush()
+	for _, name := range st.UnconfiguredHeldBy {
+		fmt.Fprintf(stdout, "keys recorded on signer %q, which is no longer configured\n", name)
+	}
 	return nil
 }

@@ -16,6 +16,7 @@ const usage = `p11bridge — keys in PKCS#11 tokens, served over KMIP and the KE
 Usage:
   p11bridge serve    --config FILE          run the server (SIGHUP reloads, SIGINT/SIGTERM stop)
   p11bridge reload   --config FILE          make the running server re-read its config (SIGHUP)
+  p11bridge status   --config FILE          per signer: keys by state, health, rollover (from the ops listener)
   p11bridge check    --config FILE          validate the config and probe every token
   p11bridge dev      [--dir DIR] [--kmip ADDR] [--kes ADDR] [--ops ADDR]
                                             run on a SoftHSM2 token with generated certificates
@@ -41,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(args[1:], stderr)
+	case "status":
+		err = cmdStatus(args[1:], stdout)
 	case "reload":
 		err = cmdReload(args[1:], stdout)
 	case "check":

@@ -24,9 +24,11 @@ run: deps build
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags p11fault ./signer/ ./server/
 
 test: deps-test vet
 	$(GO) test -count=1 -timeout 18m ./...
+	$(GO) test -count=1 -timeout 5m -tags p11fault ./signer/
 
 # Benchmarks print registry, front-end and reference figures side by side; see docs/benchmarks.md.
 bench: deps-test

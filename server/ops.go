@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // SignerStatus is one signer in the ops status view.
@@ -98,6 +100,10 @@ func (s *Server) opsHandler() http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
+	if h := signer.FaultHandler(); h != nil {
+		// Only in binaries built with -tags p11fault, for the failure tests.
+		mux.Handle("/debug/fault", h)
+	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

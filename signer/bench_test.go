@@ -63,7 +63,7 @@ func parallel(b *testing.B, n int, setup func() func() error) {
 // rawSession opens a session of its own on the test token and finds the handle of tag/kind.
 func rawSession(b *testing.B, tag []byte, k objKind) (*pkcs11.Ctx, pkcs11.SessionHandle, pkcs11.ObjectHandle) {
 	tok, _ := testReg.Signer("a")
-	sh, err := tok.ctx.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	sh, err := tok.mod.ctx.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func rawSession(b *testing.B, tag []byte, k objKind) (*pkcs11.Ctx, pkcs11.Sessio
 	if err != nil || len(hs) != 1 {
 		b.Fatalf("find: %v (%d)", err, len(hs))
 	}
-	return tok.ctx, sh, hs[0]
+	return tok.mod.ctx, sh, hs[0]
 }
 
 func BenchmarkSignRSA2048(b *testing.B) {
@@ -148,13 +148,13 @@ func BenchmarkGenerateAES(b *testing.B) {
 		b.Run(fmt.Sprintf("pkcs11/c%d", n), func(b *testing.B) {
 			parallel(b, n, func() func() error {
 				tok, _ := testReg.Signer("a")
-				sh, err := tok.ctx.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+				sh, err := tok.mod.ctx.OpenSession(tok.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 				if err != nil {
 					b.Fatal(err)
 				}
 				return func() error {
 					tag, _ := NewTag()
-					_, err := tok.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, secretTemplate(tag, "bench-gen", pkcs11.CKK_AES, 32))
+					_, err := tok.mod.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, secretTemplate(tag, "bench-gen", pkcs11.CKK_AES, 32))
 					return err
 				}
 			})

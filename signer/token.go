@@ -48,7 +48,7 @@ func (c Config) selector() string {
 type Token struct {
 	cfg  Config
 	mod  *module
-	ctx  *pkcs11.Ctx
+	ctx  p11
 	slot uint
 	info pkcs11.TokenInfo
 	log  *slog.Logger
@@ -80,7 +80,7 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 	if err != nil {
 		return nil, errorf(ErrConfig, "%s: %v", fmt.Sprintf("signer %q", cfg.Name), err)
 	}
-	t := &Token{cfg: cfg, mod: mod, ctx: mod.ctx, log: log.With("signer", cfg.Name)}
+	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name)}
 	ok := false
 	defer func() {
 		if !ok {

@@ -1,0 +1,212 @@
+//go:build p11fault
+
+package signer
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Fault injection, compiled only with -tags p11fault: the tests of failure behaviour make the
+// token fail in the middle of load, and watch the registry recover when the fault clears.
+
+type faultState struct {
+	mu    sync.RWMutex
+	code  uint            // CKR_* to return; 0 = none
+	calls map[string]bool // which calls fail; empty = all except OpenSession/CloseSession
+	count map[string]*atomic.Int64
+}
+
+var faults = &faultState{count: map[string]*atomic.Int64{}}
+
+func init() {
+	wrapP11 = func(c *pkcs11.Ctx) p11 { return faulty{c} }
+}
+
+// InjectFault makes the named calls (all when none are named) return code until ClearFault.
+func InjectFault(code uint, calls ...string) {
+	faults.mu.Lock()
+	defer faults.mu.Unlock()
+	faults.code = code
+	faults.calls = map[string]bool{}
+	for _, c := range calls {
+		faults.calls[c] = true
+	}
+}
+
+// ClearFault ends the injected fault.
+func ClearFault() { InjectFault(0) }
+
+// CallCount says how often a PKCS#11 call was made (e.g. "Login": a wrong PIN is tried once).
+func CallCount(call string) int64 {
+	faults.mu.RLock()
+	defer faults.mu.RUnlock()
+	if c := faults.count[call]; c != nil {
+		return c.Load()
+	}
+	return 0
+}
+
+func (f *faultState) hit(call string) error {
+	f.mu.RLock()
+	c := f.count[call]
+	code, calls := f.code, f.calls
+	f.mu.RUnlock()
+	if c == nil {
+		f.mu.Lock()
+		if c = f.count[call]; c == nil {
+			c = &atomic.Int64{}
+			f.count[call] = c
+		}
+		f.mu.Unlock()
+	}
+	c.Add(1)
+	if code == 0 {
+		return nil
+	}
+	if len(calls) == 0 && (call == "CloseSession" || call == "Login") || len(calls) > 0 && !calls[call] {
+		return nil
+	}
+	return pkcs11.Error(code)
+}
+
+// FaultHandler serves the fault switch: POST ?code=0x30&calls=Sign,Encrypt injects, DELETE clears,
+// GET ?call=Login reads a call count.
+func FaultHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPost:
+			code, err := strconv.ParseUint(r.URL.Query().Get("code"), 0, 32)
+			if err != nil {
+				http.Error(w, "code: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			var calls []string
+			if c := r.URL.Query().Get("calls"); c != "" {
+				calls = strings.Split(c, ",")
+			}
+			InjectFault(uint(code), calls...)
+		case http.MethodDelete:
+			ClearFault()
+		case http.MethodGet:
+			json.NewEncoder(w).Encode(map[string]int64{"count": CallCount(r.URL.Query().Get("call"))})
+		}
+	})
+}
+
+type faulty struct{ c *pkcs11.Ctx }
+
+func (f faulty) OpenSession(slot, flags uint) (pkcs11.SessionHandle, error) {
+	if err := faults.hit("OpenSession"); err != nil {
+		return 0, err
+	}
+	return f.c.OpenSession(slot, flags)
+}
+func (f faulty) CloseSession(sh pkcs11.SessionHandle) error {
+	faults.hit("CloseSession")
+	return f.c.CloseSession(sh)
+}
+func (f faulty) Login(sh pkcs11.SessionHandle, u uint, pin string) error {
+	if err := faults.hit("Login"); err != nil {
+		return err
+	}
+	return f.c.Login(sh, u, pin)
+}
+func (f faulty) Logout(sh pkcs11.SessionHandle) error { return f.c.Logout(sh) }
+func (f faulty) GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
+	if err := faults.hit("GetSessionInfo"); err != nil {
+		return pkcs11.SessionInfo{}, err
+	}
+	return f.c.GetSessionInfo(sh)
+}
+func (f faulty) GetMechanismList(slot uint) ([]*pkcs11.Mechanism, error) {
+	return f.c.GetMechanismList(slot)
+}
+func (f faulty) FindObjectsInit(sh pkcs11.SessionHandle, t []*pkcs11.Attribute) error {
+	if err := faults.hit("FindObjectsInit"); err != nil {
+		return err
+	}
+	return f.c.FindObjectsInit(sh, t)
+}
+func (f faulty) FindObjects(sh pkcs11.SessionHandle, max int) ([]pkcs11.ObjectHandle, bool, error) {
+	return f.c.FindObjects(sh, max)
+}
+func (f faulty) FindObjectsFinal(sh pkcs11.SessionHandle) error { return f.c.FindObjectsFinal(sh) }
+func (f faulty) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
+	if err := faults.hit("GetAttributeValue"); err != nil {
+		return nil, err
+	}
+	return f.c.GetAttributeValue(sh, o, a)
+}
+func (f faulty) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := faults.hit("GenerateKey"); err != nil {
+		return 0, err
+	}
+	return f.c.GenerateKey(sh, m, t)
+}
+func (f faulty) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
+	if err := faults.hit("GenerateKeyPair"); err != nil {
+		return 0, 0, err
+	}
+	return f.c.GenerateKeyPair(sh, m, pub, priv)
+}
+func (f faulty) CreateObject(sh pkcs11.SessionHandle, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := faults.hit("CreateObject"); err != nil {
+		return 0, err
+	}
+	return f.c.CreateObject(sh, t)
+}
+func (f faulty) DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error {
+	if err := faults.hit("DestroyObject"); err != nil {
+		return err
+	}
+	return f.c.DestroyObject(sh, o)
+}
+func (f faulty) SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := faults.hit("SignInit"); err != nil {
+		return err
+	}
+	return f.c.SignInit(sh, m, o)
+}
+func (f faulty) Sign(sh pkcs11.SessionHandle, msg []byte) ([]byte, error) {
+	if err := faults.hit("Sign"); err != nil {
+		return nil, err
+	}
+	return f.c.Sign(sh, msg)
+}
+func (f faulty) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := faults.hit("EncryptInit"); err != nil {
+		return err
+	}
+	return f.c.EncryptInit(sh, m, o)
+}
+func (f faulty) Encrypt(sh pkcs11.SessionHandle, msg []byte) ([]byte, error) {
+	if err := faults.hit("Encrypt"); err != nil {
+		return nil, err
+	}
+	return f.c.Encrypt(sh, msg)
+}
+func (f faulty) DecryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := faults.hit("DecryptInit"); err != nil {
+		return err
+	}
+	return f.c.DecryptInit(sh, m, o)
+}
+func (f faulty) Decrypt(sh pkcs11.SessionHandle, c []byte) ([]byte, error) {
+	if err := faults.hit("Decrypt"); err != nil {
+		return nil, err
+	}
+	return f.c.Decrypt(sh, c)
+}
+func (f faulty) GenerateRandom(sh pkcs11.SessionHandle, n int) ([]byte, error) {
+	if err := faults.hit("GenerateRandom"); err != nil {
+		return nil, err
+	}
+	return f.c.GenerateRandom(sh, n)
+}

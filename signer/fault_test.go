@@ -1,0 +1,124 @@
+//go:build p11fault
+
+package signer
+
+import (
+	"crypto"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// The token fails in the middle of load: requests that hit the fault get a clear error, broken
+// sessions leave the pool, the signer reports itself down, and recovers by itself when the fault clears.
+func TestDeviceFaultUnderLoad(t *testing.T) {
+	priv, _, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "faulty"}, Meta{Name: "faulty-pub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := testReg.Signer("a")
+	for _, code := range []uint{pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_SESSION_HANDLE_INVALID} {
+		t.Run(pkcs11.Error(code).Error(), func(t *testing.T) {
+			closes := CallCount("CloseSession")
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			var failures []error
+			stop := make(chan struct{})
+			for g := 0; g < 8; g++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+							mu.Lock()
+							failures = append(failures, err)
+							mu.Unlock()
+						}
+					}
+				}()
+			}
+			time.Sleep(50 * time.Millisecond)
+			InjectFault(code, "Sign")
+			time.Sleep(100 * time.Millisecond)
+			if code != pkcs11.CKR_SESSION_HANDLE_INVALID && tok.Healthy() {
+				t.Error("signer still reports healthy during a device fault")
+			}
+			ClearFault()
+			time.Sleep(100 * time.Millisecond)
+			close(stop)
+			wg.Wait()
+			if len(failures) == 0 {
+				t.Fatal("no request saw the fault")
+			}
+			for _, err := range failures {
+				if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), pkcs11.Error(code).Error()) {
+					t.Fatalf("failure %v is not ErrUnavailable naming %s", err, pkcs11.Error(code))
+				}
+			}
+			if CallCount("CloseSession") == closes {
+				t.Error("no broken session was closed")
+			}
+			if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+				t.Fatalf("no recovery after the fault cleared: %v", err)
+			}
+			if !tok.Healthy() {
+				t.Fatal("signer did not report itself healthy again")
+			}
+		})
+	}
+}
+
+func TestLostLoginIsRestoredOnce(t *testing.T) {
+	km, _ := keymap.Open(filepath.Join(t.TempDir(), "km.csv"), quietLog())
+	r, err := Open(Options{Signers: []Config{cfgOf("s", tokB)}, Logger: quietLog()}, km)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "relogin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := r.Signer("s")
+	tok.loginMu.Lock()
+	tok.lastLogin = time.Time{}
+	tok.loginMu.Unlock()
+	logins := CallCount("Login")
+	InjectFault(pkcs11.CKR_USER_NOT_LOGGED_IN, "Encrypt")
+	_, _, err = r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+	ClearFault()
+	if err == nil {
+		t.Fatal("the fault did not reach the caller")
+	}
+	if n := CallCount("Login") - logins; n != 1 {
+		t.Fatalf("%d logins for one lost login, want exactly 1", n)
+	}
+	if _, _, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWrongPINTriedOnce(t *testing.T) {
+	km, _ := keymap.Open(filepath.Join(t.TempDir(), "km.csv"), quietLog())
+	c := cfgOf("s", tokSpare)
+	c.PIN = "not-the-pin"
+	logins := CallCount("Login")
+	if _, err := Open(Options{Signers: []Config{c}, Logger: quietLog()}, km); err == nil {
+		t.Fatal("opened with a wrong PIN")
+	}
+	if n := CallCount("Login") - logins; n != 1 {
+		t.Fatalf("a wrong PIN was tried %d times at open, want 1", n)
+	}
+}

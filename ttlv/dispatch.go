@@ -11,6 +11,10 @@ import (
 	"github.com/gemalto/kmip-go/kmip20"
 )
 
+// onPanic sees every recovered panic; the fuzz test makes it fatal, so that recovery (which keeps a
+// server up) does not hide bugs from the fuzzer.
+var onPanic = func(any) {}
+
 // handler runs one operation. It decodes its own payload (so a bad payload fails only its item)
 // and returns a response payload struct.
 type handler func(o *op, payload *node) (any, error)
@@ -76,6 +80,7 @@ func (s *Server) handleMessage(ctx context.Context, identity string, raw []byte)
 	v := ProtocolVersion{1, 0}
 	defer func() {
 		if r := recover(); r != nil {
+			onPanic(r)
 			s.log.Error("kmip: request handler panicked", "identity", identity, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			out = failureResponse(v, nil, rGeneral, "internal error; the request was not completed")
 		}
@@ -230,6 +235,7 @@ func (s *Server) call(o *op, item *RequestBatchItem) (payload any, err error) {
 	}
 	defer func() {
 		if r := recover(); r != nil {
+			onPanic(r)
 			s.log.Error("kmip: operation panicked", "operation", o.name, "identity", o.identity, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			payload, err = nil, kerr(rGeneral, "internal error in %s", o.name)
 		}

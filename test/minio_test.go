@@ -148,7 +148,7 @@ func TestMinIOWithDevMode(t *testing.T) {
 
 	unknown, _ := encrypt.NewSSEKMS("no-such-key", nil)
 	_, err = client.PutObject(ctx, "bucket", "unknown-key", bytes.NewReader([]byte("x")), 1, minio.PutObjectOptions{ServerSideEncryption: unknown})
-	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "key does not exist") {
+	if err == nil || !strings.Contains(err.Error(), "key with given key ID does not exist") {
 		t.Fatalf("PUT with an unknown key: %v", err)
 	}
 

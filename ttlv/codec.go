@@ -183,7 +183,7 @@ func decodeValue(n *node, v reflect.Value, fi fieldInfo, path string) error {
 		if n.Type != tt.TypeByteString {
 			return typeErr(path, tt.TypeByteString, n)
 		}
-		v.SetBytes(append([]byte(nil), n.Raw...))
+		v.SetBytes(append([]byte{}, n.Raw...)) // present but empty stays non-nil
 	case reflect.Bool:
 		if n.Type != tt.TypeBoolean {
 			return typeErr(path, tt.TypeBoolean, n)

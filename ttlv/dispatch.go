@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -13,7 +14,13 @@ import (
 
 // onPanic sees every recovered panic; the fuzz test makes it fatal, so that recovery (which keeps a
 // server up) does not hide bugs from the fuzzer.
-var onPanic = func(any) {}
+var panicHook atomic.Pointer[func(any)]
+
+func onPanic(r any) {
+	if h := panicHook.Load(); h != nil {
+		(*h)(r)
+	}
+}
 
 // handler runs one operation. It decodes its own payload (so a bad payload fails only its item)
 // and returns a response payload struct.

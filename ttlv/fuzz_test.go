@@ -33,7 +33,9 @@ func FuzzMessage(f *testing.F) {
 	f.Add(queryReq(v20).encode())
 	quiet := slog.New(slog.DiscardHandler)
 	srv := New(Options{Registry: env.reg, Auth: fuzzAuth{}, Log: quiet, Audit: quiet})
-	onPanic = func(r any) { panic(fmt.Sprintf("recovered panic: %v", r)) }
+	fatal := func(r any) { panic(fmt.Sprintf("recovered panic: %v", r)) }
+	panicHook.Store(&fatal)
+	f.Cleanup(func() { panicHook.Store(nil) })
 	f.Fuzz(func(t *testing.T, b []byte) {
 		out := srv.handleMessage(context.Background(), "fuzzer", b)
 		n, err := parseNode(out)

@@ -89,15 +89,17 @@ func create(o *op, p *node) (any, error) {
 	return createResponse{ObjectType: req.ObjectType, UID: rec.ID}, nil
 }
 
+// createKeyPairRequest covers CreateKeyPair and ReKeyKeyPair (which adds the first two fields) in
+// 1.x and 2.0 forms, in the order the specification lists them.
 type createKeyPairRequest struct {
+	PrivateKeyUID *uidRef        `kmip:"PrivateKeyUniqueIdentifier"`
+	Offset        *time.Duration `kmip:"Offset"`
 	Common        *node          `kmip:"CommonTemplateAttribute"`
 	Private       *node          `kmip:"PrivateKeyTemplateAttribute"`
 	Public        *node          `kmip:"PublicKeyTemplateAttribute"`
 	Common2       *node          `kmip:"CommonAttributes"`
 	Private2      *node          `kmip:"PrivateKeyAttributes"`
 	Public2       *node          `kmip:"PublicKeyAttributes"`
-	PrivateKeyUID *uidRef        `kmip:"PrivateKeyUniqueIdentifier"` // ReKeyKeyPair
-	Offset        *time.Duration `kmip:"Offset"`                     // ReKeyKeyPair
 }
 
 type createKeyPairResponse struct {

@@ -1,0 +1,232 @@
+// Package conf reads p11bridge's configuration: one HCL v2 file describing the
+// listeners, TLS, the PKCS#11 signers, the keymap, the audit log and the
+// access policies.
+//
+// Parse reports every problem it finds at once, each with file:line:col, as a
+// *Error, so an operator can fix a file in one pass. PINs are held as Secret
+// and never appear in any message.
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	pkcs11uri "github.com/stefanberger/go-pkcs11uri"
+)
+
+// Config is a parsed, validated configuration. Relative paths in it are
+// already resolved against the directory of the config file.
+type Config struct {
+	File     string // the file name given to Load or Parse
+	LogLevel string // debug, info, warn or error
+
+	Listen Listen
+	TLS    TLS
+
+	Signers        []Signer // in file order
+	DefaultSigner  string   // always set when Signers is not empty
+	RolloverSigner string   // "" when no rollover is in progress
+
+	Keymap Keymap
+	Audit  Audit
+
+	Admin    string // identity allowed everything; "" for none
+	Policies []Policy
+
+	KMIP KMIP
+	KES  KES
+}
+
+// Listen holds the listener addresses; "" means that listener is off.
+type Listen struct {
+	KMIP string // KMIP TTLV over mutual TLS
+	KES  string // KES HTTPS API
+	Ops  string // health and metrics, plain HTTP
+}
+
+// TLS is the server certificate shared by the KMIP and KES listeners.
+type TLS struct {
+	Cert     string
+	Key      string
+	ClientCA string // "" means client chains are not verified against a CA
+	// MinVersion is tls.VersionTLS12 or tls.VersionTLS13.
+	MinVersion uint16
+}
+
+// Signer is one PKCS#11 token. Exactly one of SlotID, TokenLabel,
+// TokenSerial and URI is set.
+type Signer struct {
+	Name   string
+	Module string // path of the PKCS#11 module, used as written (dlopen searches bare names)
+
+	SlotID      *uint
+	TokenLabel  string
+	TokenSerial string
+	URI         string // RFC 7512 pkcs11: URI naming a token; never holds a PIN
+
+	PIN Secret
+	// PINSource says where the PIN came from, for messages: "pin",
+	// "env:NAME" or "file:/path". It never holds the PIN.
+	PINSource string
+
+	MaxSessions    int
+	SessionTimeout time.Duration // how long to wait for a free session
+
+	Range string // "file:line:col" of the signer block, for later diagnostics
+}
+
+// Keymap says where the key map CSV lives.
+type Keymap struct {
+	Path string
+}
+
+// Audit configures the audit log; Path is "" when there is none.
+type Audit struct {
+	Path string
+	// Required makes a failure to write the audit log fail the request
+	// instead of only being reported.
+	Required bool
+}
+
+// Policy maps identities to what they may do.
+type Policy struct {
+	Name       string
+	Allow      []string // KES path patterns: exact, or prefix ending in '*'
+	Deny       []string // KES path patterns, checked before Allow
+	KMIP       []string // KMIP operation names, or "*"
+	Keys       []string // key-name patterns; empty means any key
+	Identities []string // lowercase hex SHA-256 of a client certificate's SubjectPublicKeyInfo
+}
+
+// KMIP tunes the KMIP listener.
+type KMIP struct {
+	MaxMessageSize int // bytes
+	MaxConnections int
+	IdleTimeout    time.Duration
+}
+
+// KES tunes the KES listener.
+type KES struct {
+	MaxBody int // bytes
+}
+
+// Signer returns the signer with the given name.
+func (c *Config) Signer(name string) (*Signer, bool) {
+	for i := range c.Signers {
+		if c.Signers[i].Name == name {
+			return &c.Signers[i], true
+		}
+	}
+	return nil, false
+}
+
+// tokenSelector returns the token a signer names, whichever way it was
+// selected; for a URI, the slot-id, token and serial attributes it has.
+func (s *Signer) tokenSelector() (slotID *uint, label, serial string) {
+	if s.URI == "" {
+		return s.SlotID, s.TokenLabel, s.TokenSerial
+	}
+	u := pkcs11uri.New()
+	if err := u.Parse(s.URI); err != nil {
+		return nil, "", ""
+	}
+	label, _ = u.GetPathAttribute("token", false)
+	serial, _ = u.GetPathAttribute("serial", false)
+	if v, ok := u.GetPathAttribute("slot-id", false); ok {
+		if n, err := strconv.ParseUint(v, 10, 0); err == nil {
+			id := uint(n)
+			slotID = &id
+		}
+	}
+	return slotID, label, serial
+}
+
+// Diagnostic is one problem found in a config file.
+type Diagnostic struct {
+	Pos     string // "file:line:col", or just the file name when no position applies
+	Summary string // what is wrong
+	Detail  string // why, and what to do about it
+}
+
+func (d Diagnostic) String() string {
+	s := d.Pos + ": " + d.Summary
+	if d.Detail != "" {
+		s += "; " + d.Detail
+	}
+	return s
+}
+
+// Error is returned by Load and Parse; it carries every problem found.
+type Error struct {
+	Diags []Diagnostic
+}
+
+// Error lists every diagnostic, one per line.
+func (e *Error) Error() string {
+	lines := make([]string, len(e.Diags))
+	for i, d := range e.Diags {
+		lines[i] = d.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// maxConfigSize bounds what Load reads and Parse accepts: a config is a few
+// kilobytes, so anything this large is the wrong file.
+const maxConfigSize = 1 << 20
+
+// Load reads and parses the config file at path.
+func Load(path string) (*Config, error) {
+	src, err := readLimited(path, maxConfigSize, false)
+	if err != nil {
+		return nil, &Error{Diags: []Diagnostic{{
+			Pos:     path,
+			Summary: "cannot read the config file",
+			Detail:  err.Error(),
+		}}}
+	}
+	return Parse(src, path)
+}
+
+var errTooLarge = errors.New("file too large")
+
+// readLimited reads a file of at most limit bytes. With regularOnly, other
+// kinds of file are refused before they are opened: opening a FIFO blocks,
+// and /dev/zero never ends. Load allows them, for "-config <(generate)".
+func readLimited(path string, limit int64, regularOnly bool) ([]byte, error) {
+	notRegular := &fs.PathError{Op: "read", Path: path, Err: errors.New("not a regular file")}
+	if regularOnly {
+		st, err := os.Stat(path)
+		if err != nil {
+			return nil, err
+		}
+		if !st.Mode().IsRegular() {
+			return nil, notRegular
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() || regularOnly && !st.Mode().IsRegular() {
+		return nil, notRegular
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: more than %d bytes", errTooLarge, limit)}
+	}
+	return b, nil
+}

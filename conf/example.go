@@ -1,0 +1,99 @@
+package conf
+
+// Example returns a complete, commented config. It parses as is when
+// P11BRIDGE_PIN_A is set and secrets/pin-b exists next to the file.
+func Example() string { return example }
+
+const example = `# p11bridge configuration (HCL). Relative paths are relative to this file.
+
+# debug, info, warn or error.
+log_level = "info"
+
+# Where to listen. Leave an address out (or "") to turn that listener off.
+listen {
+  kmip = "127.0.0.1:5696"   # KMIP over mutual TLS
+  kes  = "127.0.0.1:7373"   # KES API for MinIO, HTTPS
+  ops  = "127.0.0.1:9464"   # /healthz and /metrics, plain HTTP: keep it private
+}
+
+# The server certificate for the kmip and kes listeners. Clients must present
+# a certificate; with client_ca their chain is verified against it.
+tls {
+  cert        = "server.pem"
+  key         = "server-key.pem"
+  client_ca   = "ca.pem"
+  min_version = "1.2"        # or "1.3"
+}
+
+# A signer is one PKCS#11 token. Select it with exactly one of slot_id,
+# token_label, token_serial or an RFC 7512 uri, and give the PIN with exactly
+# one of pin (a string, better env("NAME")) or pin_file.
+signer "hsm-a" {
+  module          = "/usr/lib/softhsm/libsofthsm2.so"
+  token_label     = "bridge-a"
+  pin             = env("P11BRIDGE_PIN_A")
+  max_sessions    = 8        # PKCS#11 sessions kept open; default 2 per CPU
+  session_timeout = "5s"     # how long a request waits for a free session
+}
+
+signer "hsm-b" {
+  module   = "/usr/lib/softhsm/libsofthsm2.so"
+  uri      = "pkcs11:token=bridge-b"
+  pin_file = "secrets/pin-b"  # holds the PIN; a trailing newline is ignored
+}
+
+# New keys are created on default_signer. To move to a new token, set
+# rollover_signer and reload (SIGHUP): new keys go there, old keys keep
+# working where they are.
+default_signer = "hsm-a"
+# rollover_signer = "hsm-b"
+
+# The key map: which key lives on which token, and its KMIP state.
+keymap {
+  path = "keymap.csv"
+}
+
+# One line per request. With required = true a request fails when its audit
+# line cannot be written.
+audit {
+  path     = "audit.log"
+  required = false
+}
+
+# Identities are the lowercase hex SHA-256 of a client certificate's public
+# key; ` + "`p11bridge identity cert.pem`" + ` prints it. The admin may do everything.
+admin = "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
+
+# What MinIO may do through the KES API.
+policy "minio" {
+  allow = [
+    "/v1/key/create/minio-*",
+    "/v1/key/generate/minio-*",
+    "/v1/key/decrypt/minio-*",
+    "/v1/key/describe/minio-*",
+    "/v1/key/list/*",
+    "/v1/status",
+  ]
+  deny       = ["/v1/key/delete/*"]
+  keys       = ["minio-*"]
+  identities = ["5791b6226743c56f44f8274cc67b8beb9751b6403e697243ad00fd37af5635e3"]
+}
+
+# What a KMIP client may do: KMIP operation names, or ["*"].
+policy "rpki-ca" {
+  kmip       = ["Query", "CreateKeyPair", "Get", "ModifyAttribute", "Activate", "Sign", "Revoke", "Destroy"]
+  identities = ["0e6b69fbd1836bbd274587164bdbde0221901974ec4ade407e4bf4c357273eed"]
+}
+
+# Limits of the KMIP listener.
+kmip {
+  max_message_size = "1MiB"
+  max_connections  = 1024
+  idle_timeout     = "2m"
+}
+
+# Limits of the KES listener.
+kes {
+  max_body = "1MiB"
+}
+`

@@ -83,6 +83,7 @@ func (m *Map) load(f *os.File) (*loadResult, error) {
 	}
 
 	workers := max(1, runtime.GOMAXPROCS(0))
+	pl := newPool(3*workers + 2)
 	work := make(chan *chunk, workers)
 	ordered := make(chan *chunk, 2*workers)
 	stop := make(chan struct{})
@@ -93,7 +94,7 @@ func (m *Map) load(f *os.File) (*loadResult, error) {
 			defer wg.Done()
 			d := newDecoder()
 			for c := range work {
-				parseChunk(d, c)
+				parseChunk(d, c, pl)
 				close(c.done)
 			}
 		}()
@@ -104,7 +105,7 @@ func (m *Map) load(f *os.File) (*loadResult, error) {
 		defer wg.Done()
 		defer close(work)
 		defer close(ordered)
-		readErr = readChunks(f, res.fileSize, func(c *chunk) bool {
+		readErr = readChunks(f, res.fileSize, pl, func(c *chunk) bool {
 			select {
 			case <-stop:
 				return false
@@ -134,8 +135,9 @@ func (m *Map) load(f *os.File) (*loadResult, error) {
 			// map of a million entries rehashes it several times. Capped,
 			// since maps never shrink and a log of many updates to few ids
 			// would overestimate.
-			est := int64(len(c.rows)+1) * (res.fileSize / int64(max(c.n, 1)))
-			recs = make(map[string]*entry, min(est, 1<<21))
+			est := min(int64(len(c.rows)+1)*(res.fileSize/int64(max(c.n, 1))), 1<<21)
+			recs = make(map[string]*entry, est)
+			res.entries = make([]*entry, 0, est)
 		}
 		for _, p := range c.rows {
 			if p.e == nil {
@@ -151,6 +153,7 @@ func (m *Map) load(f *os.File) (*loadResult, error) {
 			}
 		}
 		res.rows += len(c.rows)
+		pl.putRows(c.rows)
 		if c.err != nil {
 			lerr = c.err
 			size = c.err.start
@@ -213,14 +216,18 @@ func (m *Map) checkHeader(head []byte) error {
 
 // readChunks cuts the file after the header into chunks of whole lines and
 // hands them to emit in order, until emit returns false.
-func readChunks(f *os.File, fileSize int64, emit func(*chunk) bool) error {
+func readChunks(f *os.File, fileSize int64, pl *pool, emit func(*chunk) bool) error {
 	off := int64(len(header))
 	line := headerLines + 1
-	var carry []byte
+	var carry, grown []byte
 	for off+int64(len(carry)) < fileSize || len(carry) > 0 {
 		want := max(chunkSize, 2*len(carry))
-		buf := make([]byte, len(carry), want)
-		copy(buf, carry)
+		buf := pl.buf(want)[:len(carry)]
+		copy(buf, carry) // may overlap: carry can be the tail of this very buffer
+		if grown != nil {
+			pl.putBuf(grown) // a too-short buffer that was never emitted
+			grown = nil
+		}
 		n, err := f.ReadAt(buf[len(carry):want], off+int64(len(carry)))
 		if err != nil && !errors.Is(err, io.EOF) {
 			return err
@@ -231,7 +238,7 @@ func readChunks(f *os.File, fileSize int64, emit func(*chunk) bool) error {
 		if eof {
 			cut = len(buf)
 		} else if cut == 0 {
-			carry = buf // one line longer than the buffer: read more
+			carry, grown = buf, buf // one line longer than the buffer: read more
 			continue
 		}
 		c := &chunk{data: buf[:cut], n: cut, line: line, off: off, done: make(chan struct{})}
@@ -250,9 +257,9 @@ func readChunks(f *os.File, fileSize int64, emit func(*chunk) bool) error {
 }
 
 // parseChunk decodes c's lines until the first bad one.
-func parseChunk(d *decoder, c *chunk) {
+func parseChunk(d *decoder, c *chunk, pl *pool) {
 	data := c.data
-	c.rows = make([]parsed, 0, len(data)/200+1)
+	c.rows = pl.rows()
 	line := c.line
 	for pos := 0; pos < len(data); line++ {
 		nl := bytes.IndexByte(data[pos:], '\n')
@@ -278,6 +285,57 @@ func parseChunk(d *decoder, c *chunk) {
 		c.rows = append(c.rows, p)
 		pos = next
 	}
-	// Rows hold copies; let the buffer go while later chunks are parsed.
+	// Rows hold copies: the buffer can carry the next chunk.
+	pl.putBuf(c.data[:0])
 	c.data = nil
+}
+
+// pool recycles the loader's chunk buffers and row slices. Without it a
+// file turns into as much garbage as its size, and the collector runs
+// several extra cycles over the growing map while it loads.
+type pool struct {
+	bufs chan []byte
+	rs   chan []parsed
+}
+
+func newPool(n int) *pool {
+	return &pool{bufs: make(chan []byte, n), rs: make(chan []parsed, n)}
+}
+
+func (p *pool) buf(n int) []byte {
+	select {
+	case b := <-p.bufs:
+		if cap(b) >= n {
+			return b[:0]
+		}
+	default:
+	}
+	return make([]byte, 0, n)
+}
+
+func (p *pool) putBuf(b []byte) {
+	if cap(b) > 2*chunkSize {
+		return // an outsized buffer from one long line: let it go
+	}
+	select {
+	case p.bufs <- b:
+	default:
+	}
+}
+
+func (p *pool) rows() []parsed {
+	select {
+	case r := <-p.rs:
+		return r
+	default:
+		return make([]parsed, 0, chunkSize/128)
+	}
+}
+
+func (p *pool) putRows(r []parsed) {
+	clear(r)
+	select {
+	case p.rs <- r[:0]:
+	default:
+	}
 }

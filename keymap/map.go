@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ansel1/merry/v2"
 )
@@ -111,6 +112,7 @@ func Open(path string, log *slog.Logger) (*Map, error) {
 	if err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	res, err := m.load(f)
 	if err != nil {
 		f.Close()
@@ -127,8 +129,10 @@ func Open(path string, log *slog.Logger) (*Map, error) {
 	m.size = res.size
 	m.torn = res.size < res.fileSize
 	m.recs = res.recs
+	t1 := time.Now()
 	m.buildIndexes(res.entries, res.kids)
-	m.log.Debug("keymap: opened", "path", path, "rows", res.rows, "live", len(m.recs))
+	m.log.Debug("keymap: opened", "path", path, "rows", res.rows, "live", len(m.recs),
+		"read", t1.Sub(t0), "index", time.Since(t1))
 	return m, nil
 }
 

@@ -32,6 +32,9 @@ type Config struct {
 	Signers        []Signer // in file order
 	DefaultSigner  string   // always set when Signers is not empty
 	RolloverSigner string   // "" when no rollover is in progress
+	// RetiredSigners are signers removed from the file although the keymap records active or
+	// pre-active keys on them; listing one confirms that its keys are given up.
+	RetiredSigners []string
 
 	Keymap Keymap
 	Audit  Audit

@@ -20,7 +20,7 @@ import (
 )
 
 var (
-	topAttrs     = []string{"log_level", "default_signer", "rollover_signer", "admin"}
+	topAttrs     = []string{"log_level", "default_signer", "rollover_signer", "retired_signers", "admin"}
 	topBlocks    = []string{"listen", "tls", "signer", "keymap", "audit", "policy", "kmip", "kes"}
 	listenAttrs  = []string{"kmip", "kes", "ops"}
 	tlsAttrs     = []string{"cert", "key", "client_ca", "min_version"}
@@ -74,6 +74,7 @@ func (d *decoder) decode(body *hclsyntax.Body) *Config {
 	d.tls(d.single(top, "tls"), cfg, listen)
 	d.signers(top.blocks["signer"], cfg)
 	d.chooseSigners(top, cfg)
+	d.retired(top, cfg)
 	if kb := d.single(top, "keymap"); kb != nil || !top.misused["keymap"] {
 		d.keymap(kb, cfg)
 	}
@@ -579,6 +580,24 @@ func (d *decoder) chooseSigners(top content, cfg *Config) {
 				cfg.RolloverSigner = v
 			}
 		}
+	}
+}
+
+// retired lists signers taken out of the config on purpose although the keymap still records live
+// keys on them: the operator's confirmation that those keys are given up.
+func (d *decoder) retired(top content, cfg *Config) {
+	a := top.attrs["retired_signers"]
+	if a == nil {
+		return
+	}
+	items, _ := d.list(a)
+	for _, it := range items {
+		if _, still := cfg.Signer(it.s); still {
+			d.add(it.at, fmt.Sprintf("retired_signers names signer %q, which is still configured", it.s),
+				"list only signers whose block you removed")
+			continue
+		}
+		cfg.RetiredSigners = append(cfg.RetiredSigners, it.s)
 	}
 }
 

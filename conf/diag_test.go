@@ -52,7 +52,7 @@ var diagCases = []diagCase{
 			`4:3: unknown attribute "token_lable" in signer "a"; did you mean "token_label"?`,
 		}},
 	{name: "unknown top attribute", src: cat(km, `colour = "blue"`),
-		want: []string{`2:1: unknown attribute "colour"; remove it; the attributes allowed here are log_level, default_signer, rollover_signer, admin`}},
+		want: []string{`2:1: unknown attribute "colour"; remove it; the attributes allowed here are log_level, default_signer, rollover_signer, retired_signers, admin`}},
 	{name: "unknown attribute in listen", src: cat(km, `listen {`, `  kmpi = ":5696"`, `}`),
 		want: []string{`3:3: unknown attribute "kmpi" in the listen block; did you mean "kmip"?`}},
 	{name: "unknown block with suggestion", src: cat(km, `lisen {`, `}`),
@@ -378,5 +378,17 @@ func TestPINUnreadable(t *testing.T) {
 	_, err := Parse([]byte(cat(km, `signer "a" {`, `  module = "/m.so"`, `  token_label = "a"`, `  pin_file = "pin"`, `}`)), filepath.Join(dir, "c.hcl"))
 	if err == nil || !strings.Contains(err.Error(), `c.hcl:5:14: cannot read the pin_file of signer "a"; open `+p+": permission denied") {
 		t.Errorf("got %v", err)
+	}
+}
+
+func TestRetiredSigners(t *testing.T) {
+	base := "signer \"b\" {\n  module = \"/m.so\"\n  token_label = \"b\"\n  pin = \"1234\"\n}\nkeymap { path = \"k.csv\" }\n"
+	cfg, err := Parse([]byte(base+"retired_signers = [\"a\"]\n"), "r.hcl")
+	if err != nil || len(cfg.RetiredSigners) != 1 || cfg.RetiredSigners[0] != "a" {
+		t.Fatalf("%+v %v", cfg, err)
+	}
+	_, err = Parse([]byte(base+"retired_signers = [\"b\"]\n"), "r.hcl")
+	if err == nil || !strings.Contains(err.Error(), `r.hcl:7:20: retired_signers names signer "b", which is still configured`) {
+		t.Fatalf("retiring a configured signer: %v", err)
 	}
 }

@@ -13,7 +13,7 @@ log_level = "info"
 listen {
   kmip = "127.0.0.1:5696"   # KMIP over mutual TLS
   kes  = "127.0.0.1:7373"   # KES API for MinIO, HTTPS
-  ops  = "127.0.0.1:9464"   # /healthz and /metrics, plain HTTP: keep it private
+  ops  = "127.0.0.1:9464"   # /health, /ready, /status, /metrics; plain HTTP: keep it private
 }
 
 # The server certificate for the kmip and kes listeners. Clients must present
@@ -47,6 +47,11 @@ signer "hsm-b" {
 # working where they are.
 default_signer = "hsm-a"
 # rollover_signer = "hsm-b"
+
+# Removing a signer block is refused while the keymap records active or
+# pre-active keys on it. Listing the removed signer here confirms that its
+# keys are given up.
+# retired_signers = ["hsm-old"]
 
 # The key map: which key lives on which token, and its KMIP state.
 keymap {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -285,7 +286,7 @@ func (s *Server) checkRemovedSigners(cfg *conf.Config) error {
 	var msgs []string
 	census := s.reg.Census()
 	for _, t := range s.reg.Signers() {
-		if _, kept := cfg.Signer(t.Name()); kept {
+		if _, kept := cfg.Signer(t.Name()); kept || slices.Contains(cfg.RetiredSigners, t.Name()) {
 			continue
 		}
 		c := census[t.Name()]
@@ -304,7 +305,7 @@ func (s *Server) checkRemovedSigners(cfg *conf.Config) error {
 		}
 	}
 	if len(msgs) > 0 {
-		return fmt.Errorf("%s; revoke or destroy them before removing the signer", strings.Join(msgs, "; "))
+		return fmt.Errorf("%s; revoke or destroy them before removing the signer, or confirm with retired_signers = [...]", strings.Join(msgs, "; "))
 	}
 	return nil
 }

@@ -15,7 +15,8 @@ import (
 // temporary file in the same directory, fsynced, renamed over the keymap,
 // then the directory is fsynced. Readers and writers keep going meanwhile:
 // the snapshot is taken at a row boundary, and rows appended while the new
-// file is written are copied over verbatim just before the rename.
+// file is written are copied over verbatim just before the rename; writers
+// wait only for that copy, an fsync and the rename.
 func (m *Map) Compact() error {
 	m.compactMu.Lock()
 	defer m.compactMu.Unlock()
@@ -64,6 +65,11 @@ func (m *Map) Compact() error {
 		return merry.Prependf(err, "keymap %s: compact: write %s", m.path, tmp.Name())
 	}
 	recs = nil
+	// The bulk goes to disk before writers are held up; the fsync after
+	// the tail copy below then has little left to do.
+	if err := tmp.Sync(); err != nil {
+		return merry.Prependf(err, "keymap %s: compact: fsync %s", m.path, tmp.Name())
+	}
 
 	m.flushSem <- struct{}{}
 	defer func() { <-m.flushSem }()

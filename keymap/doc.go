@@ -68,9 +68,10 @@
 // # Damage and crashes
 //
 // A crash during a write can leave the last line torn: without its newline,
-// or with a checksum that does not match. Open drops such a last line with
-// a warning that logs its content (it was never acknowledged to a caller),
-// and the next write or compaction cuts it off the file. Any other bad
+// or with a checksum that does not match. Such a row's fsync never
+// returned, so no caller was told it was stored. Open drops it with a
+// warning that logs its content, and the next write or compaction cuts it
+// off the file. Any other bad
 // line, or a last line whose checksum matches but whose content is invalid,
 // makes Open fail with ErrCorrupt and a message naming the file and line:
 // data that was acknowledged is never dropped silently. A file that is
@@ -86,6 +87,6 @@
 // ".<name>.compact-*" in the same directory, fsyncs it, renames it over the
 // keymap and fsyncs the directory. Rows committed while it runs are copied
 // to the new file before the rename, so it never blocks readers and blocks
-// writers only for that copy and the rename. A crash leaves either the old
+// writers only for that copy, an fsync and the rename. A crash leaves either the old
 // or the new file in place, plus possibly a stale temporary file.
 package keymap

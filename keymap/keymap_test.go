@@ -1243,3 +1243,28 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 		t.Fatalf("group commit is not sharing fsyncs: %d for %d rows", fsyncs, writers*per)
 	}
 }
+
+func TestOpenReadOnlyWhileHeld(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "km.csv")
+	m, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Put(Record{ID: "a", Tag: []byte{1}, Class: SecretKey, State: Active, Name: "held"}); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := OpenReadOnly(path, nil)
+	if err != nil {
+		t.Fatalf("read-only open of a held keymap: %v", err)
+	}
+	if r, ok := ro.Get("a"); !ok || r.Name != "held" || len(ro.ByName("held")) != 1 {
+		t.Fatalf("snapshot: %+v %v", r, ok)
+	}
+	if err := ro.Put(Record{ID: "b", Tag: []byte{2}, Class: SecretKey}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write to a read-only map: %v", err)
+	}
+	if _, err := OpenReadOnly(filepath.Join(t.TempDir(), "missing.csv"), nil); err == nil {
+		t.Fatal("opened a missing keymap read-only")
+	}
+}

@@ -542,3 +542,26 @@ func (x *index) del(k string, e *entry) {
 		x.many[k] = b
 	}
 }
+
+// OpenReadOnly loads a snapshot of the keymap at path without locking it, for tools that read while
+// a server holds the file (p11bridge keys list). A row being appended at that moment reads as a torn
+// last row and is left out. Every write returns ErrClosed.
+func OpenReadOnly(path string, log *slog.Logger) (*Map, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, merry.Prependf(err, "keymap %s", path)
+	}
+	defer f.Close()
+	m := &Map{path: path, log: log, inflight: make(map[string]inflight), flushSem: make(chan struct{}, 1)}
+	res, err := m.load(f)
+	if err != nil {
+		return nil, err
+	}
+	m.recs = res.recs
+	m.buildIndexes(res.entries, res.kids)
+	m.closed = true
+	return m, nil
+}

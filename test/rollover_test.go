@@ -123,6 +123,9 @@ func TestRolloverBetweenTokens(t *testing.T) {
 		t.Fatalf("status during rollover:\n%s", out)
 	}
 	privB, pubB := krillKeyPair(t, c, "krill_b")
+	if out, code := runCmd(t, b.env, "keys", "list", "--config", b.cfgPath, "--signer", "roll-b"); code != 0 || !strings.Contains(out, privB) || strings.Contains(out, privA) {
+		t.Fatalf("keys list --signer roll-b while serving:\n%s", out)
+	}
 	if !b.onToken("roll-b", privB) || b.onToken("roll-a", privB) {
 		t.Fatal("a key pair made during rollover is not on token B")
 	}

@@ -159,9 +159,18 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	km, err := keymap.Open(cfg.Keymap.Path, nil)
+	var km *keymap.Map
+	if args[0] == "list" || args[0] == "show" {
+		// Reading works while a server holds the keymap.
+		km, err = keymap.OpenReadOnly(cfg.Keymap.Path, nil)
+	} else {
+		km, err = keymap.Open(cfg.Keymap.Path, nil)
+		if err != nil {
+			err = fmt.Errorf("%w (is a p11bridge serving with this keymap? stop it first)", err)
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("%w (is a p11bridge serving with this keymap? stop it first)", err)
+		return err
 	}
 	defer km.Close()
 	switch args[0] {

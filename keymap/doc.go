@@ -71,12 +71,11 @@
 // or with a checksum that does not match. Such a row's fsync never
 // returned, so no caller was told it was stored. Open drops it with a
 // warning that logs its content, and the next write or compaction cuts it
-// off the file. Any other bad
-// line, or a last line whose checksum matches but whose content is invalid,
-// makes Open fail with ErrCorrupt and a message naming the file and line:
-// data that was acknowledged is never dropped silently. A file that is
-// empty or holds only part of the header (a crash while creating it) is
-// treated as empty.
+// off the file. Any other bad line, or a last line whose checksum matches
+// but whose content is invalid, makes Open fail with ErrCorrupt and a
+// message naming the file and line: data that was acknowledged is never
+// dropped silently. A file that is empty or holds only part of the header
+// (a crash while creating it) is treated as empty.
 //
 // A tombstone for an unknown id is ignored when loading: it can be left by
 // a Delete racing a failed write.
@@ -87,6 +86,7 @@
 // ".<name>.compact-*" in the same directory, fsyncs it, renames it over the
 // keymap and fsyncs the directory. Rows committed while it runs are copied
 // to the new file before the rename, so it never blocks readers and blocks
-// writers only for that copy, an fsync and the rename. A crash leaves either the old
-// or the new file in place, plus possibly a stale temporary file.
+// writers only for that copy, an fsync and the rename. A crash leaves
+// either the old or the new file in place, plus possibly a stale temporary
+// file.
 package keymap

@@ -188,8 +188,12 @@ func (m *Map) load(f *os.File) (*loadResult, error) {
 	}
 	// Keep what is dropped in the log: it was never acknowledged, but an
 	// operator may still want to see it.
-	m.log.Warn("keymap: dropping torn last line (interrupted write); it is removed on the next write",
-		"path", m.path, "line", lerr.line, "offset", lerr.start, "bytes", lerr.end-lerr.start,
+	msg := "keymap: dropping torn last line (interrupted write); it is removed on the next write"
+	if m.readOnly {
+		// Most likely a row being appended right now by the map's owner.
+		msg = "keymap: leaving out an incomplete last line (a write in progress, or an interrupted one)"
+	}
+	m.log.Warn(msg, "path", m.path, "line", lerr.line, "offset", lerr.start, "bytes", lerr.end-lerr.start,
 		"reason", why, "content", strconv.Quote(string(lerr.text)))
 	return res, nil
 }

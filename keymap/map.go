@@ -42,8 +42,9 @@ func cmpEntryID(e *entry, id string) int { return strings.Compare(e.id, id) }
 
 // Map is the persistent keymap. All methods are safe for concurrent use.
 type Map struct {
-	path string
-	log  *slog.Logger
+	path     string
+	log      *slog.Logger
+	readOnly bool // a snapshot from OpenReadOnly: never writes
 
 	// mu guards the in-memory state. Readers hold it only to find a
 	// *stored; copying it out happens after.
@@ -555,7 +556,7 @@ func OpenReadOnly(path string, log *slog.Logger) (*Map, error) {
 		return nil, merry.Prependf(err, "keymap %s", path)
 	}
 	defer f.Close()
-	m := &Map{path: path, log: log, inflight: make(map[string]inflight), flushSem: make(chan struct{}, 1)}
+	m := &Map{path: path, log: log, readOnly: true, inflight: make(map[string]inflight), flushSem: make(chan struct{}, 1)}
 	res, err := m.load(f)
 	if err != nil {
 		return nil, err

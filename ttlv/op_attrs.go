@@ -45,6 +45,10 @@ func getAttributes(o *op, p *node) (any, error) {
 	want := map[string]bool{}
 	for _, n := range append(req.Names, req.Refs...) {
 		if _, name, err := parseRef(n); err == nil {
+			if want[name] {
+				// The OASIS 1.2 test case TC-171 expects a repeated name to be refused.
+				return nil, kerr(rInvalidMsg, "attribute %q is named twice", name)
+			}
 			want[name] = true
 		}
 	}

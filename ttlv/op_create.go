@@ -1,7 +1,10 @@
 package ttlv
 
 import (
+	"strings"
 	"time"
+
+	tt "github.com/gemalto/kmip-go/ttlv"
 
 	"github.com/gemalto/kmip-go/kmip14"
 	"github.com/gemalto/kmip-go/kmip20"
@@ -223,35 +226,59 @@ type reKeyResponse struct {
 	UID string `kmip:"UniqueIdentifier"`
 }
 
-// datesAfterReKey sets the lifecycle of a replacement key: with an Offset, the replacement
-// activates that long after now; without one it is Active at once when the old key was Active
-// (clients rekey keys in use), else Pre-Active. Dates copied from the old key are dropped.
-func (o *op) datesAfterReKey(id string, oldState keymap.State, offset *time.Duration, t *template) error {
+// datesAfterReKey gives a replacement key the old key's life cycle (KMIP Re-key): its Activation
+// Date is the new Initial Date plus the Offset, or without one plus the old key's delay between
+// creation and activation; Deactivation, Process Start and Protect Stop Dates keep their distance
+// from activation. An old key without an Activation Date passes on its state (Active stays
+// Active). Dates given in the request's attributes win.
+func (o *op) datesAfterReKey(id string, old keymap.Record, offset *time.Duration, t *template) error {
 	now := time.Now()
+	oldAct, hasAct := o.s.storedDate(old, kmip14.TagActivationDate)
+	oldState := o.s.effectiveState(old, now)
 	_, err := o.s.reg.Update(id, func(r *keymap.Record) error {
-		for _, d := range []*attrDef{def(kmip14.TagActivationDate), def(kmip14.TagDeactivationDate), def(kmip14.TagCompromiseDate),
-			def(kmip14.TagCompromiseOccurrenceDate), def(kmip14.TagRevocationReason), def(kmip14.TagProcessStartDate), def(kmip14.TagProtectStopDate)} {
-			if t == nil || t.vals[storeKey(d, d.name)] == nil {
-				delete(r.Attrs, storeKey(d, d.name))
+		given := func(tag tt.Tag) bool { return t != nil && t.vals[storeKey(def(tag), "")] != nil }
+		for _, tag := range []tt.Tag{kmip14.TagActivationDate, kmip14.TagDeactivationDate, kmip14.TagCompromiseDate,
+			kmip14.TagCompromiseOccurrenceDate, kmip14.TagRevocationReason, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
+			if !given(tag) {
+				delete(r.Attrs, storeKey(def(tag), ""))
 			}
 		}
 		var act *time.Time
 		switch {
-		case t != nil && t.vals[storeKey(def(kmip14.TagActivationDate), "")] != nil:
-			a := t.vals[storeKey(def(kmip14.TagActivationDate), "")][0].dateTime()
+		case given(kmip14.TagActivationDate):
+			a, _ := o.s.storedDate(*r, kmip14.TagActivationDate)
 			act = &a
 		case offset != nil:
 			a := now.Add(*offset)
+			act = &a
+		case hasAct:
+			a := now.Add(oldAct.Sub(old.Created))
 			act = &a
 		case oldState == keymap.Active:
 			act = &now
 		}
 		r.State = keymap.PreActive
-		if act != nil {
-			if !act.After(now) {
-				r.State = keymap.Active
+		if act == nil {
+			return nil
+		}
+		if !act.After(now) {
+			r.State = keymap.Active
+		}
+		set := func(tag tt.Tag, at time.Time) error {
+			return setStored(r, def(tag), "", []*node{newDateTime(tag, at)})
+		}
+		if err := set(kmip14.TagActivationDate, *act); err != nil {
+			return err
+		}
+		if !hasAct {
+			return nil
+		}
+		for _, tag := range []tt.Tag{kmip14.TagDeactivationDate, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
+			if d, ok := o.s.storedDate(old, tag); ok && !given(tag) {
+				if err := set(tag, act.Add(d.Sub(oldAct))); err != nil {
+					return err
+				}
 			}
-			return setStored(r, def(kmip14.TagActivationDate), "", []*node{newDateTime(kmip14.TagActivationDate, *act)})
 		}
 		return nil
 	})
@@ -279,18 +306,16 @@ func reKey(o *op, p *node) (any, error) {
 	if t.alg != 0 || t.length != 0 {
 		return nil, kerr(rInvalidField, "ReKey keeps the algorithm and length of the old key")
 	}
-	meta, err := t.meta(o.identity)
+	meta, err := o.s.reKeyMeta(old, t)
 	if err != nil {
 		return nil, err
 	}
-	meta.Owner = old.Owner
-	oldState := o.s.effectiveState(old, time.Now())
-	rec, err := o.s.reg.ReKey(o.ctx, old.ID, signer.Meta{Name: meta.Name, Owner: meta.Owner, Attrs: meta.Attrs})
+	rec, err := o.s.reg.ReKey(o.ctx, old.ID, meta)
 	if err != nil {
 		return nil, err
 	}
 	o.created(rec.ID)
-	if err := o.datesAfterReKey(rec.ID, oldState, req.Offset, t); err != nil {
+	if err := o.datesAfterReKey(rec.ID, old, req.Offset, t); err != nil {
 		return nil, err
 	}
 	o.signer = rec.Signer
@@ -318,21 +343,31 @@ func reKeyKeyPair(o *op, p *node) (any, error) {
 	if priv.alg != 0 || priv.length != 0 || pub.alg != 0 || pub.length != 0 {
 		return nil, kerr(rInvalidField, "ReKeyKeyPair keeps the algorithm and length of the old pair")
 	}
-	pm, qm, err := o.pairMetas(priv, pub)
+	pm, err := o.s.reKeyMeta(old, priv)
 	if err != nil {
 		return nil, err
 	}
-	pm.Owner, qm.Owner = old.Owner, old.Owner
-	oldState := o.s.effectiveState(old, time.Now())
+	var qm signer.Meta
+	if oldPub, err := o.s.reg.Get(old.Attrs[signer.AttrPublicKey]); err == nil {
+		if qm, err = o.s.reKeyMeta(oldPub, pub); err != nil {
+			return nil, err
+		}
+	} else if qm, err = pub.meta(old.Owner); err != nil {
+		return nil, err
+	}
+	oldPub, _ := o.s.reg.Get(old.Attrs[signer.AttrPublicKey])
 	np, nq, err := o.s.reg.ReKeyKeyPair(o.ctx, old.ID, pm, qm)
 	if err != nil {
 		return nil, err
 	}
 	o.created(nq.ID, np.ID)
-	if err := o.datesAfterReKey(np.ID, oldState, req.Offset, priv); err != nil {
+	if err := o.datesAfterReKey(np.ID, old, req.Offset, priv); err != nil {
 		return nil, err
 	}
-	if err := o.datesAfterReKey(nq.ID, oldState, req.Offset, pub); err != nil {
+	if oldPub.ID == "" {
+		oldPub = old
+	}
+	if err := o.datesAfterReKey(nq.ID, oldPub, req.Offset, pub); err != nil {
 		return nil, err
 	}
 	o.signer = np.Signer
@@ -340,4 +375,36 @@ func reKeyKeyPair(o *op, p *node) (any, error) {
 	o.produced(np.ID, kmip20.UniqueIdentifierReKeyKeyPair, kmip20.UniqueIdentifierReKeyKeyPairPrivateKey)
 	o.key = np.ID
 	return createKeyPairResponse{PrivateUID: np.ID, PublicUID: nq.ID}, nil
+}
+
+// reKeyMeta is the metadata of a replacement key: the old key's KMIP attributes, with the
+// template's single-valued attributes replacing and its multi-valued ones (a new Name) added after
+// the old instances, as the OASIS re-key test cases expect.
+func (s *Server) reKeyMeta(old keymap.Record, t *template) (signer.Meta, error) {
+	rec := keymap.Record{Attrs: map[string]string{}}
+	for k, v := range old.Attrs {
+		if strings.HasPrefix(k, attrPrefix) || strings.HasPrefix(k, customPrefix) {
+			rec.Attrs[k] = v
+		}
+	}
+	nameDef := def(kmip14.TagName)
+	if err := setStored(&rec, nameDef, nameDef.name, s.stored(old, nameDef, nameDef.name)); err != nil {
+		return signer.Meta{}, err
+	}
+	for _, k := range t.order {
+		d, vals := t.defs[k], t.vals[k]
+		name := ""
+		if d == nil {
+			name = "x-" + strings.TrimPrefix(k, customPrefix)
+		} else {
+			name = d.name
+			if d.multi {
+				vals = append(s.stored(rec, d, name), vals...)
+			}
+		}
+		if err := setStored(&rec, d, name, vals); err != nil {
+			return signer.Meta{}, err
+		}
+	}
+	return signer.Meta{Name: rec.Name, Owner: old.Owner, Attrs: rec.Attrs}, nil
 }

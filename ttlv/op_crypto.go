@@ -2,7 +2,9 @@ package ttlv
 
 import (
 	"crypto"
+	"crypto/rsa"
 	"errors"
+	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
 
@@ -89,6 +91,14 @@ func (o *op) prepare(p *node, protect bool, what string, usage ...kmip14.Cryptog
 	}
 	if err := o.requireUsage(rec, what, usage...); err != nil {
 		return nil, rec, cryptoParams{}, err
+	}
+	// Protect Stop Date ends protecting; Process Start Date begins processing (KMIP 3.27, 3.28).
+	now := time.Now()
+	if t, set := o.s.storedDate(rec, kmip14.TagProtectStopDate); protect && set && !now.Before(t) {
+		return nil, rec, cryptoParams{}, kerr(rDenied, "object %s: its Protect Stop Date (%s) has passed; it can no longer %s", rec.ID, t.Format(time.RFC3339), what)
+	}
+	if t, set := o.s.storedDate(rec, kmip14.TagProcessStartDate); !protect && set && now.Before(t) {
+		return nil, rec, cryptoParams{}, kerr(rDenied, "object %s: its Process Start Date (%s) has not come yet", rec.ID, t.Format(time.RFC3339))
 	}
 	params := cryptoParams{}
 	if req.Params != nil {
@@ -415,6 +425,10 @@ func signatureVerify(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sp.Scheme == signer.PSS && params.SaltLength == nil {
+		// Without a salt length, accept any (as verifiers do); the registry assumes the hash length.
+		return o.verifyPSSAnySalt(rec, sp, msg, req.Signature)
+	}
 	err = o.s.reg.Verify(o.ctx, rec.ID, sp, msg, req.Signature)
 	if err != nil && !errors.Is(err, signer.ErrBadSignature) {
 		return nil, err
@@ -513,5 +527,35 @@ func rngRetrieve(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return dataResponse{Data: b}, nil
+	return rngResponse{Data: b}, nil
+}
+
+type rngResponse struct {
+	Data []byte `kmip:"Data"`
+}
+
+// verifyPSSAnySalt checks an RSA-PSS signature whatever its salt length, with the public key on the
+// host. signer.VerifyWith takes SaltLength ≤ 0 as the hash length and has no "auto" setting.
+func (o *op) verifyPSSAnySalt(rec keymap.Record, sp signer.SignParams, msg, sig []byte) (any, error) {
+	pub, err := o.s.reg.PublicKey(o.ctx, rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	k, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, kerr(rBadParams, "PSS needs an RSA key; %s is not one", rec.ID)
+	}
+	digest := msg
+	if !sp.Prehashed {
+		h := sp.Hash.New()
+		h.Write(msg)
+		digest = h.Sum(nil)
+	} else if len(msg) != sp.Hash.Size() {
+		return nil, kerr(rInvalidField, "a %v digest is %d bytes, got %d", sp.Hash, sp.Hash.Size(), len(msg))
+	}
+	var vErr error
+	if rsa.VerifyPSS(k, sp.Hash, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: sp.Hash}) != nil {
+		vErr = signer.ErrBadSignature
+	}
+	return verifyResponse{UID: rec.ID, Validity: validity(vErr)}, nil
 }

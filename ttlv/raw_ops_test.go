@@ -116,7 +116,7 @@ func TestMACAndRNG(t *testing.T) {
 			t.Fatalf("MACVerify: %d, want %d", vr.Validity, c.want)
 		}
 	}
-	var rng dataResponse
+	var rng rngResponse
 	_ = decodeStruct(ok(t, r.call(v14, kmip14.OperationRNGRetrieve, newStruct(0, newInt(kmip14.TagDataLength, 48)))), &rng)
 	if len(rng.Data) != 48 {
 		t.Fatalf("RNGRetrieve gave %d bytes", len(rng.Data))

@@ -2,6 +2,7 @@ package ttlv
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -30,6 +31,9 @@ var (
 	maskSpace = regexp.MustCompile(`(type="Integer" value=")([A-Za-z][A-Za-z0-9 |]*)"`)
 )
 
+// varMarker starts the value that stands for a placeholder the vector leaves open.
+const varMarker = "VAR:"
+
 type vectorMessage struct {
 	name string // file and position, for messages
 	raw  []byte // TTLV from the XML
@@ -47,11 +51,15 @@ func vectorDir(t testing.TB) string {
 // opaque values (key material, …) with a fixed hex string that is valid text and bytes alike.
 func substitute(b []byte, now time.Time) []byte {
 	b = nowVar.ReplaceAllFunc(b, func(m []byte) []byte {
-		off, _ := strconv.Atoi(strings.Trim(string(m[4:]), `"`))
+		off, _ := strconv.Atoi(strings.Trim(string(m[5:]), `"`))
 		return []byte(`"` + now.Add(time.Duration(off)*time.Second).Format(time.RFC3339) + `"`)
 	})
 	b = uidVar.ReplaceAll(b, []byte(`"uid-$1"`))
-	b = otherVar.ReplaceAll(b, []byte(`"DEADBEEFCAFE"`))
+	// Other values ($KEY_MATERIAL_0, $SIGNATURE_DATA, …) become a hex marker naming them: valid as
+	// a ByteString and as a TextString, and recognisable when a replay learns their real values.
+	b = otherVar.ReplaceAllFunc(b, func(m []byte) []byte {
+		return []byte(`"` + hex.EncodeToString([]byte(varMarker+strings.Trim(string(m), `"$`))) + `"`)
+	})
 	// Some vectors write masks space-separated ("Decrypt Encrypt"); the XML profile uses '|'.
 	return maskSpace.ReplaceAllFunc(b, func(m []byte) []byte {
 		s := maskSpace.FindSubmatch(m)

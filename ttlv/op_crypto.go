@@ -75,7 +75,9 @@ func (o *op) prepare(p *node, protect bool, what string, usage ...kmip14.Cryptog
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, keymap.Record{}, cryptoParams{}, err
 	}
-	if req.Correlation != nil || (req.Init != nil && !*req.Init) || (req.Final != nil && !*req.Final) {
+	// One-shot requests carry neither indicator, or both set; anything else is part of a series.
+	oneShot := (req.Init == nil && req.Final == nil) || (req.Init != nil && *req.Init && req.Final != nil && *req.Final)
+	if req.Correlation != nil || !oneShot {
 		return nil, keymap.Record{}, cryptoParams{}, kerr(rFeature, "multi-part (streaming) cryptographic operations are not supported")
 	}
 	rec, err := o.target(req.UID)

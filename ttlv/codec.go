@@ -111,8 +111,24 @@ type decodeError struct {
 
 func (e *decodeError) Error() string { return e.msg }
 
-func fieldErr(path string, format string, args ...any) error {
-	return &decodeError{msg: path + ": " + fmt.Sprintf(format, args...)}
+// path locates a field for error messages; it is only rendered when there is an error.
+type path struct {
+	parent *path
+	tag    tt.Tag
+}
+
+func (p *path) String() string {
+	if p == nil {
+		return ""
+	}
+	if p.parent == nil {
+		return tagName(p.tag)
+	}
+	return p.parent.String() + "/" + tagName(p.tag)
+}
+
+func fieldErr(p *path, format string, args ...any) error {
+	return &decodeError{msg: p.String() + ": " + fmt.Sprintf(format, args...)}
 }
 
 // decodeStruct fills the struct v points to from structure n.
@@ -124,10 +140,10 @@ func decodeStruct(n *node, v any) error {
 	if n == nil {
 		n = &node{Type: tt.TypeStructure}
 	}
-	return decodeValue(n, rv.Elem(), fieldInfo{}, tagName(n.Tag))
+	return decodeValue(n, rv.Elem(), fieldInfo{}, &path{tag: n.Tag})
 }
 
-func decodeValue(n *node, v reflect.Value, fi fieldInfo, path string) error {
+func decodeValue(n *node, v reflect.Value, fi fieldInfo, path *path) error {
 	if v.CanAddr() && v.Addr().Type().Implements(decoderType) {
 		return v.Addr().Interface().(nodeDecoder).decodeNode(n)
 	}
@@ -209,16 +225,16 @@ func decodeValue(n *node, v reflect.Value, fi fieldInfo, path string) error {
 		}
 		v.SetUint(uint64(n.u32()))
 	default:
-		panic(fmt.Sprintf("ttlv: unsupported field type %v at %s", t, path))
+		panic(fmt.Sprintf("ttlv: unsupported field type %v at %s", t, path.String()))
 	}
 	return nil
 }
 
-func typeErr(path string, want tt.Type, n *node) error {
+func typeErr(path *path, want tt.Type, n *node) error {
 	return fieldErr(path, "expected %s, got %s", typeName(want), typeName(n.Type))
 }
 
-func decodeFields(n *node, v reflect.Value, path string) error {
+func decodeFields(n *node, v reflect.Value, at *path) error {
 	ti := infoFor(v.Type())
 	seen := make([]bool, len(ti.fields))
 	for _, kid := range n.Kids {
@@ -245,7 +261,7 @@ func decodeFields(n *node, v reflect.Value, path string) error {
 		}
 		f := ti.fields[idx]
 		fv := v.Field(f.index)
-		sub := path + "/" + tagName(kid.Tag)
+		sub := &path{parent: at, tag: kid.Tag}
 		if fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() != reflect.Uint8 {
 			e := reflect.New(fv.Type().Elem()).Elem()
 			if err := decodeValue(kid, e, f, sub); err != nil {
@@ -265,7 +281,7 @@ func decodeFields(n *node, v reflect.Value, path string) error {
 	}
 	for i, f := range ti.fields {
 		if f.required && !seen[i] {
-			return &decodeError{missing: true, msg: path + ": " + tagName(f.tag) + " is missing"}
+			return &decodeError{missing: true, msg: at.String() + ": " + tagName(f.tag) + " is missing"}
 		}
 	}
 	return nil

@@ -123,6 +123,19 @@ func (o *op) matches(rec keymap.Record, filters []*filter) bool {
 				continue
 			}
 		}
+		if f.a.def == nil || f.a.def.tag == kmip14.TagName || (f.a.def.access == clientRW && f.a.def.tag != kmip14.TagLink) {
+			// Stored attributes are read alone: no need to build the whole attribute list.
+			var vals []*node
+			for _, v := range o.s.stored(rec, f.a.def, f.a.name) {
+				if v != nil {
+					vals = append(vals, v)
+				}
+			}
+			if !matchOne(f, vals) {
+				return false
+			}
+			continue
+		}
 		if have == nil {
 			have = map[string][]*node{}
 			for _, a := range o.s.attributesOf(rec, o.v) {

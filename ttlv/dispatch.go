@@ -94,6 +94,14 @@ func (s *Server) handleMessage(ctx context.Context, identity string, raw []byte)
 	}()
 	n, err := parseNode(raw)
 	if err != nil {
+		// The header may still be intact: answer in the client's version when it is.
+		if len(raw) > hdrLen {
+			if h, _, herr := parseItem(raw[hdrLen:], 1, ""); herr == nil {
+				if pv, ok := peekVersion(newStruct(0, h)); ok && pv.supported() {
+					v = pv
+				}
+			}
+		}
 		return failureResponse(v, nil, rInvalidMsg, "malformed TTLV: "+err.Error())
 	}
 	if pv, ok := peekVersion(n); ok {

@@ -64,6 +64,12 @@ func TestMalformedMessages(t *testing.T) {
 			t.Fatal("server closed the connection")
 		}
 		onlyFailure(t, out, ProtocolVersion{1, 0}, rInvalidMsg, "truncated")
+		// With the header intact, the answer speaks the request's version.
+		b = append([]byte(nil), good...)
+		hl := 8 + int(binary.BigEndian.Uint32(good[12:16]))
+		binary.BigEndian.PutUint32(b[8+hl+4:], 0xfff0)
+		out, _ = r.send(b)
+		onlyFailure(t, out, v14, rInvalidMsg, "BatchItem")
 		stillServes(t, r)
 	})
 	t.Run("wrong types", func(t *testing.T) {
@@ -129,7 +135,7 @@ func TestMalformedMessages(t *testing.T) {
 		}
 		m := request(v14, kmip14.OperationQuery, n)
 		out, _ := r.send(m.encode())
-		onlyFailure(t, out, ProtocolVersion{1, 0}, rInvalidMsg, "nested deeper")
+		onlyFailure(t, out, v14, rInvalidMsg, "nested deeper")
 		stillServes(t, r)
 	})
 }

@@ -116,7 +116,8 @@ func (r *Registry) Reconfigure(opts Options) error {
 	if old != nil {
 		for name, t := range old.tokens {
 			if next.tokens[name] != t {
-				t.close()
+				// In the background: requests that started on the old signer finish on it.
+				go t.close()
 			}
 		}
 	}

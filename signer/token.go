@@ -355,23 +355,37 @@ func (t *Token) Ping(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// close ends every session and drops the module reference.
+// close ends every session and drops the module reference. Requests still running on the token
+// finish first (up to closeWait): finalizing a module under a running call is undefined behaviour.
 func (t *Token) close() {
 	if t.closed.Swap(true) {
 		return
 	}
+	deadline := time.Now().Add(closeWait)
 	for {
-		select {
-		case sh := <-t.idle:
-			_ = t.ctx.CloseSession(sh)
-			<-t.slots
-			continue
-		default:
+		for drained := false; !drained; {
+			select {
+			case sh := <-t.idle:
+				_ = t.ctx.CloseSession(sh)
+				<-t.slots
+			default:
+				drained = true
+			}
 		}
-		break
+		// Sessions in use come back through release, which closes them now that t is closed.
+		if len(t.slots) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := len(t.slots); n > 0 {
+		t.log.Warn("closing signer with sessions still in use", "sessions", n)
 	}
 	// No C_Logout: login state is per token per process, and a reopened signer on the same
 	// token may already be serving; closing our last session is enough.
 	_ = t.ctx.CloseSession(t.anchor)
 	t.mod.release()
 }
+
+// closeWait bounds how long closing a signer waits for requests in flight.
+const closeWait = 30 * time.Second

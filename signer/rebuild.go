@@ -221,6 +221,25 @@ func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
 	if err != nil || len(tag) != TagSize {
 		return keymap.Record{}, false
 	}
+	// A recent miss is not looked for again: clients sending unknown identifiers (or forged
+	// ciphertexts naming random versions) must not turn into a token scan each.
+	r.missMu.Lock()
+	if at, ok := r.misses[id]; ok && time.Since(at) < missTTL {
+		r.missMu.Unlock()
+		return keymap.Record{}, false
+	}
+	r.missMu.Unlock()
+	defer func() {
+		r.missMu.Lock()
+		defer r.missMu.Unlock()
+		if _, ok := r.km.Get(id); ok {
+			return
+		}
+		if r.misses == nil || len(r.misses) >= maxMisses {
+			r.misses = map[string]time.Time{}
+		}
+		r.misses[id] = time.Now()
+	}()
 	for _, t := range r.Signers() {
 		objs, err := t.scanTokenObjects(ctx, tag)
 		if err != nil || len(objs) == 0 {
@@ -247,3 +266,9 @@ func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
 	}
 	return keymap.Record{}, false
 }
+
+// missTTL and maxMisses bound the memory of identifiers found on no token.
+const (
+	missTTL   = 30 * time.Second
+	maxMisses = 10000
+)

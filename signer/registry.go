@@ -47,6 +47,9 @@ type Registry struct {
 	st    atomic.Pointer[state]
 	cfgMu sync.Mutex // serializes Reconfigure and Close
 	recMu sync.Mutex // serializes read-modify-write of keymap rows
+
+	missMu sync.Mutex
+	misses map[string]time.Time // identifiers recently found on no token
 }
 
 // Open opens every configured signer. It fails, naming each signer that could not be opened,

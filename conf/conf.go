@@ -44,6 +44,10 @@ type Config struct {
 
 	KMIP KMIP
 	KES  KES
+
+	// production holds what production mode refuses in an otherwise valid file (a PIN written
+	// in it, readable secret files, a plaintext KES listener); see Production.
+	production []Diagnostic
 }
 
 // Listen holds the listener addresses; "" means that listener is off.
@@ -55,11 +59,23 @@ type Listen struct {
 
 // TLS is the server certificate shared by the KMIP and KES listeners.
 type TLS struct {
-	Cert     string
-	Key      string
+	Cert string // PEM: the server certificate, then any intermediates
+	Key  string // PEM private key file; "" when the key lives in a token (KeyURI)
+	// KeyURI is an RFC 7512 pkcs11: URI naming the server's private key in the token of a
+	// configured signer: token, serial or slot-id, and object (CKA_LABEL) and/or id (CKA_ID).
+	// The key is used through the signer registry, so no private key sits on disk.
+	KeyURI   string
 	ClientCA string // "" means client chains are not verified against a CA
 	// MinVersion is tls.VersionTLS12 or tls.VersionTLS13.
 	MinVersion uint16
+	// FIPS restricts both front ends to FIPS 140-approved TLS: AES-GCM cipher suites, the NIST
+	// curves, RSA ≥ 2048 and NIST-curve or Ed25519 certificate keys.
+	FIPS bool
+	// Revoked lists identities refused on both front ends even when their chain verifies or
+	// they are configured: those of revoked and the lines of RevokedFile, which a reload
+	// (SIGHUP) reads again.
+	Revoked     []string
+	RevokedFile string
 }
 
 // Signer is one PKCS#11 token. Exactly one of SlotID, TokenLabel,
@@ -117,6 +133,19 @@ type KMIP struct {
 // KES tunes the KES listener.
 type KES struct {
 	MaxBody int // bytes
+	// Plaintext serves the KES API over HTTP without TLS, trusting the proxy header from any
+	// peer. Only dev mode accepts it (see Production).
+	Plaintext bool
+	// Proxy is the TLS-terminating proxy in front of the listener, or nil.
+	Proxy *Proxy
+}
+
+// Proxy is a TLS-terminating reverse proxy that forwards each client's certificate in a header,
+// URL-encoded PEM as nginx's $ssl_client_escaped_cert. Only requests whose own TLS identity is
+// one of Identities may carry it; from anyone else the header is ignored.
+type Proxy struct {
+	Identities []string
+	Header     string // canonical MIME header name, default X-Tls-Client-Cert
 }
 
 // Signer returns the signer with the given name.

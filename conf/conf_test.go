@@ -24,6 +24,7 @@ const (
 	id2 = "0e6b69fbd1836bbd274587164bdbde0221901974ec4ade407e4bf4c357273eed"
 	id3 = "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
 	id4 = "f0e4c2f76c58916ec258f246851bea091d14d4247a2fc3e18694461b1816e13b"
+	id5 = "3b1d0e8a5c7f2a4e6d9b8c0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445"
 )
 
 func mustParse(t *testing.T, src, file string) *Config {
@@ -55,6 +56,8 @@ func TestFullConfig(t *testing.T) {
 		`  key         = "/etc/p11bridge/server-key.pem"`,
 		`  client_ca   = "ca/ca.pem"`,
 		`  min_version = "1.3"`,
+		`  fips        = true`,
+		`  revoked     = ["`+id4+`", "`+id2+`", "`+id4+`"]`,
 		`}`,
 		`signer "hsm-a" {`,
 		`  module          = "/usr/lib/softhsm/libsofthsm2.so"`,
@@ -107,6 +110,10 @@ func TestFullConfig(t *testing.T) {
 		`}`,
 		`kes {`,
 		`  max_body = 4096`,
+		`  proxy {`,
+		`    identities = ["`+id5+`"]`,
+		`    header     = "x-ssl-client-cert"`,
+		`  }`,
 		`}`,
 	)
 	file := filepath.Join(dir, "config.hcl")
@@ -120,18 +127,20 @@ func TestFullConfig(t *testing.T) {
 			Key:        "/etc/p11bridge/server-key.pem",
 			ClientCA:   filepath.Join(dir, "ca", "ca.pem"),
 			MinVersion: tls.VersionTLS13,
+			FIPS:       true,
+			Revoked:    []string{id4, id2},
 		},
 		Signers: []Signer{
 			{Name: "hsm-a", Module: "/usr/lib/softhsm/libsofthsm2.so", TokenLabel: "bridge-a",
 				PIN: "pin-from-env", PINSource: "env:P11BRIDGE_TEST_PIN_A", MaxSessions: 8,
-				SessionTimeout: 1500 * time.Millisecond, Range: file + ":13:1"},
+				SessionTimeout: 1500 * time.Millisecond, Range: file + ":15:1"},
 			{Name: "hsm-b", Module: "libsofthsm2.so", URI: "pkcs11:token=bridge-b;serial=abc",
 				PIN: "pin-from-file", PINSource: "file:" + filepath.Join(dir, "pin-b"), MaxSessions: defaultMaxSessions(),
-				SessionTimeout: 5 * time.Second, Range: file + ":20:1"},
+				SessionTimeout: 5 * time.Second, Range: file + ":22:1"},
 			{Name: "hsm-c", Module: "/opt/hsm/lib.so", SlotID: uintp(3), PIN: "literal", PINSource: "pin",
-				MaxSessions: 1, SessionTimeout: 5 * time.Second, Range: file + ":25:1"},
+				MaxSessions: 1, SessionTimeout: 5 * time.Second, Range: file + ":27:1"},
 			{Name: "hsm-d", Module: "/opt/hsm/lib.so", TokenSerial: "0123456789abcdef", PIN: "pin-from-env-x",
-				PINSource: "pin", MaxSessions: 1024, SessionTimeout: 5 * time.Second, Range: file + ":31:1"},
+				PINSource: "pin", MaxSessions: 1024, SessionTimeout: 5 * time.Second, Range: file + ":33:1"},
 		},
 		DefaultSigner:  "hsm-a",
 		RolloverSigner: "hsm-b",
@@ -144,8 +153,15 @@ func TestFullConfig(t *testing.T) {
 			{Name: "all-kmip", KMIP: []string{"*"}, Identities: []string{id4}},
 		},
 		KMIP: KMIP{MaxMessageSize: 64 << 10, MaxConnections: 10, IdleTimeout: 30 * time.Second},
-		KES:  KES{MaxBody: 4096},
+		KES:  KES{MaxBody: 4096, Proxy: &Proxy{Identities: []string{id5}, Header: "X-Ssl-Client-Cert"}},
 	}
+	// Two PINs are written in the file: production mode refuses them, at their positions.
+	perr := got.Production()
+	if perr == nil || perr.Error() != file+`:30:13: the PIN of signer "hsm-c" is written in the config file; production mode reads PINs from the environment or a private file: write pin = env("P11BRIDGE_PIN_HSM_C"), or pin_file = "…" with mode 0600`+"\n"+
+		file+`:36:18: the PIN of signer "hsm-d" is written in the config file; production mode reads PINs from the environment or a private file: write pin = env("P11BRIDGE_PIN_HSM_D"), or pin_file = "…" with mode 0600` {
+		t.Errorf("production check:\n%v", perr)
+	}
+	got.production = nil
 	if !reflect.DeepEqual(got, want) {
 		gj, _ := json.MarshalIndent(got, "", "  ")
 		wj, _ := json.MarshalIndent(want, "", "  ")
@@ -311,12 +327,20 @@ func TestExample(t *testing.T) {
 		}
 	}
 	for _, w := range append(append(append([]string{}, signerAttrs...), tlsAttrs...), policyAttrs...) {
-		if w == "slot_id" || w == "token_serial" {
+		if w == "slot_id" || w == "token_serial" || w == "revoked_file" {
 			continue // named in a comment
 		}
 		if !strings.Contains(Example(), "  "+w) {
 			t.Errorf("example does not show %q", w)
 		}
+	}
+	for _, w := range append(append([]string{"revoked_file"}, kesAttrs...), proxyAttrs...) {
+		if !strings.Contains(Example(), "# "+w) && !strings.Contains(Example(), "  "+w) {
+			t.Errorf("example does not show %q, even in a comment", w)
+		}
+	}
+	if err := cfg.Production(); err != nil {
+		t.Errorf("the example is not fit for production mode:\n%v", err)
 	}
 }
 

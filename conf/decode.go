@@ -23,7 +23,9 @@ var (
 	topAttrs     = []string{"log_level", "default_signer", "rollover_signer", "retired_signers", "admin"}
 	topBlocks    = []string{"listen", "tls", "signer", "keymap", "audit", "policy", "kmip", "kes"}
 	listenAttrs  = []string{"kmip", "kes", "ops"}
-	tlsAttrs     = []string{"cert", "key", "client_ca", "min_version"}
+	tlsAttrs     = []string{"cert", "key", "client_ca", "min_version", "fips", "revoked", "revoked_file"}
+	kesAttrs     = []string{"max_body", "plaintext"}
+	proxyAttrs   = []string{"identities", "header"}
 	signerAttrs  = []string{"module", "slot_id", "token_label", "token_serial", "uri", "pin", "pin_file", "max_sessions", "session_timeout"}
 	selectors    = []string{"slot_id", "token_label", "token_serial", "uri"}
 	policyAttrs  = []string{"allow", "deny", "kmip", "keys", "identities"}
@@ -71,8 +73,11 @@ func (d *decoder) decode(body *hclsyntax.Body) *Config {
 		}
 	}
 	listen := d.listen(d.single(top, "listen"), cfg)
+	// The kes block comes before tls: a plaintext KES listener needs no certificate.
+	d.kes(d.single(top, "kes"), cfg)
 	d.tls(d.single(top, "tls"), cfg, listen)
 	d.signers(top.blocks["signer"], cfg)
+	d.checkKeySigner(cfg)
 	d.chooseSigners(top, cfg)
 	d.retired(top, cfg)
 	if kb := d.single(top, "keymap"); kb != nil || !top.misused["keymap"] {
@@ -85,8 +90,10 @@ func (d *decoder) decode(body *hclsyntax.Body) *Config {
 		}
 	}
 	d.policies(top.blocks["policy"], cfg)
+	d.checkProxyIdentities(cfg)
 	d.kmip(d.single(top, "kmip"), cfg)
-	d.kes(d.single(top, "kes"), cfg)
+	d.keymapMode(cfg)
+	cfg.production = d.report(d.prod)
 	return cfg
 }
 
@@ -234,7 +241,7 @@ func (d *decoder) tls(b *hclsyntax.Block, cfg *Config, listen map[string]*attr) 
 	if cfg.Listen.KMIP != "" {
 		need = append(need, "kmip")
 	}
-	if cfg.Listen.KES != "" {
+	if cfg.Listen.KES != "" && !cfg.KES.Plaintext {
 		need = append(need, "kes")
 	}
 	if b == nil {
@@ -258,7 +265,16 @@ func (d *decoder) tls(b *hclsyntax.Block, cfg *Config, listen map[string]*attr) 
 				d.add(a.at(), a.what()+" is empty", "give a file path, or remove the attribute")
 				continue
 			}
+			if f.name == "key" && strings.HasPrefix(strings.ToLower(s), "pkcs11:") {
+				if d.checkKeyURI(a, s) {
+					cfg.TLS.KeyURI = s
+				}
+				continue
+			}
 			*f.dst = d.path(s)
+			if f.name == "key" {
+				d.keyFileMode(a, *f.dst)
+			}
 		}
 	}
 	_, hasCert := c.attrs["cert"]
@@ -298,6 +314,10 @@ func (d *decoder) tls(b *hclsyntax.Block, cfg *Config, listen map[string]*attr) 
 			d.add(a.at(), fmt.Sprintf("bad TLS min_version %q", v), `use "1.2" (the default) or "1.3"`)
 		}
 	}
+	if a := c.attrs["fips"]; a != nil {
+		cfg.TLS.FIPS, _ = d.boolean(a)
+	}
+	d.revoked(c, cfg)
 }
 
 func (d *decoder) signers(blocks []*hclsyntax.Block, cfg *Config) {
@@ -404,6 +424,9 @@ func (d *decoder) signer(b *hclsyntax.Block, name string) Signer {
 				d.add(a.at(), fmt.Sprintf("the PIN of signer %q is empty", name), detail)
 			}
 			s.PIN = Secret(v)
+			if s.PINSource == "pin" {
+				d.prodPIN(a, name)
+			}
 		}
 	}
 	if a := c.attrs["pin_file"]; a != nil {
@@ -411,6 +434,7 @@ func (d *decoder) signer(b *hclsyntax.Block, name string) Signer {
 			if pin, ok := d.pinFile(a, p, name); ok {
 				s.PIN = Secret(pin)
 				s.PINSource = "file:" + d.path(p)
+				d.pinFileMode(a, d.path(p), name)
 			}
 		}
 	}
@@ -608,6 +632,7 @@ func (d *decoder) keymap(b *hclsyntax.Block, cfg *Config) {
 	}
 	c := d.content(b.Body, " in the keymap block", []string{"path"}, nil, "")
 	cfg.Keymap.Path = d.requiredPath(b, c, "keymap.csv")
+	d.keymapAttr = c.attrs["path"]
 }
 
 func (d *decoder) audit(b *hclsyntax.Block, cfg *Config) {
@@ -660,10 +685,26 @@ func (d *decoder) kes(b *hclsyntax.Block, cfg *Config) {
 	if b == nil {
 		return
 	}
-	c := d.content(b.Body, " in the kes block", []string{"max_body"}, nil, "")
+	c := d.content(b.Body, " in the kes block", kesAttrs, []string{"proxy"}, "")
 	if a := c.attrs["max_body"]; a != nil {
 		if n, ok := d.size(a, minBody, maxBody); ok {
 			cfg.KES.MaxBody = n
+		}
+	}
+	d.proxy(d.single(c, "proxy"), cfg)
+	if a := c.attrs["plaintext"]; a != nil {
+		if v, ok := d.boolean(a); ok && v {
+			cfg.KES.Plaintext = true
+			d.prodAdd(a.at(), "the KES listener is plaintext (plaintext = true)",
+				"production mode serves the KES API over TLS only; remove plaintext, or use dev mode")
+			switch {
+			case cfg.KES.Proxy == nil:
+				d.add(a.at(), "a plaintext KES listener sees no client certificates",
+					`add proxy { header = "X-Tls-Client-Cert" } for the TLS-terminating proxy in front of it`)
+			case len(cfg.KES.Proxy.Identities) > 0:
+				d.add(d.proxyIdentities.at(), "the proxy's identities cannot be checked on a plaintext KES listener",
+					"remove identities (a plaintext listener takes the header from any peer), or remove plaintext")
+			}
 		}
 	}
 }

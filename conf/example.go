@@ -17,17 +17,26 @@ listen {
 }
 
 # The server certificate for the kmip and kes listeners. Clients must present
-# a certificate; with client_ca their chain is verified against it.
+# a certificate; with client_ca their chain is verified against it. SIGHUP
+# reloads every file named here without dropping connections.
 tls {
-  cert        = "server.pem"
-  key         = "server-key.pem"
+  cert        = "server.pem"      # the server certificate, then any intermediates
+  key         = "server-key.pem"  # mode 0600 or 0640; or a key in a signer's token:
+  #   key = "pkcs11:token=bridge-a;object=p11bridge-tls"   (RFC 7512)
   client_ca   = "ca.pem"
   min_version = "1.2"        # or "1.3"
+  fips        = false        # true: FIPS 140-approved suites (AES-GCM) and curves only
+
+  # Identities refused on both listeners even when their chain verifies.
+  # A revoked_file holds one per line (# comments); SIGHUP reads it again.
+  revoked = []
+  # revoked_file = "revoked.txt"
 }
 
 # A signer is one PKCS#11 token. Select it with exactly one of slot_id,
 # token_label, token_serial or an RFC 7512 uri, and give the PIN with exactly
-# one of pin (a string, better env("NAME")) or pin_file.
+# one of pin = env("NAME") or pin_file (mode 0600). A PIN written here as a
+# string is for dev mode only: p11bridge serve refuses it.
 signer "hsm-a" {
   module          = "/usr/lib/softhsm/libsofthsm2.so"
   token_label     = "bridge-a"
@@ -97,8 +106,19 @@ kmip {
   idle_timeout     = "2m"
 }
 
-# Limits of the KES listener.
+# The KES listener.
 kes {
   max_body = "1MiB"
+
+  # Behind a TLS-terminating proxy that connects with its own client
+  # certificate and forwards each client's certificate as URL-encoded PEM
+  # (nginx: proxy_set_header X-Tls-Client-Cert $ssl_client_escaped_cert).
+  # The header is taken from these identities only.
+  # proxy {
+  #   identities = ["<identity of the proxy's client certificate>"]
+  #   header     = "X-Tls-Client-Cert"
+  # }
+
+  # plaintext = true   # HTTP without TLS behind a local proxy: dev mode only
 }
 `

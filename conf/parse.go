@@ -65,6 +65,15 @@ type decoder struct {
 	ctx  *hcl.EvalContext
 
 	diags []diag
+	// prod are what production mode refuses in a valid file; they become Config.production.
+	prod []diag
+
+	// Attributes that checks made after their block point at.
+	keymapAttr      *attr
+	keyURIAttr      *attr
+	proxyIdentities *attr
+	proxyItems      []item
+	proxyBlock      *hclsyntax.Block
 
 	// pinSpans are byte ranges of source following a "pin" name, and
 	// secrets the words found there plus every PIN value read. They are
@@ -114,10 +123,13 @@ func (d *decoder) add(at hcl.Pos, summary, detail string) {
 // quote the source, and there the source is the PIN.
 const withheld = `details withheld so the PIN cannot leak; write pin = "…" or pin = env("NAME")`
 
-// err assembles the report: sorted by position, and scrubbed of anything
-// that could be a PIN.
-func (d *decoder) err() *Error {
-	sort.SliceStable(d.diags, func(i, j int) bool { return d.diags[i].at.Byte < d.diags[j].at.Byte })
+// err assembles the report of the errors.
+func (d *decoder) err() *Error { return &Error{Diags: d.report(d.diags)} }
+
+// report sorts diagnostics by position and scrubs them of anything that
+// could be a PIN.
+func (d *decoder) report(diags []diag) []Diagnostic {
+	sort.SliceStable(diags, func(i, j int) bool { return diags[i].at.Byte < diags[j].at.Byte })
 	seen := map[string]bool{}
 	var words []string
 	for _, s := range d.secrets {
@@ -136,8 +148,8 @@ func (d *decoder) err() *Error {
 		pairs = append(pairs, w, redacted)
 	}
 	scrub := strings.NewReplacer(pairs...)
-	e := &Error{}
-	for _, dg := range d.diags {
+	var out []Diagnostic
+	for _, dg := range diags {
 		r := dg.report
 		if dg.hcl && d.inPinSpan(dg.at.Byte) {
 			r.Detail = withheld
@@ -151,9 +163,9 @@ func (d *decoder) err() *Error {
 		// Messages quote what they complain about; cap them so a stray
 		// megabyte-long word does not become a megabyte-long line.
 		r.Summary, r.Detail = clip(r.Summary, 300), clip(r.Detail, 500)
-		e.Diags = append(e.Diags, r)
+		out = append(out, r)
 	}
-	return e
+	return out
 }
 
 func clip(s string, n int) string {

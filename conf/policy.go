@@ -119,12 +119,16 @@ func (d *decoder) identity(s string, at hcl.Pos, what, in string) bool {
 	if isIdentity(s) {
 		return true
 	}
-	detail := "an identity is 64 lowercase hex digits, the SHA-256 of the client certificate's public key, as `p11bridge identity` prints it"
-	if isIdentity(strings.ToLower(s)) {
-		detail = "write it in lowercase"
-	}
-	d.add(at, fmt.Sprintf("bad %s %q%s", what, s, in), detail)
+	d.add(at, fmt.Sprintf("bad %s %q%s", what, s, in), identityDetail(s))
 	return false
+}
+
+// identityDetail says what is wrong with a string that is not an identity.
+func identityDetail(s string) string {
+	if isIdentity(strings.ToLower(s)) {
+		return "write it in lowercase"
+	}
+	return "an identity is 64 lowercase hex digits, the SHA-256 of the client certificate's public key, as `p11bridge identity` prints it"
 }
 
 func isIdentity(s string) bool {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,6 +80,21 @@ func TestRolloverBetweenTokens(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "roll-a", "roll-b")
 	b.config([]string{"roll-a", "roll-b"}, "roll-a", "")
 	b.start()
+	// A broken config sent with SIGHUP is refused with the diagnostics of a start; the running one stays.
+	good, _ := os.ReadFile(b.cfgPath)
+	os.WriteFile(b.cfgPath, append(append([]byte{}, good...), []byte("rollover_signer = \"nope\"\n")...), 0o600)
+	if out, code := runCmd(t, b.env, "reload", "--config", b.cfgPath); code == 0 || !strings.Contains(out, "p11bridge.hcl:") {
+		t.Fatalf("reload of a broken config: exit %d\n%s", code, out)
+	}
+	b.proc.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(b.proc.Output(), "configuration refused") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if log := b.proc.Output(); !strings.Contains(log, "configuration refused") || !strings.Contains(log, `rollover_signer \"nope\" names no signer`) {
+		t.Fatalf("SIGHUP with a broken config:\n%s", log)
+	}
+	os.WriteFile(b.cfgPath, good, 0o600)
 	c := b.kmipClient()
 	kc := b.kesClient()
 

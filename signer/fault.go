@@ -144,6 +144,12 @@ func (f faulty) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle
 	}
 	return f.c.GetAttributeValue(sh, o, a)
 }
+func (f faulty) SetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) error {
+	if err := faults.hit("SetAttributeValue"); err != nil {
+		return err
+	}
+	return f.c.SetAttributeValue(sh, o, a)
+}
 func (f faulty) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
 	if err := faults.hit("GenerateKey"); err != nil {
 		return 0, err

@@ -252,21 +252,7 @@ func (r *Registry) Export(ctx context.Context, id string) (Material, error) {
 	if rec.Attrs[AttrExportable] == "" {
 		return Material{}, errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", id, rec.Class)
 	}
-	var k objKind
-	switch rec.Class {
-	case keymap.SecretKey:
-		k = kindAES
-		if rec.Algorithm == HMAC {
-			k = kindHMAC
-		}
-	case keymap.PrivateKey:
-		k = kindPrivate
-	case keymap.Certificate:
-		k = kindCert
-	default:
-		k = kindData
-	}
-	err = t.withKey(ctx, rec.Tag, k, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.withKey(ctx, rec.Tag, kindForClass(rec), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if rec.Class != keymap.PrivateKey {
 			a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
 			if err != nil {

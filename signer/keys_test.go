@@ -382,3 +382,20 @@ func TestReKey(t *testing.T) {
 		t.Fatalf("rekeyed pair %+v / %+v", np, nq)
 	}
 }
+
+func TestRenameReachesTheToken(t *testing.T) {
+	rec, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "before"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testReg.Update(rec.ID, func(r *keymap.Record) error { r.Name = "after"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := testReg.Signer("a")
+	if l := attrs(t, tok, rec.Tag, kindAES, pkcs11.CKA_LABEL); len(l) != 1 || string(l[0][0].Value) != "after" {
+		t.Fatalf("CKA_LABEL after rename: %v", l)
+	}
+	if got := testReg.ByName("after"); len(got) != 1 || got[0].ID != rec.ID {
+		t.Fatalf("ByName after rename: %v", got)
+	}
+}

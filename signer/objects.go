@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
 )
 
 // objKind names one PKCS#11 object of a key: its class, and for secret keys its key type,
@@ -142,3 +144,21 @@ func (k objKind) String() string {
 // dataApplication names a data object by its tag: PKCS#11 data objects have no CKA_ID, so the
 // tag goes into CKA_APPLICATION instead.
 func dataApplication(tag []byte) string { return "p11bridge:" + hex.EncodeToString(tag) }
+
+// kindForClass is the token object that carries a row's key material (for a KES key, the AES key).
+func kindForClass(rec keymap.Record) objKind {
+	switch rec.Class {
+	case keymap.SecretKey:
+		if rec.Algorithm == HMAC {
+			return kindHMAC
+		}
+		return kindAES
+	case keymap.PrivateKey:
+		return kindPrivate
+	case keymap.PublicKey:
+		return kindPublic
+	case keymap.Certificate:
+		return kindCert
+	}
+	return kindData
+}

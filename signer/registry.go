@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/p11bridge/p11bridge/keymap"
 )
 
@@ -257,6 +259,7 @@ func (r *Registry) Update(id string, fn func(*keymap.Record) error) (keymap.Reco
 	if !ok {
 		return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
 	}
+	old := rec
 	rec = rec.Clone()
 	fixed := [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)}
 	if err := fn(&rec); err != nil {
@@ -269,7 +272,26 @@ func (r *Registry) Update(id string, fn func(*keymap.Record) error) (keymap.Reco
 	if err := r.km.Put(rec); err != nil {
 		return keymap.Record{}, errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
 	}
+	if rec.Name != old.Name {
+		r.relabel(rec)
+	}
 	return rec, nil
+}
+
+// relabel carries a new name to CKA_LABEL, so the token (and a rebuild from it) shows the current
+// name. It is best effort: some HSMs fix attributes at creation, and the keymap holds the name anyway.
+func (r *Registry) relabel(rec keymap.Record) {
+	t, err := r.Signer(rec.Signer)
+	if err != nil {
+		return
+	}
+	k := kindForClass(rec)
+	err = t.withKey(context.Background(), rec.Tag, k, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		return t.ctx.SetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, rec.Name)})
+	})
+	if err != nil {
+		r.log.Debug("token keeps the old label", "id", rec.ID, "signer", rec.Signer, "err", err)
+	}
 }
 
 // put persists new rows; callers answer clients only after it returns.

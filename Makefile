@@ -4,7 +4,15 @@ BIN     := bin/p11bridge
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps deps-test run test vet bench fuzz clean
+.PHONY: all build deps deps-test run test vet bench fuzz clean install
+
+# Install paths (GNU conventions). DESTDIR stages the whole tree elsewhere, for packages and tests.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/p11bridge
+DESTDIR    ?=
 
 all: build
 
@@ -41,6 +49,24 @@ fuzz: deps-test
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./conf/
 	$(GO) test -run '^$$' -fuzz FuzzMessage -fuzztime $(FUZZTIME) ./ttlv/
 	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $(FUZZTIME) ./kes/
+
+# The binary, the systemd unit, and in SYSCONFDIR/p11bridge the example config and the files it
+# names; an existing config, env file or revoked list is never overwritten.
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/p11bridge
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/p11bridge
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+		dist/p11bridge.service.in > $(DESTDIR)$(UNITDIR)/p11bridge.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/p11bridge.service
+	sed -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/p11bridge.hcl > $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.hcl.example
+	chmod 0640 $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.hcl.example
+	test -e $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.hcl || \
+		install -m 0640 $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.hcl.example $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.hcl
+	test -e $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.env || install -m 0600 dist/p11bridge.env $(DESTDIR)$(SYSCONFDIR)/p11bridge/p11bridge.env
+	test -e $(DESTDIR)$(SYSCONFDIR)/p11bridge/revoked.txt || install -m 0640 dist/revoked.txt $(DESTDIR)$(SYSCONFDIR)/p11bridge/revoked.txt
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	@echo "installed p11bridge in $(DESTDIR)$(BINDIR); next: the steps at the top of $(UNITDIR)/p11bridge.service"
 
 clean:
 	rm -rf bin bench.out

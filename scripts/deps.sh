@@ -10,6 +10,10 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${1:-}" = "test" ]; then
   /usr/bin/python3 -c 'import kmip' >/dev/null 2>&1 || need+=(python3-pykmip)
   /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || need+=(python3-pytest)
+  # The TLS-terminating proxy of the KES proxy tests, and the unit file's security review.
+  command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
 fi
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 

@@ -3,8 +3,10 @@ package server
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -20,14 +22,31 @@ type auth struct {
 	admin      string
 	policies   []conf.Policy
 	byIdentity map[string]*conf.Policy
-	loaded     time.Time
+	// revoked identities are refused everywhere, whatever their chain or configuration.
+	revoked map[string]bool
+	// proxies may forward a client certificate in proxyHeader (KES only). With plaintext
+	// there is no TLS peer to check and the header is taken from anyone (dev mode only).
+	proxies     map[string]bool
+	proxyHeader string
+	plaintext   bool
+	loaded      time.Time
 }
 
 func newAuth(cfg *conf.Config) *auth {
-	a := &auth{admin: cfg.Admin, policies: cfg.Policies, byIdentity: map[string]*conf.Policy{}, loaded: time.Now().UTC()}
+	a := &auth{admin: cfg.Admin, policies: cfg.Policies, byIdentity: map[string]*conf.Policy{}, revoked: map[string]bool{},
+		proxies: map[string]bool{}, plaintext: cfg.KES.Plaintext, loaded: time.Now().UTC()}
 	for i := range a.policies {
 		for _, id := range a.policies[i].Identities {
 			a.byIdentity[id] = &a.policies[i]
+		}
+	}
+	for _, id := range cfg.TLS.Revoked {
+		a.revoked[id] = true
+	}
+	if p := cfg.KES.Proxy; p != nil {
+		a.proxyHeader = p.Header
+		for _, id := range p.Identities {
+			a.proxies[id] = true
 		}
 	}
 	return a
@@ -38,7 +57,9 @@ func (a *auth) known(identity string) bool {
 	return identity != "" && (identity == a.admin || a.byIdentity[identity] != nil)
 }
 
-func (a *auth) isAdmin(identity string) bool { return a.admin != "" && identity == a.admin }
+func (a *auth) isAdmin(identity string) bool {
+	return a.admin != "" && identity == a.admin && !a.revoked[identity]
+}
 
 // match is KES's rule: an exact path, or a prefix when the pattern ends in '*'.
 func match(pattern, path string) bool {
@@ -49,6 +70,9 @@ func match(pattern, path string) bool {
 }
 
 func (a *auth) allowPath(identity, path string) bool {
+	if a.revoked[identity] {
+		return false
+	}
 	if a.isAdmin(identity) {
 		return true
 	}
@@ -69,7 +93,12 @@ func (a *auth) allowPath(identity, path string) bool {
 	return false
 }
 
+// allowKMIP also ends the rights of a KMIP connection opened before its identity was revoked:
+// the connection stays, every later operation is refused.
 func (a *auth) allowKMIP(identity, op string) bool {
+	if a.revoked[identity] {
+		return false
+	}
 	if a.isAdmin(identity) {
 		return true
 	}
@@ -77,15 +106,24 @@ func (a *auth) allowKMIP(identity, op string) bool {
 	return p != nil && (slices.Contains(p.KMIP, "*") || slices.Contains(p.KMIP, op))
 }
 
-// identify turns a verified TLS peer into an identity. A chain that verified against the client CA
-// is accepted; without one (or for KES API keys, whose certificates are self-signed Ed25519), the
-// identity must be configured exactly: an unknown self-signed certificate is nobody.
+// identify turns a TLS peer into an identity.
 func identify(cs *tls.ConnectionState, a *auth, pool *x509.CertPool) (string, error) {
 	if cs == nil || len(cs.PeerCertificates) == 0 {
 		return "", errors.New("no client certificate")
 	}
-	leaf := cs.PeerCertificates[0]
+	return a.identifyCert(cs.PeerCertificates[0], cs.PeerCertificates[1:], pool)
+}
+
+// identifyCert names the holder of a client certificate (from the handshake, or forwarded by the
+// proxy). A revoked identity is nobody. An identity configured exactly (admin, a policy: this is
+// how KES API keys, whose certificates are self-signed Ed25519, get in) is accepted as is; any
+// other certificate must chain to the client CA, for client authentication. There is no third
+// way: an unknown self-signed certificate is nobody.
+func (a *auth) identifyCert(leaf *x509.Certificate, chain []*x509.Certificate, pool *x509.CertPool) (string, error) {
 	id := pki.Identity(leaf)
+	if a.revoked[id] {
+		return "", errors.New("client certificate identity " + id + " is revoked")
+	}
 	if a.known(id) {
 		return id, nil
 	}
@@ -93,28 +131,119 @@ func identify(cs *tls.ConnectionState, a *auth, pool *x509.CertPool) (string, er
 		return "", errors.New("client certificate identity " + id + " is not configured")
 	}
 	inter := x509.NewCertPool()
-	for _, c := range cs.PeerCertificates[1:] {
+	for _, c := range chain {
 		inter.AddCert(c)
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return "", errors.New("client certificate does not verify against the client CA: " + err.Error())
+		return "", errors.New("client certificate " + id + " does not verify against the client CA: " + err.Error())
 	}
 	return id, nil
+}
+
+// forwarded identifies the client whose certificate a trusted proxy forwarded in the header:
+// URL-encoded PEM, as nginx's $ssl_client_escaped_cert, optionally followed by intermediates.
+// The certificate is held to the same rules as one presented in a handshake; the proxy has
+// verified that its client holds the key.
+func (a *auth) forwarded(r *http.Request, pool *x509.CertPool) (string, error) {
+	vals := r.Header.Values(a.proxyHeader)
+	switch len(vals) {
+	case 0:
+		return "", errors.New("a request through the proxy carries no " + a.proxyHeader + " header (is the client sending a certificate, and does the proxy forward it?)")
+	case 1:
+	default:
+		return "", errors.New("a request through the proxy carries several " + a.proxyHeader + " headers")
+	}
+	certs, err := parseForwarded(vals[0])
+	if err != nil {
+		return "", errors.New(a.proxyHeader + " header: " + err.Error())
+	}
+	return a.identifyCert(certs[0], certs[1:], pool)
+}
+
+// maxForwarded bounds the header: a certificate chain is a few kilobytes.
+const maxForwarded = 64 << 10
+
+func parseForwarded(v string) ([]*x509.Certificate, error) {
+	if len(v) > maxForwarded {
+		return nil, errors.New("too long")
+	}
+	if v == "" || v == "(null)" { // nginx sends an empty value when the client sent no certificate
+		return nil, errors.New("empty: the client presented no certificate to the proxy")
+	}
+	// PathUnescape keeps '+', which base64 uses; a proxy that wrote spaces as '+' is handled by
+	// the second attempt.
+	var certs []*x509.Certificate
+	for _, unescape := range []func(string) (string, error){url.PathUnescape, url.QueryUnescape} {
+		s, err := unescape(v)
+		if err != nil {
+			continue
+		}
+		certs = certs[:0]
+		rest := []byte(s)
+		for {
+			var blk *pem.Block
+			blk, rest = pem.Decode(rest)
+			if blk == nil {
+				break
+			}
+			if blk.Type != "CERTIFICATE" {
+				continue
+			}
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return nil, errors.New("not a certificate: " + err.Error())
+			}
+			certs = append(certs, c)
+		}
+		if len(certs) > 0 {
+			return certs, nil
+		}
+	}
+	return nil, errors.New("no URL-encoded PEM certificate in it")
 }
 
 // kmipAuth and kesAuth adapt auth to what each front end asks.
 type kmipAuth struct{ s *Server }
 
 func (k kmipAuth) Identify(cs *tls.ConnectionState) (string, error) {
-	return identify(cs, k.s.auth.Load(), k.s.clientCAs())
+	a := k.s.auth.Load()
+	if cs != nil && len(cs.PeerCertificates) > 0 && a.proxies[pki.Identity(cs.PeerCertificates[0])] {
+		return "", errors.New("the KES proxy's identity " + pki.Identity(cs.PeerCertificates[0]) + " has no business on the KMIP listener")
+	}
+	return identify(cs, a, k.s.clientCAs())
 }
 func (k kmipAuth) AllowKMIP(identity, op string) bool { return k.s.auth.Load().allowKMIP(identity, op) }
 func (k kmipAuth) IsAdmin(identity string) bool       { return k.s.auth.Load().isAdmin(identity) }
 
 type kesAuth struct{ s *Server }
 
+// Identify names the client of a KES request: the TLS peer, or, when the peer is the configured
+// proxy, the certificate the proxy forwards. The header is ignored from anyone else, so a client
+// cannot claim another's certificate by sending it. A refusal is logged with its reason; the
+// client only learns it is not authorized.
 func (k kesAuth) Identify(r *http.Request) (string, error) {
-	return identify(r.TLS, k.s.auth.Load(), k.s.clientCAs())
+	a := k.s.auth.Load()
+	pool := k.s.clientCAs()
+	var id string
+	var err error
+	switch {
+	case r.TLS == nil && a.plaintext:
+		// A plaintext listener (dev mode only) has no peer to check: the header is all there is.
+		id, err = a.forwarded(r, pool)
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && a.proxies[pki.Identity(r.TLS.PeerCertificates[0])]:
+		proxy := pki.Identity(r.TLS.PeerCertificates[0])
+		if a.revoked[proxy] {
+			err = errors.New("the proxy's identity " + proxy + " is revoked")
+			break
+		}
+		id, err = a.forwarded(r, pool)
+	default:
+		id, err = identify(r.TLS, a, pool)
+	}
+	if err != nil {
+		k.s.log.Info("kes: client refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
+	}
+	return id, err
 }
 func (k kesAuth) AllowKES(identity, path string) bool {
 	return k.s.auth.Load().allowPath(identity, path)

@@ -5,7 +5,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +31,13 @@ import (
 // Options are the process-level settings that do not come from the config file.
 type Options struct {
 	Version string
-	Dev     bool      // dev mode: say so at start
-	Stderr  io.Writer // operational log; os.Stderr when nil
+	// Dev relaxes production mode's checks (conf.Config.Production: PINs written in the config,
+	// secret files readable by others, a plaintext KES listener) and says so at start. `p11bridge
+	// dev` and `p11bridge serve --dev` set it; production mode is the default.
+	Dev bool
+	// DevSetup says the configuration is dev mode's own (SoftHSM2 token, generated certificates).
+	DevSetup bool
+	Stderr   io.Writer // operational log; os.Stderr when nil
 }
 
 // Server is one running p11bridge.
@@ -50,9 +54,11 @@ type Server struct {
 	reg *signer.Registry
 
 	auth  atomic.Pointer[auth]
-	cert  atomic.Pointer[tls.Certificate]
-	cas   atomic.Pointer[x509.CertPool]
+	tls   atomic.Pointer[tlsState]
 	start time.Time
+
+	// relaxed is what production mode would have refused, when Options.Dev accepted it.
+	relaxed error
 
 	kmip *ttlv.Server
 	kes  *http.Server
@@ -75,12 +81,32 @@ func SignerConfigs(cfg *conf.Config) []signer.Config {
 	return out
 }
 
-// New opens the keymap and every signer of cfg. Nothing listens yet.
+// ErrProduction wraps what production mode refuses in a configuration.
+var ErrProduction = errors.New("production mode refuses this configuration (p11bridge dev and serve --dev relax these checks)")
+
+// productionCheck applies production mode's checks unless opts.Dev relaxes them.
+func productionCheck(cfg *conf.Config, opts Options) (relaxed, err error) {
+	perr := cfg.Production()
+	if perr == nil {
+		return nil, nil
+	}
+	if opts.Dev {
+		return perr, nil
+	}
+	return nil, fmt.Errorf("%w:\n%v", ErrProduction, perr)
+}
+
+// New opens the keymap and every signer of cfg. Nothing listens yet. Outside dev mode it first
+// refuses what production mode does not accept (conf.Config.Production).
 func New(cfg *conf.Config, opts Options) (*Server, error) {
 	if opts.Stderr == nil {
 		opts.Stderr = os.Stderr
 	}
-	s := &Server{opts: opts, errors: newBroadcast(), audits: newBroadcast(), start: time.Now()}
+	relaxed, err := productionCheck(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, errors: newBroadcast(), audits: newBroadcast(), start: time.Now(), relaxed: relaxed}
 	level := parseLevel(cfg.LogLevel)
 	s.log = slog.New(fanout{
 		slog.NewTextHandler(opts.Stderr, &slog.HandlerOptions{Level: level}),
@@ -95,10 +121,6 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		s.auditF, auditOut = f, f
 	}
 	s.audit = slog.New(slog.NewJSONHandler(teeWriter{auditOut, s.audits}, nil))
-	if err := s.loadTLS(cfg); err != nil {
-		s.closeLogs()
-		return nil, err
-	}
 	km, err := keymap.Open(cfg.Keymap.Path, s.log)
 	if err != nil {
 		s.closeLogs()
@@ -112,6 +134,15 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.reg = reg
+	// After the registry: the server's key may be in one of its tokens.
+	st, err := s.prepareTLS(cfg)
+	if err != nil {
+		reg.Close()
+		km.Close()
+		s.closeLogs()
+		return nil, err
+	}
+	s.tls.Store(st)
 	s.cfg.Store(cfg)
 	s.auth.Store(newAuth(cfg))
 	return s, nil
@@ -129,64 +160,40 @@ func (s *Server) Registry() *signer.Registry { return s.reg }
 // Logger is the operational log.
 func (s *Server) Logger() *slog.Logger { return s.log }
 
-// loadTLS reads the server certificate and client CA; a reload swaps them for new handshakes.
-func (s *Server) loadTLS(cfg *conf.Config) error {
-	if cfg.Listen.KMIP == "" && cfg.Listen.KES == "" {
-		return nil
-	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
-	if err != nil {
-		return fmt.Errorf("tls: load %s and %s: %w", cfg.TLS.Cert, cfg.TLS.Key, err)
-	}
-	var pool *x509.CertPool
-	if cfg.TLS.ClientCA != "" {
-		pem, err := os.ReadFile(cfg.TLS.ClientCA)
-		if err != nil {
-			return fmt.Errorf("tls: client_ca: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("tls: client_ca %s holds no PEM certificate", cfg.TLS.ClientCA)
-		}
-	}
-	s.cert.Store(&cert)
-	s.cas.Store(pool)
-	return nil
-}
-
-func (s *Server) clientCAs() *x509.CertPool { return s.cas.Load() }
-
-// tlsConfig asks every client for a certificate; which ones are accepted is decided per request
-// by identify (chains against the client CA, or exactly configured identities such as API keys).
-func (s *Server) tlsConfig(protos ...string) *tls.Config {
-	cfg := s.cfg.Load()
-	min := cfg.TLS.MinVersion
-	if min == 0 {
-		min = tls.VersionTLS12
-	}
-	return &tls.Config{
-		MinVersion: min,
-		ClientAuth: tls.RequireAnyClientCert,
-		NextProtos: protos,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return s.cert.Load(), nil
-		},
-	}
-}
-
 // Start opens the configured listeners.
 func (s *Server) Start() error {
 	cfg := s.cfg.Load()
-	if s.opts.Dev {
+	if s.opts.DevSetup {
 		s.log.Warn("dev mode: SoftHSM2 token, generated certificates and PIN file in the dev directory; not for production keys")
+	}
+	if s.opts.Dev {
+		s.log.Warn("dev mode relaxes production checks: PINs written in the config, secret files readable by others and a plaintext KES listener are accepted")
+		if s.relaxed != nil {
+			for _, line := range strings.Split(s.relaxed.Error(), "\n") {
+				s.log.Warn("dev mode accepts what production mode refuses", "problem", line)
+			}
+		}
+	}
+	if st := s.tls.Load(); st.tokenKey != nil {
+		s.log.Info("TLS key in a token", "key", st.tokenKey.String())
+		if len(st.tokenKey.ID()) == signer.TagSize {
+			s.log.Warn("the TLS key's CKA_ID is as long as p11bridge's key tags: `keys rebuild` and identifier lookups could take it for a managed key; give it a shorter id", "key", st.tokenKey.String())
+		}
+	}
+	if st := s.tls.Load(); st.fips {
+		s.log.Info("TLS restricted to FIPS 140-approved suites and curves", "suites_tls12", len(fipsSuites12), "suites_tls13", len(fipsSuites13))
 	}
 	for _, t := range s.reg.Signers() {
 		p, err := s.reg.Probe(context.Background(), t.Name())
 		if err != nil {
 			return err
 		}
+		kmipN, kesN, missing := backedSummary(p)
 		s.log.Info("signer ready", "signer", p.Signer, "token", p.Label, "serial", p.Serial, "mechanisms", p.Mechanisms,
-			"default", p.Signer == s.reg.Default(), "rollover", p.Signer == s.reg.Rollover())
+			"default", p.Signer == s.reg.Default(), "rollover", p.Signer == s.reg.Rollover(), "kmip_features", kmipN, "kes_features", kesN)
+		if len(missing) > 0 {
+			s.log.Warn("signer cannot back every feature; requests for these fail on it", "signer", p.Signer, "lacks", strings.Join(missing, "; "))
+		}
 	}
 	var lis []net.Listener
 	fail := func(err error) error {
@@ -223,7 +230,15 @@ func (s *Server) Start() error {
 		})
 		s.kes = &http.Server{Handler: h, TLSConfig: s.tlsConfig("h2", "http/1.1"), ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-		s.goServe("kes", func() error { return s.kes.ServeTLS(l, "", "") })
+		if cfg.KES.Plaintext {
+			// Dev mode only (conf refuses it in production): behind a local TLS-terminating
+			// proxy whose header names the client.
+			s.log.Warn("KES listener without TLS; clients are named by the proxy header alone", "addr", s.KESAddr, "header", cfg.KES.Proxy.Header)
+			s.kes.TLSConfig = nil
+			s.goServe("kes", func() error { return s.kes.Serve(l) })
+		} else {
+			s.goServe("kes", func() error { return s.kes.ServeTLS(l, "", "") })
+		}
 	}
 	if cfg.Listen.Ops != "" {
 		l, err := net.Listen("tcp", cfg.Listen.Ops)
@@ -259,15 +274,27 @@ func (s *Server) Reload(cfg *conf.Config) error {
 	if cfg.Listen != old.Listen {
 		return fmt.Errorf("reload: listener addresses cannot change while running (restart instead)")
 	}
+	if cfg.KES.Plaintext != old.KES.Plaintext {
+		return fmt.Errorf("reload: the KES listener cannot switch between TLS and plaintext while running (restart instead)")
+	}
+	relaxed, err := productionCheck(cfg, s.opts)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
 	if err := s.checkRemovedSigners(cfg); err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	if err := s.loadTLS(cfg); err != nil {
+	// Prepared against the running signers: a key in a token is found through the signer that
+	// serves that token now, and keeps finding it after the reconfiguration by its serial.
+	st, err := s.prepareTLS(cfg)
+	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
 	if err := s.reg.Reconfigure(signer.Options{Signers: SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}); err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
+	s.tls.Store(st)
+	s.relaxed = relaxed
 	s.cfg.Store(cfg)
 	s.auth.Store(newAuth(cfg))
 	if s.auditF != nil {
@@ -275,7 +302,8 @@ func (s *Server) Reload(cfg *conf.Config) error {
 			s.log.Error("reopen audit log", "err", err)
 		}
 	}
-	s.log.Info("configuration reloaded", "default_signer", s.reg.Default(), "rollover_signer", s.reg.Rollover())
+	s.log.Info("configuration reloaded", "default_signer", s.reg.Default(), "rollover_signer", s.reg.Rollover(),
+		"revoked_identities", len(cfg.TLS.Revoked))
 	return nil
 }
 

@@ -50,19 +50,21 @@ func needConfig(path string) error {
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flags("serve")
 	cfg := fs.String("config", "", "config file")
+	dev := fs.Bool("dev", false, "relax production checks as dev mode does")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := needConfig(*cfg); err != nil {
 		return err
 	}
-	return server.Run(*cfg, server.Options{Version: version, Stderr: stderr})
+	return server.Run(*cfg, server.Options{Version: version, Dev: *dev, Stderr: stderr})
 }
 
 // cmdCheck validates the config and opens each signer on its own, so every broken one is reported.
 func cmdCheck(args []string, stdout io.Writer) error {
 	fs := flags("check")
 	path := fs.String("config", "", "config file")
+	dev := fs.Bool("dev", false, "check as serve --dev runs: production checks only reported")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -78,33 +80,50 @@ func cmdCheck(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, ", rollover to %q", cfg.RolloverSigner)
 	}
 	fmt.Fprintln(stdout, ")")
+	var problems []string
+	failed := 0
+	if perr := cfg.Production(); perr != nil {
+		if *dev {
+			fmt.Fprintf(stdout, "dev mode accepts what production mode would refuse:\n%s\n", indent(perr.Error()))
+		} else {
+			fmt.Fprintf(stdout, "FAIL production mode (p11bridge serve) refuses:\n%s\n", indent(perr.Error()))
+			problems = append(problems, "production mode refuses the config")
+		}
+	} else {
+		fmt.Fprintln(stdout, "production checks: ok")
+	}
 	km, err := keymap.Open(filepath.Join(os.TempDir(), fmt.Sprintf("p11bridge-check-%d.csv", os.Getpid())), nil)
 	if err != nil {
 		return err
 	}
 	defer func() { km.Close(); os.Remove(km.Path()) }()
-	var problems []string
 	for _, sc := range server.SignerConfigs(cfg) {
 		reg, err := signer.Open(signer.Options{Signers: []signer.Config{sc}, Default: sc.Name}, km)
 		if err != nil {
-			problems = append(problems, err.Error())
+			failed++
 			fmt.Fprintf(stdout, "FAIL %v\n", err)
 			continue
 		}
 		p, err := reg.Probe(context.Background(), sc.Name)
 		if err != nil {
-			problems = append(problems, err.Error())
+			failed++
 			fmt.Fprintf(stdout, "FAIL %v\n", err)
 		} else {
 			fmt.Fprint(stdout, p.String())
+			fmt.Fprint(stdout, server.Capabilities(p))
 		}
 		reg.Close()
 	}
+	if failed > 0 {
+		problems = append(problems, fmt.Sprintf("%d of %d signers failed", failed, len(cfg.Signers)))
+	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%d of %d signers failed", len(problems), len(cfg.Signers))
+		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
 }
+
+func indent(s string) string { return "  " + strings.ReplaceAll(s, "\n", "\n  ") }
 
 func cmdDev(args []string, stdout, stderr io.Writer) error {
 	fs := flags("dev")
@@ -124,7 +143,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s, err := server.New(cfg, server.Options{Version: version, Dev: true, Stderr: stderr})
+	s, err := server.New(cfg, server.Options{Version: version, Dev: true, DevSetup: true, Stderr: stderr})
 	if err != nil {
 		return err
 	}

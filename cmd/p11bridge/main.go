@@ -14,10 +14,12 @@ var version = "dev"
 const usage = `p11bridge — keys in PKCS#11 tokens, served over KMIP and the KES API
 
 Usage:
-  p11bridge serve    --config FILE          run the server (SIGHUP reloads, SIGINT/SIGTERM stop)
+  p11bridge serve    --config FILE [--dev]  run the server (SIGHUP reloads, SIGINT/SIGTERM stop);
+                                            production checks apply unless --dev relaxes them
   p11bridge reload   --config FILE          make the running server re-read its config (SIGHUP)
   p11bridge status   --config FILE          per signer: keys by state, health, rollover (from the ops listener)
-  p11bridge check    --config FILE          validate the config and probe every token
+  p11bridge check    --config FILE [--dev]  validate the config, apply production checks, probe every
+                                            token and say which KMIP and KES features it can back
   p11bridge dev      [--dir DIR] [--kmip ADDR] [--kes ADDR] [--ops ADDR]
                                             run on a SoftHSM2 token with generated certificates
   p11bridge keys list   --config FILE [--signer S]   list objects in the keymap
@@ -26,7 +28,7 @@ Usage:
                                             re-derive keymap rows from a token (server stopped)
   p11bridge keys rotate --config FILE NAME           add a new version of a KES key (server stopped)
   p11bridge identity CERT.pem               print the identity (SHA-256 of the certificate's public key)
-  p11bridge version
+  p11bridge version                         version, Go toolchain, source revision, linked modules
 `
 
 func main() {
@@ -55,7 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "identity":
 		err = cmdIdentity(args[1:], stdout)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "p11bridge", version)
+		writeVersion(stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -182,6 +182,9 @@ func (f faulty) SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs1
 }
 func (f faulty) Sign(sh pkcs11.SessionHandle, msg []byte) ([]byte, error) {
 	if err := faults.hit("Sign"); err != nil {
+		// A failing C_Sign ends the operation its Init started; without this the next Init on the
+		// session would meet CKR_OPERATION_ACTIVE, a fault no real token adds.
+		_, _ = f.c.Sign(sh, msg)
 		return nil, err
 	}
 	return f.c.Sign(sh, msg)
@@ -194,6 +197,9 @@ func (f faulty) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pk
 }
 func (f faulty) Encrypt(sh pkcs11.SessionHandle, msg []byte) ([]byte, error) {
 	if err := faults.hit("Encrypt"); err != nil {
+		// A failing C_Encrypt ends the operation its Init started; without this the next Init on the
+		// session would meet CKR_OPERATION_ACTIVE, a fault no real token adds.
+		_, _ = f.c.Encrypt(sh, msg)
 		return nil, err
 	}
 	return f.c.Encrypt(sh, msg)
@@ -206,6 +212,9 @@ func (f faulty) DecryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pk
 }
 func (f faulty) Decrypt(sh pkcs11.SessionHandle, c []byte) ([]byte, error) {
 	if err := faults.hit("Decrypt"); err != nil {
+		// A failing C_Decrypt ends the operation its Init started; without this the next Init on the
+		// session would meet CKR_OPERATION_ACTIVE, a fault no real token adds.
+		_, _ = f.c.Decrypt(sh, c)
 		return nil, err
 	}
 	return f.c.Decrypt(sh, c)

@@ -122,3 +122,35 @@ func TestWrongPINTriedOnce(t *testing.T) {
 		t.Fatalf("a wrong PIN was tried %d times at open, want 1", n)
 	}
 }
+
+// A login the token keeps refusing to honour (CKR_USER_NOT_LOGGED_IN after the one re-login) means
+// every request fails: the signer must report itself down, and up again once calls succeed.
+func TestLostLoginReportsDown(t *testing.T) {
+	km, _ := keymap.Open(filepath.Join(t.TempDir(), "km.csv"), quietLog())
+	r, err := Open(Options{Signers: []Config{cfgOf("s", tokB)}, Logger: quietLog()}, km)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "lost-login"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := r.Signer("s")
+	InjectFault(pkcs11.CKR_USER_NOT_LOGGED_IN, "Encrypt")
+	_, _, err = r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+	healthy := tok.Healthy()
+	ClearFault()
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "CKR_USER_NOT_LOGGED_IN") {
+		t.Fatalf("error %v is not ErrUnavailable naming CKR_USER_NOT_LOGGED_IN", err)
+	}
+	if healthy {
+		t.Error("signer reports healthy while the token refuses every call for want of a login")
+	}
+	if _, _, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !tok.Healthy() {
+		t.Error("signer did not report itself healthy again")
+	}
+}

@@ -295,9 +295,11 @@ func (t *Token) release(sh pkcs11.SessionHandle, err error) {
 	t.idle <- sh
 }
 
-// noteFault records device-level failures so health checks report the signer down.
+// noteFault records device-level failures so health checks report the signer down. A
+// CKR_USER_NOT_LOGGED_IN that reaches it has outlived the one re-login do allows: the token has
+// lost our login and every request will fail until it comes back, so the signer is down too.
 func (t *Token) noteFault(err error) {
-	if deviceFault(err) && t.healthy.Swap(false) {
+	if (deviceFault(err) || ckr(err) == pkcs11.CKR_USER_NOT_LOGGED_IN) && t.healthy.Swap(false) {
 		t.log.Error("signer is failing", "err", err)
 	}
 }
@@ -323,6 +325,10 @@ func (t *Token) do(ctx context.Context, fn func(sh pkcs11.SessionHandle) error) 
 			lerr := t.relogin(sh)
 			t.release(sh, nil)
 			if lerr != nil {
+				// Without a login nothing works: report the signer down, not only this request.
+				if t.healthy.Swap(false) {
+					t.log.Error("signer is failing: the token lost the login and logging in again failed", "err", lerr)
+				}
 				return errorf(ErrUnavailable, "signer %q: %v", t.cfg.Name, lerr)
 			}
 			continue

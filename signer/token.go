@@ -256,13 +256,7 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	case sh := <-t.idle:
 		return sh, nil
 	case t.slots <- struct{}{}:
-		sh, err := t.ctx.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			<-t.slots
-			t.noteFault(err)
-			return 0, errorf(ErrUnavailable, "signer %q: open session: %v", t.cfg.Name, err)
-		}
-		return sh, nil
+		return t.openSession()
 	default:
 	}
 	timer := time.NewTimer(t.timeout)
@@ -271,18 +265,23 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	case sh := <-t.idle:
 		return sh, nil
 	case t.slots <- struct{}{}:
-		sh, err := t.ctx.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			<-t.slots
-			t.noteFault(err)
-			return 0, errorf(ErrUnavailable, "signer %q: open session: %v", t.cfg.Name, err)
-		}
-		return sh, nil
+		return t.openSession()
 	case <-timer.C:
 		return 0, errorf(ErrUnavailable, "signer %q: no free session within %s (max_sessions %d)", t.cfg.Name, t.timeout, cap(t.slots))
 	case <-ctx.Done():
 		return 0, errorf(ErrUnavailable, "signer %q: waiting for a session: %v", t.cfg.Name, ctx.Err())
 	}
+}
+
+// openSession opens a pool session in a slot the caller has taken, giving the slot back on failure.
+func (t *Token) openSession() (pkcs11.SessionHandle, error) {
+	sh, err := t.ctx.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		<-t.slots
+		t.noteFault(err)
+		return 0, errorf(ErrUnavailable, "signer %q: open session: %v", t.cfg.Name, err)
+	}
+	return sh, nil
 }
 
 // release returns a session, or closes it when the last call said it is broken.

@@ -40,6 +40,17 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// loadConfig parses the flags and loads the --config file they name.
+func loadConfig(fs *flag.FlagSet, args []string, path *string) (*conf.Config, error) {
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	if err := needConfig(*path); err != nil {
+		return nil, err
+	}
+	return conf.Load(*path)
+}
+
 func needConfig(path string) error {
 	if path == "" {
 		return usageError("--config FILE is required")
@@ -51,13 +62,14 @@ func cmdServe(args []string, stderr io.Writer) error {
 	fs := flags("serve")
 	cfg := fs.String("config", "", "config file")
 	dev := fs.Bool("dev", false, "relax production checks as dev mode does")
+	inFlight := fs.Int("max-in-flight", server.DefaultMaxInFlight, "key operations one identity may have running at once (KMIP and KES together)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := needConfig(*cfg); err != nil {
 		return err
 	}
-	return server.Run(*cfg, server.Options{Version: version, Dev: *dev, Stderr: stderr})
+	return server.Run(*cfg, server.Options{Version: version, Dev: *dev, Stderr: stderr, MaxInFlightPerIdentity: *inFlight})
 }
 
 // cmdCheck validates the config and opens each signer on its own, so every broken one is reported.
@@ -65,13 +77,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	fs := flags("check")
 	path := fs.String("config", "", "config file")
 	dev := fs.Bool("dev", false, "check as serve --dev runs: production checks only reported")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := needConfig(*path); err != nil {
-		return err
-	}
-	cfg, err := conf.Load(*path)
+	cfg, err := loadConfig(fs, args, path)
 	if err != nil {
 		return err
 	}
@@ -168,13 +174,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	path := fs.String("config", "", "config file")
 	only := fs.String("signer", "", "only objects on this signer")
 	dry := fs.Bool("dry-run", false, "rebuild: only report what the keymap lacks")
-	if err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	if err := needConfig(*path); err != nil {
-		return err
-	}
-	cfg, err := conf.Load(*path)
+	cfg, err := loadConfig(fs, args[1:], path)
 	if err != nil {
 		return err
 	}
@@ -314,13 +314,7 @@ func cmdIdentity(args []string, stdout io.Writer) error {
 func cmdReload(args []string, stdout io.Writer) error {
 	fs := flags("reload")
 	path := fs.String("config", "", "config file")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := needConfig(*path); err != nil {
-		return err
-	}
-	cfg, err := conf.Load(*path)
+	cfg, err := loadConfig(fs, args, path)
 	if err != nil {
 		return err
 	}
@@ -344,13 +338,7 @@ func cmdReload(args []string, stdout io.Writer) error {
 func cmdStatus(args []string, stdout io.Writer) error {
 	fs := flags("status")
 	path := fs.String("config", "", "config file")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := needConfig(*path); err != nil {
-		return err
-	}
-	cfg, err := conf.Load(*path)
+	cfg, err := loadConfig(fs, args, path)
 	if err != nil {
 		return err
 	}

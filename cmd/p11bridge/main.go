@@ -14,8 +14,10 @@ var version = "dev"
 const usage = `p11bridge — keys in PKCS#11 tokens, served over KMIP and the KES API
 
 Usage:
-  p11bridge serve    --config FILE [--dev]  run the server (SIGHUP reloads, SIGINT/SIGTERM stop);
-                                            production checks apply unless --dev relaxes them
+  p11bridge serve    --config FILE [--dev] [--max-in-flight N]
+                                            run the server (SIGHUP reloads, SIGINT/SIGTERM stop);
+                                            production checks apply unless --dev relaxes them;
+                                            N bounds the key operations one identity has running (256)
   p11bridge reload   --config FILE          make the running server re-read its config (SIGHUP)
   p11bridge status   --config FILE          per signer: keys by state, health, rollover (from the ops listener)
   p11bridge check    --config FILE [--dev]  validate the config, apply production checks, probe every

@@ -3,6 +3,11 @@ package server
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -77,5 +82,103 @@ func TestIdentify(t *testing.T) {
 	}
 	if _, err := identify(&tls.ConnectionState{}, a, pool); err == nil {
 		t.Error("no certificate accepted")
+	}
+}
+
+// TestRevoked: a revoked identity is nobody, whether configured exactly (even as admin) or
+// vouched for by the client CA, and loses the rights of connections it already holds.
+func TestRevoked(t *testing.T) {
+	ca, _ := pki.NewCA("ca")
+	byCA, _, _ := ca.Issue("client", nil, pki.Client)
+	admin, _, _ := ca.Issue("admin", nil, pki.Client)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	a := newAuth(&conf.Config{Admin: pki.Identity(admin), TLS: conf.TLS{Revoked: []string{pki.Identity(byCA), pki.Identity(admin)}},
+		Policies: []conf.Policy{{Name: "p", KMIP: []string{"*"}, Allow: []string{"/v1/*"}, Identities: []string{pki.Identity(byCA)}}}})
+	for _, c := range []*x509.Certificate{byCA, admin} {
+		if _, err := identify(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}}, a, pool); err == nil || !strings.Contains(err.Error(), "is revoked") {
+			t.Errorf("%s: %v", c.Subject.CommonName, err)
+		}
+		id := pki.Identity(c)
+		if a.allowKMIP(id, "Get") || a.allowPath(id, "/v1/status") || a.isAdmin(id) {
+			t.Errorf("%s: a revoked identity keeps rights", c.Subject.CommonName)
+		}
+	}
+}
+
+func escapedPEM(c *x509.Certificate) string {
+	// As nginx's $ssl_client_escaped_cert: the PEM, URL-encoded.
+	return url.QueryEscape(string(pki.CertPEM(c)))
+}
+
+// TestForwardedCertificate: only the proxy's identity may forward a certificate; the forwarded
+// certificate is judged as if presented directly.
+func TestForwardedCertificate(t *testing.T) {
+	ca, _ := pki.NewCA("ca")
+	other, _ := pki.NewCA("other")
+	proxy, _, _ := ca.Issue("proxy", nil, pki.Client)
+	client, _, _ := ca.Issue("client", nil, pki.Client)
+	stranger, _, _ := other.Issue("stranger", nil, pki.Client)
+	_, apiID, _ := pki.APIKey()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	cfg := &conf.Config{KES: conf.KES{Proxy: &conf.Proxy{Identities: []string{pki.Identity(proxy)}, Header: "X-Tls-Client-Cert"}},
+		Policies: []conf.Policy{{Name: "api", Allow: []string{"/v1/status"}, Identities: []string{apiID}}}}
+	s := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.tls.Store(&tlsState{cas: pool})
+	s.auth.Store(newAuth(cfg))
+	k := kesAuth{s}
+	req := func(peer *x509.Certificate, headers ...string) *http.Request {
+		r := httptest.NewRequest("GET", "/v1/status", nil)
+		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{peer}}
+		for _, h := range headers {
+			r.Header.Add("X-Tls-Client-Cert", h)
+		}
+		return r
+	}
+	if id, err := k.Identify(req(proxy, escapedPEM(client))); err != nil || id != pki.Identity(client) {
+		t.Errorf("forwarded by the proxy: %q %v", id, err)
+	}
+	// '+' left unescaped by a proxy stays '+' (base64 uses it).
+	raw := strings.ReplaceAll(url.PathEscape(string(pki.CertPEM(client))), "%2B", "+")
+	if id, err := k.Identify(req(proxy, raw)); err != nil || id != pki.Identity(client) {
+		t.Errorf("forwarded with raw '+': %q %v", id, err)
+	}
+	if id, err := k.Identify(req(client, escapedPEM(stranger))); err != nil || id != pki.Identity(client) {
+		t.Errorf("a header from a non-proxy must be ignored: %q %v", id, err)
+	}
+	for _, c := range []struct {
+		name    string
+		r       *http.Request
+		wantErr string
+	}{
+		{"proxy without header", req(proxy), "carries no X-Tls-Client-Cert header"},
+		{"proxy with an empty header", req(proxy, ""), "presented no certificate"},
+		{"two headers", req(proxy, escapedPEM(client), escapedPEM(client)), "several"},
+		{"garbage", req(proxy, "%%%not pem"), "no URL-encoded PEM certificate"},
+		{"forwarded stranger", req(proxy, escapedPEM(stranger)), "does not verify against the client CA"},
+	} {
+		if _, err := k.Identify(c.r); err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+	// The proxy is no client of the KMIP listener.
+	if _, err := (kmipAuth{s}).Identify(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{proxy}}); err == nil {
+		t.Error("the proxy identity was accepted on KMIP")
+	}
+	// A revoked proxy forwards nothing.
+	cfg.TLS.Revoked = []string{pki.Identity(proxy)}
+	s.auth.Store(newAuth(cfg))
+	if _, err := k.Identify(req(proxy, escapedPEM(client))); err == nil || !strings.Contains(err.Error(), "proxy's identity") {
+		t.Errorf("revoked proxy: %v", err)
+	}
+	// Plaintext (dev mode): the header is all there is.
+	cfg.TLS.Revoked = nil
+	cfg.KES.Plaintext = true
+	s.auth.Store(newAuth(cfg))
+	r := httptest.NewRequest("GET", "/v1/status", nil)
+	r.Header.Set("X-Tls-Client-Cert", escapedPEM(client))
+	if id, err := k.Identify(r); err != nil || id != pki.Identity(client) {
+		t.Errorf("plaintext: %q %v", id, err)
 	}
 }

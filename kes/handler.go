@@ -17,6 +17,8 @@ import (
 type Handler struct {
 	reg         *signer.Registry
 	auth        Authorizer
+	admit       Admitter // nil when auth does not bound operations per identity
+	auditCheck  func() error
 	log         *slog.Logger
 	audit       *slog.Logger
 	errLog      LogStream
@@ -37,7 +39,7 @@ func newHandler(opts Options) *Handler {
 		panic("kes.New: Options.Registry and Options.Auth are required")
 	}
 	h := &Handler{
-		reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit,
+		reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit, auditCheck: opts.AuditCheck,
 		errLog: opts.ErrorLog, auditLS: opts.AuditLog,
 		versionName: opts.Version, commit: buildCommit(), maxBody: opts.MaxBody,
 		started: time.Now(), routes: newRouter(routeTable()),
@@ -51,6 +53,7 @@ func newHandler(opts Options) *Handler {
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBody
 	}
+	h.admit, _ = opts.Auth.(Admitter)
 	h.stats = newMetrics(h)
 	return h
 }
@@ -133,6 +136,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if ro.keyOp && h.admit != nil {
+		release, err := h.admit.Admit(c.identity)
+		if err != nil {
+			writeError(rec, failf(http.StatusTooManyRequests, "%v", err))
+			return
+		}
+		defer release()
+	}
+	if ro.keyOp && h.auditCheck != nil {
+		// Refused requests are audited like the others: their records retry the log.
+		if err := h.auditCheck(); err != nil {
+			writeError(rec, failf(http.StatusServiceUnavailable, "%v", err))
+			return
+		}
+	}
 	if ro.body {
 		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
 	} else if r.Body != nil {
@@ -166,6 +184,10 @@ func (h *Handler) finish(c *call, start time.Time) {
 		h.stats.errs.Inc()
 	}
 	if c.route.keyOp && h.audit != nil {
+		result := "success"
+		if status >= 400 {
+			result = "failure"
+		}
 		h.stats.audits.Inc()
 		h.audit.LogAttrs(context.Background(), slog.LevelInfo, "kes "+c.route.op,
 			slog.String("identity", c.identity),
@@ -175,6 +197,7 @@ func (h *Handler) finish(c *call, start time.Time) {
 			slog.String("version", c.version),
 			slog.String("signer", c.signer),
 			slog.Int("status", status),
+			slog.String("result", result),
 			slog.Duration("latency", took),
 			slog.String("remote", c.r.RemoteAddr),
 		)

@@ -2,6 +2,7 @@ package kes
 
 import (
 	"net/http"
+	"time"
 )
 
 func (h *Handler) errorLog(c *call) { h.stream(c, h.errLog) }
@@ -13,6 +14,10 @@ func (h *Handler) stream(c *call, src LogStream) {
 	c.w.Header().Set("Content-Type", "application/x-ndjson")
 	c.w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(c.w)
+	// A stream lasts as long as its client listens: the server's read and write deadlines, there
+	// against slow clients of ordinary requests, would cut it.
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.Flush()
 	var lines <-chan []byte
 	if src != nil {

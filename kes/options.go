@@ -23,6 +23,13 @@ type Authorizer interface {
 	Identities() []string
 }
 
+// Admitter is an optional part of an Authorizer: it bounds the key operations one identity has
+// running at once. Admit returns a function to call when the operation ends, or an error refusing
+// it (answered 429 with the error's text).
+type Admitter interface {
+	Admit(identity string) (release func(), err error)
+}
+
 // Policy is a configured policy as the read-only policy routes show it.
 type Policy struct {
 	Name        string
@@ -50,6 +57,9 @@ type Options struct {
 	Version            string
 	// MaxBody bounds request bodies of the routes that take one; 0 means 1 MiB.
 	MaxBody int64
+	// AuditCheck, when set, is asked before every key operation; an error refuses it with 503
+	// and the error's text (the audit log cannot be written and must be).
+	AuditCheck func() error
 }
 
 // DefaultMaxBody is the body limit of KES (1 MiB).

@@ -38,6 +38,9 @@ type Options struct {
 	// DevSetup says the configuration is dev mode's own (SoftHSM2 token, generated certificates).
 	DevSetup bool
 	Stderr   io.Writer // operational log; os.Stderr when nil
+	// MaxInFlightPerIdentity bounds the key operations one identity has running at once on both
+	// front ends together; 0 means DefaultMaxInFlight.
+	MaxInFlightPerIdentity int
 }
 
 // Server is one running p11bridge.
@@ -46,7 +49,7 @@ type Server struct {
 	cfg    atomic.Pointer[conf.Config]
 	log    *slog.Logger
 	audit  *slog.Logger
-	auditF *fileLog
+	auditW *auditWriter
 	errors *broadcast
 	audits *broadcast
 
@@ -60,6 +63,8 @@ type Server struct {
 	// relaxed is what production mode would have refused, when Options.Dev accepted it.
 	relaxed error
 
+	inFlight *inFlight
+
 	kmip *ttlv.Server
 	kes  *http.Server
 	ops  *http.Server
@@ -68,6 +73,12 @@ type Server struct {
 	// Addresses the listeners got (useful with port 0).
 	KMIPAddr, KESAddr, OpsAddr string
 }
+
+// Deadlines of KES requests (see Start).
+const (
+	kesReadTimeout  = 20 * time.Second
+	kesWriteTimeout = 30 * time.Second
+)
 
 // SignerConfigs turns the config's signer blocks into registry configurations.
 func SignerConfigs(cfg *conf.Config) []signer.Config {
@@ -106,21 +117,23 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, errors: newBroadcast(), audits: newBroadcast(), start: time.Now(), relaxed: relaxed}
+	s := &Server{opts: opts, errors: newBroadcast(), audits: newBroadcast(), start: time.Now(), relaxed: relaxed,
+		inFlight: newInFlight(opts.MaxInFlightPerIdentity)}
 	level := parseLevel(cfg.LogLevel)
 	s.log = slog.New(fanout{
 		slog.NewTextHandler(opts.Stderr, &slog.HandlerOptions{Level: level}),
 		slog.NewJSONHandler(teeWriter{io.Discard, s.errors}, &slog.HandlerOptions{Level: slog.LevelError}),
 	})
-	var auditOut io.Writer = io.Discard
+	s.auditW = &auditWriter{stream: s.audits, log: s.log}
+	s.auditW.required.Store(cfg.Audit.Required)
 	if cfg.Audit.Path != "" {
 		f, err := openFileLog(cfg.Audit.Path)
 		if err != nil {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}
-		s.auditF, auditOut = f, f
+		s.auditW.file = f
 	}
-	s.audit = slog.New(slog.NewJSONHandler(teeWriter{auditOut, s.audits}, nil))
+	s.audit = slog.New(slog.NewJSONHandler(s.auditW, nil))
 	km, err := keymap.Open(cfg.Keymap.Path, s.log)
 	if err != nil {
 		s.closeLogs()
@@ -148,9 +161,13 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) closeLogs() {
-	if s.auditF != nil {
-		s.auditF.Close()
+func (s *Server) closeLogs() { s.auditW.close() }
+
+// ReopenLogs starts a new audit file at the configured path: logrotate renames the old one, then
+// sends SIGHUP.
+func (s *Server) ReopenLogs() {
+	if err := s.auditW.reopen(); err != nil {
+		s.log.Error("reopen audit log; still writing to the old file", "err", err)
 	}
 }
 
@@ -210,7 +227,7 @@ func (s *Server) Start() error {
 		lis = append(lis, l)
 		s.KMIPAddr = l.Addr().String()
 		s.kmip = ttlv.New(ttlv.Options{
-			Registry: s.reg, Auth: kmipAuth{s}, Log: s.log.With("front", "kmip"), Audit: s.audit,
+			Registry: s.reg, Auth: kmipAuth{s}, Log: s.log.With("front", "kmip"), Audit: s.audit, AuditCheck: s.auditW.check,
 			MaxMessageSize: cfg.KMIP.MaxMessageSize, MaxConnections: cfg.KMIP.MaxConnections,
 			IdleTimeout: cfg.KMIP.IdleTimeout, ServerName: "p11bridge " + s.opts.Version,
 		})
@@ -225,10 +242,15 @@ func (s *Server) Start() error {
 		lis = append(lis, l)
 		s.KESAddr = l.Addr().String()
 		h := kes.New(kes.Options{
-			Registry: s.reg, Auth: kesAuth{s}, Log: s.log.With("front", "kes"), Audit: s.audit,
+			Registry: s.reg, Auth: kesAuth{s}, Log: s.log.With("front", "kes"), Audit: s.audit, AuditCheck: s.auditW.check,
 			ErrorLog: s.errors, AuditLog: s.audits, Version: s.opts.Version, MaxBody: int64(cfg.KES.MaxBody),
 		})
+		// Deadlines, so that a slow client cannot hold a request forever: headers within 10 s, the
+		// whole request (a body is at most max_body) within kesReadTimeout, the answer within
+		// kesWriteTimeout, above the routes' own 10–15 s timeouts so those answer first. The log
+		// streams lift both for themselves.
 		s.kes = &http.Server{Handler: h, TLSConfig: s.tlsConfig("h2", "http/1.1"), ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: kesReadTimeout, WriteTimeout: kesWriteTimeout,
 			IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 		if cfg.KES.Plaintext {
 			// Dev mode only (conf refuses it in production): behind a local TLS-terminating
@@ -265,7 +287,8 @@ func (s *Server) goServe(name string, serve func() error) {
 }
 
 // Reload applies a new configuration: signers (rollover switch), identities and policies, TLS
-// files, and reopens the audit log. A configuration that fails leaves the running one in place.
+// files, audit.required. A configuration that fails leaves the running one in place. (Run reopens
+// the audit log on SIGHUP before reloading, whether or not the new configuration is accepted.)
 func (s *Server) Reload(cfg *conf.Config) error {
 	old := s.cfg.Load()
 	if cfg.Keymap.Path != old.Keymap.Path {
@@ -297,11 +320,7 @@ func (s *Server) Reload(cfg *conf.Config) error {
 	s.relaxed = relaxed
 	s.cfg.Store(cfg)
 	s.auth.Store(newAuth(cfg))
-	if s.auditF != nil {
-		if err := s.auditF.Reopen(); err != nil {
-			s.log.Error("reopen audit log", "err", err)
-		}
-	}
+	s.auditW.required.Store(cfg.Audit.Required)
 	s.log.Info("configuration reloaded", "default_signer", s.reg.Default(), "rollover_signer", s.reg.Rollover(),
 		"revoked_identities", len(cfg.TLS.Revoked))
 	return nil
@@ -386,6 +405,8 @@ func Run(path string, opts Options) error {
 	defer signal.Stop(sigs)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
+			// Whatever becomes of the configuration: logrotate relies on SIGHUP for the new file.
+			s.ReopenLogs()
 			next, err := conf.Load(path)
 			if err == nil {
 				err = s.Reload(next)

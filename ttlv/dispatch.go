@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -193,7 +194,7 @@ func (s *Server) undo(ctx context.Context, done []doneItem, items []ResponseBatc
 		if ok {
 			items[idx].ResultStatus = uint32(kmip14.ResultStatusOperationUndone)
 			items[idx].Payload = nil
-			s.auditf(o, "undone", 0)
+			_ = s.auditf(o, "undone", 0) // the undo has happened either way; a lost record is in the operator's log
 		}
 	}
 }
@@ -213,10 +214,16 @@ func (s *Server) runItem(o *op, item *RequestBatchItem) (res ResponseBatchItem) 
 	res = ResponseBatchItem{Operation: &opv, UniqueBatchItemID: item.UniqueBatchItemID}
 	payload, err := s.call(o, item)
 	if err == nil {
-		res.ResultStatus = uint32(kmip14.ResultStatusSuccess)
-		res.Payload = payload
-		s.auditf(o, "success", time.Since(start))
-		return res
+		// The record is written before the client is answered; when it cannot be written and
+		// records are required, the client is told so instead of getting the result.
+		aerr := s.auditf(o, "success", time.Since(start))
+		if aerr == nil {
+			res.ResultStatus = uint32(kmip14.ResultStatusSuccess)
+			res.Payload = payload
+			return res
+		}
+		s.log.Error("kmip: audit record not written", "operation", o.name, "identity", o.identity, "key", o.key, "err", aerr)
+		err = kerr(rGeneral, "%s was done but could not be audited, and audit records are required: %v", o.name, aerr)
 	}
 	reason, msg := resultOf(err, o.v)
 	var f *failure
@@ -226,7 +233,9 @@ func (s *Server) runItem(o *op, item *RequestBatchItem) (res ResponseBatchItem) 
 	res.ResultStatus = uint32(kmip14.ResultStatusOperationFailed)
 	res.ResultReason = &reason
 	res.ResultMessage = &msg
-	s.auditf(o, tagEnumName(kmip14.TagResultReason, reason), time.Since(start))
+	if aerr := s.auditf(o, tagEnumName(kmip14.TagResultReason, reason), time.Since(start)); aerr != nil {
+		s.log.Error("kmip: audit record not written", "operation", o.name, "identity", o.identity, "key", o.key, "err", aerr)
+	}
 	if reason == rGeneral {
 		s.log.Warn("kmip: operation failed", "operation", o.name, "identity", o.identity, "key", o.key, "err", err)
 	}
@@ -248,6 +257,18 @@ func (s *Server) call(o *op, item *RequestBatchItem) (payload any, err error) {
 	if !s.auth.AllowKMIP(o.identity, o.name) {
 		return nil, kerr(rDenied, "identity %s may not run %s", o.identity, o.name)
 	}
+	if s.admit != nil {
+		release, err := s.admit.Admit(o.identity)
+		if err != nil {
+			return nil, kerr(rGeneral, "%v", err)
+		}
+		defer release()
+	}
+	if s.opts.AuditCheck != nil {
+		if err := s.opts.AuditCheck(); err != nil {
+			return nil, kerr(rGeneral, "%v", err)
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			onPanic(r)
@@ -258,9 +279,19 @@ func (s *Server) call(o *op, item *RequestBatchItem) (payload any, err error) {
 	return def.fn(o, item.RequestPayload)
 }
 
-func (s *Server) auditf(o *op, result string, latency time.Duration) {
-	s.audit.Info("kmip", "identity", o.identity, "protocol", "kmip", "operation", o.name,
-		"key", o.key, "signer", o.signer, "result", result, "latency", latency)
+// auditf writes the audit record of an item. Typed attributes spare slog boxing each value in an
+// interface and converting it back, once per request. The record goes to the handler directly,
+// not through a Logger method, because its error matters: with required audit records the
+// handler reports a write that failed, and the item must fail with it (Options.AuditCheck).
+func (s *Server) auditf(o *op, result string, latency time.Duration) error {
+	h := s.audit.Handler()
+	if !h.Enabled(context.Background(), slog.LevelInfo) {
+		return nil
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "kmip", 0)
+	r.AddAttrs(slog.String("identity", o.identity), slog.String("protocol", "kmip"), slog.String("operation", o.name),
+		slog.String("key", o.key), slog.String("signer", o.signer), slog.String("result", result), slog.Duration("latency", latency))
+	return h.Handle(context.Background(), r)
 }
 
 // failureResponse is a whole-message failure: one failed item per request item (echoing each

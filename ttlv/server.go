@@ -27,6 +27,12 @@ type Authorizer interface {
 	IsAdmin(identity string) bool
 }
 
+// Admitter is an optional part of an Authorizer: it bounds the operations one identity has running
+// at once. Admit returns a function to call when the operation ends, or an error refusing it.
+type Admitter interface {
+	Admit(identity string) (release func(), err error)
+}
+
 // Options configure a Server.
 type Options struct {
 	Registry       *signer.Registry
@@ -37,6 +43,10 @@ type Options struct {
 	MaxConnections int           // 0 = 1024
 	IdleTimeout    time.Duration // 0 = 2 min; also the read deadline of a message once it started
 	ServerName     string        // Query: VendorIdentification and ServerInformation
+	// AuditCheck, when set, is asked before every operation; an error refuses it (the audit log
+	// cannot be written and must be). An audit record that fails to be written also fails its
+	// operation: the Audit handler returns the error only when records are required.
+	AuditCheck func() error
 }
 
 // Defaults of Options.
@@ -52,6 +62,7 @@ type Server struct {
 	opts  Options
 	reg   *signer.Registry
 	auth  Authorizer
+	admit Admitter // nil when Auth does not bound operations per identity
 	log   *slog.Logger
 	audit *slog.Logger
 
@@ -90,6 +101,7 @@ func New(opts Options) *Server {
 		opts: opts, reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit,
 		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{},
 	}
+	s.admit, _ = opts.Auth.(Admitter)
 	s.base, s.cancel = context.WithCancel(context.Background())
 	return s
 }

@@ -14,6 +14,8 @@ if [ "${1:-}" = "test" ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The how-tos (docs/howto-*.md) run as written in the tests: JSON on the command line.
+  command -v jq >/dev/null 2>&1 || need+=(jq)
 fi
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 

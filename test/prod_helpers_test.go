@@ -76,9 +76,9 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// issue makes a client (or server) certificate from the bridge's CA and writes name.pem and
+// issueFiles makes a client (or server) certificate from the bridge's CA and writes name.pem and
 // name-key.pem next to the others; it returns the identity.
-func (b *bridge) issue(name string, usage pki.Usage, hosts ...string) string {
+func (b *bridge) issueFiles(name string, usage pki.Usage, hosts ...string) string {
 	b.t.Helper()
 	ca, err := pki.LoadCA(filepath.Join(b.dir, "ca.pem"), filepath.Join(b.dir, "ca-key.pem"))
 	if err != nil {

@@ -103,9 +103,9 @@ http {
 // and ignores the header from anyone but the proxy.
 func TestKESBehindNginx(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "proxied")
-	proxyID := b.issue("proxy", pki.Client)
-	b.issue("nginx", pki.Server, "127.0.0.1", "localhost")
-	malloryID := b.issue("mallory", pki.Client) // from the CA, allowed only /v1/status
+	proxyID := b.issueFiles("proxy", pki.Client)
+	b.issueFiles("nginx", pki.Server, "127.0.0.1", "localhost")
+	malloryID := b.issueFiles("mallory", pki.Client) // from the CA, allowed only /v1/status
 	apiKey, apiID, err := pki.APIKey()
 	if err != nil {
 		t.Fatal(err)

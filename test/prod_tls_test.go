@@ -23,7 +23,7 @@ func TestTLSReloadKeepsConnections(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "reload-tls")
 	revoked := filepath.Join(b.dir, "revoked.txt")
 	os.WriteFile(revoked, []byte("# none yet\n"), 0o644)
-	alice := b.issue("alice", pki.Client)
+	alice := b.issueFiles("alice", pki.Client)
 	cfg := prodConfig{signer: "reload-tls", tls: []string{`revoked_file = "revoked.txt"`},
 		extra: fmt.Sprintf("policy \"alice\" {\n  kmip = [\"*\"]\n  allow = [\"/v1/*\"]\n  identities = [%q]\n}\n", alice)}
 	b.writeProd(cfg)
@@ -41,7 +41,7 @@ func TestTLSReloadKeepsConnections(t *testing.T) {
 	before := b.serverLeaf(b.kmip)
 
 	// A new server certificate and key, same names, same CA.
-	b.issue("server", pki.Server, "127.0.0.1", "localhost")
+	b.issueFiles("server", pki.Server, "127.0.0.1", "localhost")
 	if ok, log := b.reload(); !ok {
 		t.Fatalf("reload refused:\n%s", log)
 	}

@@ -296,7 +296,15 @@ func showRecord(r keymap.Record, stdout io.Writer) error {
 
 func cmdIdentity(args []string, stdout io.Writer) error {
 	if len(args) != 1 {
-		return usageError("identity CERT.pem")
+		return usageError("identity CERT.pem|API-KEY")
+	}
+	if strings.HasPrefix(args[0], "kes:v1:") {
+		id, err := pki.APIKeyIdentity(args[0])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, id)
+		return nil
 	}
 	c, err := pki.LoadCert(args[0])
 	if err != nil {
@@ -306,6 +314,21 @@ func cmdIdentity(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, pki.Identity(c))
+	return nil
+}
+
+// cmdAPIKey makes a KES API key, as `kes identity new` does: MinIO turns it into a self-signed
+// Ed25519 client certificate whose identity `p11bridge identity KEY` prints. The key goes to
+// stdout alone, so that it can be redirected into a private file.
+func cmdAPIKey(args []string, stdout io.Writer) error {
+	if len(args) != 0 {
+		return usageError("apikey takes no arguments")
+	}
+	key, _, err := pki.APIKey()
+	if err != nil {
+		return fmt.Errorf("make an API key: %w", err)
+	}
+	fmt.Fprintln(stdout, key)
 	return nil
 }
 

@@ -29,7 +29,8 @@ Usage:
   p11bridge keys rebuild --config FILE --signer S [--dry-run]
                                             re-derive keymap rows from a token (server stopped)
   p11bridge keys rotate --config FILE NAME           add a new version of a KES key (server stopped)
-  p11bridge identity CERT.pem               print the identity (SHA-256 of the certificate's public key)
+  p11bridge identity CERT.pem|API-KEY       print the identity (SHA-256 of the certificate's public key)
+  p11bridge apikey                          make a KES API key (kes:v1:…) for MinIO; identity API-KEY names it
   p11bridge version                         version, Go toolchain, source revision, linked modules
 `
 
@@ -58,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdKeys(args[1:], stdout)
 	case "identity":
 		err = cmdIdentity(args[1:], stdout)
+	case "apikey":
+		err = cmdAPIKey(args[1:], stdout)
 	case "version", "--version":
 		writeVersion(stdout)
 	case "help", "-h", "--help":

@@ -20,7 +20,9 @@ import (
 	"time"
 )
 
-var binary string
+// binary is the p11bridge under test; faultBinary is the same built with -tags p11fault, whose ops
+// listener serves /debug/fault to make the token fail on demand (hardening_fault_test.go).
+var binary, faultBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "p11bridge-e2e-bin-")
@@ -32,6 +34,12 @@ func TestMain(m *testing.M) {
 	out, err := exec.Command("go", "build", "-o", binary, "../cmd/p11bridge").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build p11bridge: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	faultBinary = filepath.Join(dir, "p11bridge-fault")
+	out, err = exec.Command("go", "build", "-tags", "p11fault", "-o", faultBinary, "../cmd/p11bridge").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build p11bridge -tags p11fault: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -123,10 +123,14 @@ func howtoScript(doc string, steps []howtoStep, ports map[string]string) string 
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// howtoRun runs docs/doc in a fresh working directory with extra directories on PATH. Hooks run
-// with the ports of the run (port "5696" → the port used instead). It returns the working
-// directory and the whole output.
-func howtoRun(t *testing.T, doc string, pathDirs []string, hooks map[string]func(ports map[string]string)) (string, string) {
+// howtoHook checks something while a how-to is paused; work is its working directory, ports maps
+// the how-to's ports to those of the run ("5696" → the port used instead). It runs on the test's
+// goroutine, so it may call t.Fatal.
+type howtoHook func(work string, ports map[string]string)
+
+// howtoRun runs docs/doc in a fresh working directory with extra directories on PATH. It returns
+// the working directory and the whole output.
+func howtoRun(t *testing.T, doc string, pathDirs []string, hooks map[string]howtoHook) (string, string) {
 	t.Helper()
 	steps := parseHowto(t, doc)
 	work := t.TempDir()
@@ -164,6 +168,7 @@ func howtoRun(t *testing.T, doc string, pathDirs []string, hooks map[string]func
 		t.Fatal(err)
 	}
 	hookR.Close()
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }) // ours; gone already when all went well
 	// Background steps live in sessions of their own; if the script could not stop them (a
 	// timeout killed it), stop them here, by the ids the script recorded.
 	t.Cleanup(func() {
@@ -177,6 +182,7 @@ func howtoRun(t *testing.T, doc string, pathDirs []string, hooks map[string]func
 	})
 	var out strings.Builder
 	var mu sync.Mutex
+	hookCh := make(chan string)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -188,18 +194,36 @@ func howtoRun(t *testing.T, doc string, pathDirs []string, hooks map[string]func
 			out.WriteString(line + "\n")
 			mu.Unlock()
 			if name, ok := strings.CutPrefix(line, "@@howto hook "); ok {
-				if h := hooks[name]; h != nil {
-					h(ports)
-				} else {
-					t.Errorf("docs/%s: no hook %q in the test", doc, name)
-				}
-				hookW.Write([]byte("\n"))
+				hookCh <- name
 			}
 		}
 	}()
-	err = cmd.Wait()
-	pw.Close()
+	waited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait() // returns once the output is copied into pw, i.e. read by the scanner
+		pw.Close()
+		waited <- err
+	}()
+loop:
+	for {
+		select {
+		case name := <-hookCh:
+			h := hooks[name]
+			if h == nil {
+				t.Fatalf("docs/%s: no hook %q in the test", doc, name)
+			}
+			h(work, ports)
+			hookW.Write([]byte("\n"))
+		case err = <-waited:
+			break loop
+		}
+	}
+	go func() { // a hook line the script printed just before it ended needs no answer
+		for range hookCh {
+		}
+	}()
 	<-done
+	close(hookCh)
 	hookW.Close()
 	mu.Lock()
 	o := out.String()

@@ -36,7 +36,7 @@ type hcfg struct {
 	auditPath     string   // default audit.log in the bridge directory
 	auditRequired bool
 	kmip          string // attributes of the kmip block, e.g. `idle_timeout = "3s"`
-	noClientCA    bool
+	logLevel      string
 }
 
 // writeConfig writes the bridge's config file in production form (pin_file, client_ca).
@@ -50,11 +50,10 @@ func (b *bridge) writeConfig(c hcfg) {
 	}
 	var s strings.Builder
 	fmt.Fprintf(&s, "listen {\n  kmip = %q\n  kes = %q\n  ops = %q\n}\n", b.kmip, b.kes, b.ops)
-	fmt.Fprintf(&s, "tls {\n  cert = \"server.pem\"\n  key = \"server-key.pem\"\n")
-	if !c.noClientCA {
-		fmt.Fprintf(&s, "  client_ca = \"ca.pem\"\n")
+	fmt.Fprintf(&s, "tls {\n  cert = \"server.pem\"\n  key = \"server-key.pem\"\n  client_ca = \"ca.pem\"\n}\n")
+	if c.logLevel != "" {
+		fmt.Fprintf(&s, "log_level = %q\n", c.logLevel)
 	}
-	fmt.Fprintf(&s, "}\n")
 	for _, name := range c.signers {
 		tok := b.tokens[name]
 		fmt.Fprintf(&s, "signer %q {\n  module = %q\n  token_label = %q\n  pin_file = %q\n}\n", name, tok.Module, tok.Label, softhsm.PINFile(filepath.Dir(tok.Conf), tok.Label))

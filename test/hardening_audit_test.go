@@ -57,7 +57,9 @@ func TestAuditEveryKeyOperation(t *testing.T) {
 		}},
 		{"kmip", "Locate", func() error { _, err := c.Locate().WithName("audited").Exec(); return err }},
 		{"kes", "key/create", func() error { return kesWant(k, http.MethodPost, "/v1/key/create/audited-kes", nil, 200) }},
-		{"kes", "key/generate", func() error { return kesWant(k, http.MethodPost, "/v1/key/generate/audited-kes", map[string]any{}, 200) }},
+		{"kes", "key/generate", func() error {
+			return kesWant(k, http.MethodPost, "/v1/key/generate/audited-kes", map[string]any{}, 200)
+		}},
 		{"kes", "key/decrypt", func() error {
 			return kesWant(k, http.MethodPost, "/v1/key/decrypt/audited-kes", map[string]any{"ciphertext": []byte("not a ciphertext")}, 400)
 		}},

@@ -20,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipclient"
+	"github.com/ovh/kmip-go/payloads"
+	"github.com/ovh/kmip-go/ttlv"
 
 	"github.com/p11bridge/p11bridge/server/pki"
 	"github.com/p11bridge/p11bridge/signer/softhsm"
@@ -281,6 +284,22 @@ func (b *bridge) figures() procFigures {
 	return f
 }
 
+// settledFigures samples five times over half a second and keeps the least goroutines and open
+// files: under load a sample also counts the goroutines of requests in flight at that instant,
+// while a leak shows in the ones that stay.
+func (b *bridge) settledFigures() procFigures {
+	b.t.Helper()
+	f := b.figures()
+	for i := 0; i < 4; i++ {
+		time.Sleep(100 * time.Millisecond)
+		g := b.figures()
+		f.rssKB = g.rssKB
+		f.goroutines = min(f.goroutines, g.goroutines)
+		f.fds = min(f.fds, g.fds)
+	}
+	return f
+}
+
 // metric reads one unlabelled series from the ops /metrics.
 func (b *bridge) opsMetric(name string) float64 {
 	b.t.Helper()
@@ -410,3 +429,27 @@ func (c *tally) String() string {
 
 // b64 is standard padded base64, as KES bodies carry bytes.
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// discoverVersionsRequest is a KMIP 1.4 request message asking DiscoverVersions, as bytes.
+func discoverVersionsRequest(t *testing.T) []byte {
+	t.Helper()
+	msg := kmip.NewRequestMessage(kmip.V1_4, &payloads.DiscoverVersionsRequestPayload{})
+	return ttlv.MarshalTTLV(&msg)
+}
+
+// readTTLV reads one TTLV message: the 8-byte header, then as many bytes as it announces.
+func readTTLV(r io.Reader) ([]byte, error) {
+	hdr := make([]byte, 8)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return nil, err
+	}
+	n := int(hdr[4])<<24 | int(hdr[5])<<16 | int(hdr[6])<<8 | int(hdr[7])
+	if n > 1<<20 {
+		return nil, fmt.Errorf("response of %d bytes", n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	return append(hdr, body...), nil
+}

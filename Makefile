@@ -4,7 +4,7 @@ BIN     := bin/p11bridge
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps deps-test run test vet bench fuzz clean install
+.PHONY: all build deps deps-test run test soak vet bench fuzz clean install
 
 # Install paths (GNU conventions). DESTDIR stages the whole tree elsewhere, for packages and tests.
 PREFIX     ?= /usr/local
@@ -37,6 +37,14 @@ vet:
 test: deps-test vet
 	$(GO) test -count=1 -timeout 18m ./...
 	$(GO) test -count=1 -timeout 5m -tags p11fault ./signer/
+
+# Long versions of the hardening tests, not in CI (docs/guarantees.md): the load test for SOAKTIME,
+# five SIGKILL rounds under creating clients, each HSM fault held for 20 s.
+SOAKTIME    ?= 30m
+SOAKTIMEOUT ?= 60m
+soak: deps-test
+	P11BRIDGE_SOAK=1 P11BRIDGE_SOAK_DURATION=$(SOAKTIME) $(GO) test -count=1 -v -timeout $(SOAKTIMEOUT) \
+		-run '^(TestLoad|TestCrashLosesNothing|TestHSMFaultsEndToEnd|TestIdleKMIPConnections)$$' ./test/
 
 # Benchmarks print registry, front-end and reference figures side by side; see docs/benchmarks.md.
 bench: deps-test

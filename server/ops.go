@@ -31,6 +31,11 @@ type Status struct {
 	RolloverUnderway   bool           `json:"rollover_in_progress"`
 	Signers            []SignerStatus `json:"signers"`
 	UnconfiguredHeldBy []string       `json:"keys_on_unconfigured_signers,omitempty"`
+	// Reloads counts the SIGHUPs handled; LastReloadError is why the last one was refused ("" when
+	// it was applied). `p11bridge reload --wait` watches them.
+	Reloads         int64  `json:"reloads"`
+	LastReload      string `json:"last_reload,omitempty"`
+	LastReloadError string `json:"last_reload_error,omitempty"`
 }
 
 // Status collects the status view.
@@ -38,6 +43,9 @@ func (s *Server) Status() Status {
 	census := s.reg.Census()
 	st := Status{Version: s.opts.Version, Uptime: time.Since(s.start).Seconds(), Default: s.reg.Default(), Rollover: s.reg.Rollover()}
 	st.RolloverUnderway = st.Rollover != ""
+	if o := s.reloads.Load(); o != nil {
+		st.Reloads, st.LastReload, st.LastReloadError = o.count, o.at.Format(time.RFC3339), o.err
+	}
 	seen := map[string]bool{}
 	for _, t := range s.reg.Signers() {
 		seen[t.Name()] = true

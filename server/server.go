@@ -63,6 +63,9 @@ type Server struct {
 	// relaxed is what production mode would have refused, when Options.Dev accepted it.
 	relaxed error
 
+	// reloads is the outcome of the SIGHUPs so far, for /status (`p11bridge reload --wait`).
+	reloads atomic.Pointer[reloadOutcome]
+
 	inFlight *inFlight
 
 	kmip *ttlv.Server
@@ -377,6 +380,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// reloadOutcome is what became of the last SIGHUP.
+type reloadOutcome struct {
+	count int64
+	at    time.Time
+	err   string
+}
+
+func (s *Server) noteReload(err error) {
+	o := &reloadOutcome{at: time.Now().UTC()}
+	if prev := s.reloads.Load(); prev != nil {
+		o.count = prev.count
+	}
+	o.count++
+	if err != nil {
+		o.err = err.Error()
+	}
+	s.reloads.Store(o)
+}
+
 // PIDFile is where a serving p11bridge writes its process id: next to its keymap, which only one
 // process may hold. `p11bridge reload` reads it.
 func PIDFile(cfg *conf.Config) string { return cfg.Keymap.Path + ".pid" }
@@ -414,6 +436,7 @@ func Run(path string, opts Options) error {
 			if err != nil {
 				s.log.Error("configuration refused; the running one stays", "err", err)
 			}
+			s.noteReload(err)
 			continue
 		}
 		s.log.Info("stopping", "signal", sig.String())

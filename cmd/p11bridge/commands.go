@@ -337,9 +337,21 @@ func cmdAPIKey(args []string, stdout io.Writer) error {
 func cmdReload(args []string, stdout io.Writer) error {
 	fs := flags("reload")
 	path := fs.String("config", "", "config file")
+	wait := fs.Bool("wait", false, "wait for the outcome (from the ops listener) and fail when the server refused the config")
 	cfg, err := loadConfig(fs, args, path)
 	if err != nil {
 		return err
+	}
+	var before int64
+	if *wait {
+		if cfg.Listen.Ops == "" {
+			return fmt.Errorf("--wait asks the ops listener, and the config has none (listen { ops = … })")
+		}
+		st, err := fetchStatus(cfg)
+		if err != nil {
+			return err
+		}
+		before = st.Reloads
 	}
 	b, err := os.ReadFile(server.PIDFile(cfg))
 	if err != nil {
@@ -352,8 +364,44 @@ func cmdReload(args []string, stdout io.Writer) error {
 	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 		return fmt.Errorf("signal process %d: %w", pid, err)
 	}
-	fmt.Fprintf(stdout, "sent SIGHUP to p11bridge (pid %d); its log says whether the new config was applied\n", pid)
-	return nil
+	if !*wait {
+		fmt.Fprintf(stdout, "sent SIGHUP to p11bridge (pid %d); its log says whether the new config was applied\n", pid)
+		return nil
+	}
+	// Loading opens new signers (a network HSM may take a while) before anything switches.
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		st, err := fetchStatus(cfg)
+		if err != nil || st.Reloads <= before {
+			continue
+		}
+		if st.LastReloadError != "" {
+			return fmt.Errorf("p11bridge (pid %d) refused the new configuration and keeps the running one: %s", pid, st.LastReloadError)
+		}
+		fmt.Fprintf(stdout, "p11bridge (pid %d) applied the new configuration (default signer %q", pid, st.Default)
+		if st.Rollover != "" {
+			fmt.Fprintf(stdout, ", new keys go to %q", st.Rollover)
+		}
+		fmt.Fprintln(stdout, ")")
+		return nil
+	}
+	return fmt.Errorf("sent SIGHUP to p11bridge (pid %d), but it reported no outcome within 2 minutes; see its log", pid)
+}
+
+// fetchStatus asks the running server's ops listener for /status.
+func fetchStatus(cfg *conf.Config) (server.Status, error) {
+	var st server.Status
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + cfg.Listen.Ops + "/status")
+	if err != nil {
+		return st, fmt.Errorf("ask the server: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("status answer: %w", err)
+	}
+	return st, nil
 }
 
 // cmdStatus asks the running server's ops listener what each signer holds: what still depends on
@@ -368,15 +416,9 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	if cfg.Listen.Ops == "" {
 		return fmt.Errorf("the config has no ops listener (listen { ops = … }) to ask")
 	}
-	client := http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get("http://" + cfg.Listen.Ops + "/status")
+	st, err := fetchStatus(cfg)
 	if err != nil {
-		return fmt.Errorf("ask the server: %w", err)
-	}
-	defer resp.Body.Close()
-	var st server.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return fmt.Errorf("status answer: %w", err)
+		return err
 	}
 	fmt.Fprintf(stdout, "p11bridge %s, up %s, default signer %q", st.Version, time.Duration(st.Uptime*float64(time.Second)).Round(time.Second), st.Default)
 	if st.RolloverUnderway {

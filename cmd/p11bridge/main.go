@@ -18,7 +18,8 @@ Usage:
                                             run the server (SIGHUP reloads, SIGINT/SIGTERM stop);
                                             production checks apply unless --dev relaxes them;
                                             N bounds the key operations one identity has running (256)
-  p11bridge reload   --config FILE          make the running server re-read its config (SIGHUP)
+  p11bridge reload   --config FILE [--wait] make the running server re-read its config (SIGHUP);
+                                            --wait reports whether it was applied
   p11bridge status   --config FILE          per signer: keys by state, health, rollover (from the ops listener)
   p11bridge check    --config FILE [--dev]  validate the config, apply production checks, probe every
                                             token and say which KMIP and KES features it can back

@@ -58,6 +58,10 @@ type client struct {
 }
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(benchServerEnv); spec != "" {
+		// Started by the benchmarks as p11bridge's server process (benchserver_test.go).
+		os.Exit(runBenchServer(spec))
+	}
 	code, err := run(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kes tests:", err)
@@ -90,6 +94,8 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer fx.srv.Close()
+	defer stopKESRef()
+	defer stopBenchServer()
 	return m.Run(), nil
 }
 
@@ -152,6 +158,9 @@ func startServer() error {
 		MinVersion:   tls.VersionTLS12,
 	}
 	fx.srv.Config.ErrorLog = slog.NewLogLogger(quiet.Handler(), slog.LevelInfo)
+	// The timeouts server.Start gives its KES http.Server, so tests and benchmarks run the same
+	// connection handling as production.
+	fx.srv.Config.ReadHeaderTimeout, fx.srv.Config.IdleTimeout = 10*time.Second, 2*time.Minute
 	fx.srv.StartTLS()
 
 	// admin: a CA-issued certificate; minio: an API key with MinIO's minimal policy; reader: a
@@ -169,10 +178,7 @@ func startServer() error {
 	if fx.stranger, err = apiKeyClient(); err != nil {
 		return err
 	}
-	fx.auth.setPolicy(Policy{Name: "minio", Allow: []string{
-		"/v1/key/create/*", "/v1/key/generate/*", "/v1/key/decrypt/*", "/v1/key/list/*", "/v1/key/hmac/*",
-		"/v1/status", "/v1/api", "/version",
-	}, CreatedBy: fx.admin.id}, fx.minio.id)
+	fx.auth.setPolicy(Policy{Name: "minio", Allow: minioPolicy, CreatedBy: fx.admin.id}, fx.minio.id)
 	fx.auth.setPolicy(Policy{Name: "reader", Allow: []string{
 		"/v1/key/describe/*", "/v1/key/list/*", "/v1/policy/*", "/v1/identity/*", "/v1/metrics", "/v1/ready",
 	}, Deny: []string{"/v1/key/describe/secret-*"}}, fx.reader.id)

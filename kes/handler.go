@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/p11bridge/p11bridge/signer"
@@ -66,6 +67,7 @@ type call struct {
 	route    *route
 	arg      string // the route argument (key name, list pattern, …)
 	identity string
+	deadline deadlineCtx // ctx when the route has a timeout (see deadline.go)
 	// Set by key handlers as they learn them, for the audit record and metrics.
 	key, version, signer string
 }
@@ -93,9 +95,20 @@ func (w *recorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and deadlines of the real writer.
 func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// ServeHTTP routes, checks method, identity and policy (in KES's order), limits the body and runs
-// the route. Every answer is counted; key operations are audited.
+// ServeHTTP serves one request; key operations run on a pooled goroutine (see workers.go). Only
+// they do: they are the hot, short and deep calls, while a log stream would hold a worker for as
+// long as its client listens.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/v1/key/") {
+		h.onWorker(w, r)
+		return
+	}
+	h.serve(w, r)
+}
+
+// serve routes, checks method, identity and policy (in KES's order), limits the body and runs the
+// route. Every answer is counted; key operations are audited.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	h.stats.active.Inc()
 	defer h.stats.active.Dec()
@@ -158,9 +171,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(rec, r.Body, 0)
 	}
 	if ro.timeout > 0 {
-		var cancel context.CancelFunc
-		c.ctx, cancel = context.WithTimeout(c.ctx, ro.timeout)
-		defer cancel()
+		c.deadline = deadlineCtx{Context: c.ctx, deadline: start.Add(ro.timeout)}
+		c.ctx = &c.deadline
+		defer c.deadline.release()
 	}
 	ro.serve(h, c)
 }

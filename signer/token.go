@@ -196,6 +196,11 @@ func uriMatches(u *pkcs11uri.Pkcs11URI, slot uint, ti pkcs11.TokenInfo) bool {
 func (t *Token) login(sh pkcs11.SessionHandle) error {
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
+	return t.loginLocked(sh)
+}
+
+// loginLocked is login with loginMu held.
+func (t *Token) loginLocked(sh pkcs11.SessionHandle) error {
 	if t.loginErr != nil {
 		return t.loginErr
 	}
@@ -228,18 +233,18 @@ func (t *Token) refused() error {
 // relogin answers CKR_USER_NOT_LOGGED_IN (the token lost our login, e.g. after a device reset):
 // at most one attempt per second across all sessions, and never after a refused PIN.
 func (t *Token) relogin(sh pkcs11.SessionHandle) error {
+	// The check and the login under one lock: requests that meet the lost login together would
+	// otherwise all pass the check and log in one after the other.
 	t.loginMu.Lock()
-	recent := time.Since(t.lastLogin) < time.Second
-	refused := t.loginErr
-	t.loginMu.Unlock()
-	if refused != nil {
-		return refused
+	defer t.loginMu.Unlock()
+	if t.loginErr != nil {
+		return t.loginErr
 	}
-	if recent {
+	if time.Since(t.lastLogin) < time.Second {
 		return nil
 	}
 	t.log.Warn("token reports not logged in; logging in again")
-	return t.login(sh)
+	return t.loginLocked(sh)
 }
 
 // acquire takes a session from the pool, opening one while under the limit, else waiting.

@@ -39,6 +39,7 @@ type ackedKey struct {
 // acknowledged — are exactly what `keys rebuild --dry-run` reports, before and after the restart
 // (the restarted server neither adopts nor loses them).
 func TestCrashLosesNothing(t *testing.T) {
+	waitForBenchmarks(t)
 	rounds := 1
 	if soak() {
 		rounds = 5

@@ -242,7 +242,12 @@ func (r *Registry) Seal(ctx context.Context, id string, iv, plaintext, aad []byt
 			return err
 		}
 		var err error
-		ct, err = t.ctx.Encrypt(sh, plaintext)
+		if ct, err = t.ctx.Encrypt(sh, plaintext); err == nil {
+			// HSMs in FIPS mode (CloudHSM, Luna) write an IV of their own over ours: keep theirs.
+			if used := params.IV(); len(used) == len(iv) {
+				iv = used
+			}
+		}
 		return err
 	})
 	if err != nil {

@@ -129,12 +129,17 @@ func (r *Registry) Create(ctx context.Context, spec KeySpec, meta Meta) (keymap.
 		if spec.Algorithm == HMAC {
 			mech, kt = pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET
 		}
-		if _, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, secretTemplate(tag, label, kt, spec.Size/8)); err != nil {
+		h, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, secretTemplate(tag, label, kt, spec.Size/8))
+		if err != nil {
 			return err
 		}
 		if spec.WithHMAC && spec.Algorithm == AES {
 			_, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
 				secretTemplate(tag, label, pkcs11.CKK_GENERIC_SECRET, 32))
+			if err != nil {
+				// Half a KES key is no key: leave no orphan behind.
+				_ = t.ctx.DestroyObject(sh, h)
+			}
 			return err
 		}
 		return nil

@@ -207,8 +207,9 @@ func TestLoad(t *testing.T) {
 	// Flat: the connections are the same throughout, so the goroutines that stay (the least of five
 	// samples) and the files must not move beyond a few transient ones (HTTP/2 streams of requests
 	// in flight); memory may settle but not keep growing.
-	if d := last.goroutines - first.goroutines; d > 32 || d < -32 {
-		t.Errorf("goroutines moved by %d under steady load", d)
+	// Fewer goroutines at the end is no leak (fewer KES streams happened to be in flight).
+	if d := last.goroutines - first.goroutines; d > 32 {
+		t.Errorf("goroutines grew by %d under steady load", d)
 	}
 	if d := last.fds - first.fds; d > 5 || d < -5 {
 		t.Errorf("open files moved by %d under steady load", d)

@@ -119,7 +119,7 @@ type Policy struct {
 	Allow      []string // KES path patterns: exact, or prefix ending in '*'
 	Deny       []string // KES path patterns, checked before Allow
 	KMIP       []string // KMIP operation names, or "*"
-	Keys       []string // key-name patterns; empty means any key
+	Keys       []string // key-name patterns for the KES key routes; empty means any key (KMIP is not limited by them)
 	Identities []string // lowercase hex SHA-256 of a client certificate's SubjectPublicKeyInfo
 }
 

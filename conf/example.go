@@ -89,7 +89,7 @@ policy "minio" {
     "/v1/status",
   ]
   deny       = ["/v1/key/delete/*"]
-  keys       = ["minio-*"]
+  keys       = ["minio-*"]   # and only keys named so (KES key routes)
   identities = ["5791b6226743c56f44f8274cc67b8beb9751b6403e697243ad00fd37af5635e3"]
 }
 

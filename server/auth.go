@@ -87,6 +87,28 @@ func (a *auth) allowPath(identity, path string) bool {
 	}
 	for _, al := range p.Allow {
 		if match(al, path) {
+			return keyAllowed(p, path)
+		}
+	}
+	return false
+}
+
+// keyAllowed applies a policy's keys patterns to the KES routes that name one key
+// (/v1/key/{op}/{name}); listing stays governed by the path patterns alone.
+func keyAllowed(p *conf.Policy, path string) bool {
+	if len(p.Keys) == 0 {
+		return true
+	}
+	rest, ok := strings.CutPrefix(path, "/v1/key/")
+	if !ok {
+		return true
+	}
+	op, name, _ := strings.Cut(rest, "/")
+	if op == "list" {
+		return true
+	}
+	for _, k := range p.Keys {
+		if match(k, name) {
 			return true
 		}
 	}

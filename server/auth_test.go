@@ -182,3 +182,18 @@ func TestForwardedCertificate(t *testing.T) {
 		t.Errorf("plaintext: %q %v", id, err)
 	}
 }
+
+func TestPolicyKeys(t *testing.T) {
+	a := newAuth(&conf.Config{Policies: []conf.Policy{{Name: "m", Allow: []string{"/v1/key/*"}, Keys: []string{"minio-*"}, Identities: []string{"m"}}}})
+	for path, want := range map[string]bool{
+		"/v1/key/generate/minio-default": true,
+		"/v1/key/generate/other":         false,
+		"/v1/key/create/minio-":          true,
+		"/v1/key/decrypt/xminio-1":       false,
+		"/v1/key/list/*":                 true,
+	} {
+		if got := a.allowPath("m", path); got != want {
+			t.Errorf("allowPath(%s) = %v, want %v", path, got, want)
+		}
+	}
+}

@@ -30,6 +30,7 @@ type attrDef struct {
 	// it). PyKMIP 0.10 cannot decode these values and fails the whole response when an unfiltered
 	// GetAttributes carries one; clients that want them name them.
 	named bool
+	key   string // where Record.Attrs keeps it (storeKey), computed once
 }
 
 var v10, v11, v12, v13, v14 = ProtocolVersion{1, 0}, ProtocolVersion{1, 1}, ProtocolVersion{1, 2}, ProtocolVersion{1, 3}, ProtocolVersion{1, 4}
@@ -100,6 +101,7 @@ var (
 func init() {
 	for _, d := range attrDefs {
 		d.name = tt.DefaultRegistry.FormatTagCanonical(d.tag)
+		d.key = attrPrefix + tagName(d.tag)
 		defByName[d.name] = d
 		defByTag[d.tag] = d
 	}

@@ -44,6 +44,7 @@ type fieldInfo struct {
 	omitempty bool
 	asInt     bool
 	any       bool
+	repeated  bool // a slice of items rather than a []byte: one item per element
 }
 
 type typeInfo struct {
@@ -61,6 +62,33 @@ var (
 	encoderType  = reflect.TypeFor[nodeEncoder]()
 )
 
+// implCache remembers, per type T, whether *T implements nodeDecoder and whether T implements
+// nodeEncoder: reflect's Implements compares method sets by name and showed in request profiles,
+// where the codec asks it for every field of every message.
+var implCache sync.Map // reflect.Type → implFlags
+
+type implFlags uint8
+
+const (
+	implDecoder implFlags = 1 << iota // *T is a nodeDecoder
+	implEncoder                       // T is a nodeEncoder
+)
+
+func implOf(t reflect.Type) implFlags {
+	if f, ok := implCache.Load(t); ok {
+		return f.(implFlags)
+	}
+	var f implFlags
+	if reflect.PointerTo(t).Implements(decoderType) {
+		f |= implDecoder
+	}
+	if t.Implements(encoderType) {
+		f |= implEncoder
+	}
+	implCache.Store(t, f)
+	return f
+}
+
 // infoFor reads the field tags of a struct type once. Bad tags are programming errors: panic, and
 // the tests that encode every payload type catch them.
 func infoFor(t reflect.Type) *typeInfo {
@@ -75,7 +103,7 @@ func infoFor(t reflect.Type) *typeInfo {
 			continue
 		}
 		parts := strings.Split(spec, ",")
-		fi := fieldInfo{index: i, name: sf.Name}
+		fi := fieldInfo{index: i, name: sf.Name, repeated: sf.Type.Kind() == reflect.Slice && sf.Type.Elem().Kind() != reflect.Uint8}
 		if parts[0] != "" {
 			tag, err := tt.DefaultRegistry.ParseTag(parts[0])
 			if err != nil {
@@ -144,10 +172,10 @@ func decodeStruct(n *node, v any) error {
 }
 
 func decodeValue(n *node, v reflect.Value, fi fieldInfo, path *path) error {
-	if v.CanAddr() && v.Addr().Type().Implements(decoderType) {
+	t := v.Type()
+	if v.CanAddr() && implOf(t)&implDecoder != 0 {
 		return v.Addr().Interface().(nodeDecoder).decodeNode(n)
 	}
-	t := v.Type()
 	switch {
 	case t == nodePtrType:
 		v.Set(reflect.ValueOf(n))
@@ -237,7 +265,10 @@ func typeErr(path *path, want tt.Type, n *node) error {
 func decodeFields(n *node, v reflect.Value, at *path) error {
 	ti := infoFor(v.Type())
 	seen := make([]bool, len(ti.fields))
-	for _, kid := range n.Kids {
+	// The paths of the children (for error messages) escape, as the chain of parents does: one
+	// allocation for all of them rather than one per field.
+	var subs []path
+	for k, kid := range n.Kids {
 		idx := -1
 		anyIdx := -1
 		for i, f := range ti.fields {
@@ -261,8 +292,12 @@ func decodeFields(n *node, v reflect.Value, at *path) error {
 		}
 		f := ti.fields[idx]
 		fv := v.Field(f.index)
-		sub := &path{parent: at, tag: kid.Tag}
-		if fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() != reflect.Uint8 {
+		if subs == nil {
+			subs = make([]path, len(n.Kids))
+		}
+		sub := &subs[k]
+		*sub = path{parent: at, tag: kid.Tag}
+		if f.repeated {
 			e := reflect.New(fv.Type().Elem()).Elem()
 			if err := decodeValue(kid, e, f, sub); err != nil {
 				return err
@@ -303,13 +338,13 @@ func encodeValue(tag tt.Tag, v reflect.Value, fi fieldInfo) *node {
 		}
 		v = v.Elem()
 	}
-	if v.Type().Implements(encoderType) {
+	t := v.Type()
+	if implOf(t)&implEncoder != 0 {
 		if v.Kind() == reflect.Pointer && v.IsNil() {
 			return nil
 		}
 		return v.Interface().(nodeEncoder).encodeNode(tag)
 	}
-	t := v.Type()
 	switch {
 	case t == nodePtrType:
 		n := v.Interface().(*node)
@@ -352,7 +387,7 @@ func encodeValue(tag tt.Tag, v reflect.Value, fi fieldInfo) *node {
 			if f.omitempty && fv.IsZero() {
 				continue
 			}
-			if fv.Kind() == reflect.Slice && t.Field(f.index).Type.Elem().Kind() != reflect.Uint8 {
+			if f.repeated {
 				for i := 0; i < fv.Len(); i++ {
 					if k := encodeValue(f.tag, fv.Index(i), f); k != nil {
 						out.Kids = append(out.Kids, k)
@@ -389,4 +424,137 @@ func encodeValue(tag tt.Tag, v reflect.Value, fi fieldInfo) *node {
 		return newEnum(tag, uint32(v.Uint()))
 	}
 	panic(fmt.Sprintf("ttlv: cannot encode %v as %s", t, tagName(tag)))
+}
+
+// appendStruct appends the wire form of encodeStruct(tag, v) to dst without building the tree:
+// the server encodes every response with it, and a node per field (and a slice per value) was
+// most of the cost of a small response. It follows encodeValue case for case; a test checks that
+// both give the same bytes.
+func appendStruct(dst []byte, tag tt.Tag, v any) []byte {
+	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Pointer {
+		rv = rv.Elem()
+	}
+	return appendValue(dst, tag, rv, fieldInfo{})
+}
+
+// appendValue appends what encodeValue(tag, v, fi) would encode; nothing where it returns nil.
+func appendValue(dst []byte, tag tt.Tag, v reflect.Value, fi fieldInfo) []byte {
+	if v.Kind() == reflect.Interface {
+		if v.IsNil() {
+			return dst
+		}
+		v = v.Elem()
+	}
+	t := v.Type()
+	if implOf(t)&implEncoder != 0 {
+		if v.Kind() == reflect.Pointer && v.IsNil() {
+			return dst
+		}
+		return appendNode(dst, tag, v.Interface().(nodeEncoder).encodeNode(tag))
+	}
+	switch {
+	case t == nodePtrType:
+		return appendNode(dst, tag, v.Interface().(*node))
+	case t == bigIntType:
+		if v.IsNil() {
+			return dst
+		}
+		return appendNode(dst, tag, newBigInt(tag, v.Interface().(*big.Int)))
+	case t.Kind() == reflect.Pointer:
+		if v.IsNil() {
+			return dst
+		}
+		return appendValue(dst, tag, v.Elem(), fi)
+	case t == timeType:
+		var tm time.Time
+		if v.CanAddr() {
+			tm = *(*time.Time)(v.Addr().UnsafePointer()) // no boxing, unlike Interface
+		} else {
+			tm = v.Interface().(time.Time)
+		}
+		return appendUint64(dst, tag, tt.TypeDateTime, uint64(tm.Unix()))
+	case t == durationType:
+		return appendUint32(dst, tag, tt.TypeInterval, uint32(time.Duration(v.Int())/time.Second))
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		start := len(dst)
+		dst = appendHeader(dst, tag, tt.TypeStructure, 0)
+		ti := infoFor(t)
+		for _, f := range ti.fields {
+			fv := v.Field(f.index)
+			if f.any {
+				for i := 0; i < fv.Len(); i++ {
+					dst = appendNode(dst, 0, fv.Index(i).Interface().(*node))
+				}
+				continue
+			}
+			if f.omitempty && fv.IsZero() {
+				continue
+			}
+			if f.repeated {
+				for i := 0; i < fv.Len(); i++ {
+					dst = appendValue(dst, f.tag, fv.Index(i), f)
+				}
+				continue
+			}
+			if fv.Kind() == reflect.Slice && fv.IsNil() {
+				continue
+			}
+			dst = appendValue(dst, f.tag, fv, f)
+		}
+		binary.BigEndian.PutUint32(dst[start+4:], uint32(len(dst)-start-hdrLen))
+		return dst
+	case reflect.String:
+		return appendRaw(dst, tag, tt.TypeTextString, v.String())
+	case reflect.Slice:
+		return appendRaw(dst, tag, tt.TypeByteString, v.Bytes())
+	case reflect.Bool:
+		var b uint64
+		if v.Bool() {
+			b = 1
+		}
+		return appendUint64(dst, tag, tt.TypeBoolean, b)
+	case reflect.Int32, reflect.Int:
+		i := v.Int()
+		if i > math.MaxInt32 || i < math.MinInt32 {
+			panic(fmt.Sprintf("ttlv: %s value %d does not fit an Integer", tagName(tag), i))
+		}
+		return appendUint32(dst, tag, tt.TypeInteger, uint32(int32(i)))
+	case reflect.Int64:
+		return appendUint64(dst, tag, tt.TypeLongInteger, uint64(v.Int()))
+	case reflect.Uint32:
+		if fi.asInt {
+			return appendUint32(dst, tag, tt.TypeInteger, uint32(v.Uint()))
+		}
+		return appendUint32(dst, tag, tt.TypeEnumeration, uint32(v.Uint()))
+	}
+	panic(fmt.Sprintf("ttlv: cannot encode %v as %s", t, tagName(tag)))
+}
+
+// appendNode appends n under tag (its own tag when tag is 0), as encodeValue's retagging copy
+// would encode; nothing for nil.
+func appendNode(dst []byte, tag tt.Tag, n *node) []byte {
+	if n == nil {
+		return dst
+	}
+	if tag == 0 {
+		tag = n.Tag
+	}
+	return n.encodeAs(dst, tag)
+}
+
+func appendUint32(dst []byte, tag tt.Tag, typ tt.Type, v uint32) []byte {
+	dst = appendHeader(dst, tag, typ, 4)
+	return binary.BigEndian.AppendUint64(dst, uint64(v)<<32) // value and 4 bytes of padding
+}
+
+func appendUint64(dst []byte, tag tt.Tag, typ tt.Type, v uint64) []byte {
+	return binary.BigEndian.AppendUint64(appendHeader(dst, tag, typ, 8), v)
+}
+
+func appendRaw[T string | []byte](dst []byte, tag tt.Tag, typ tt.Type, raw T) []byte {
+	dst = append(appendHeader(dst, tag, typ, uint32(len(raw))), raw...)
+	return pad(dst, len(raw))
 }

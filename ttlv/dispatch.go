@@ -73,6 +73,9 @@ type op struct {
 func (o *op) produced(id string, kinds ...kmip20.UniqueIdentifier) {
 	o.b.placeholder = id
 	for _, k := range kinds {
+		if o.b.last == nil {
+			o.b.last = map[kmip20.UniqueIdentifier]string{}
+		}
 		o.b.last[k] = id
 	}
 	if o.key == "" {
@@ -97,7 +100,8 @@ func (s *Server) handleMessage(ctx context.Context, identity string, raw []byte)
 	if err != nil {
 		// The header may still be intact: answer in the client's version when it is.
 		if len(raw) > hdrLen {
-			if h, _, herr := parseItem(raw[hdrLen:], 1, ""); herr == nil {
+			h := new(node)
+			if _, herr := parseItem(h, raw[hdrLen:], 1, nil, nil); herr == nil {
 				if pv, ok := peekVersion(newStruct(0, h)); ok && pv.supported() {
 					v = pv
 				}
@@ -137,7 +141,7 @@ func (s *Server) runBatch(ctx context.Context, identity string, req *RequestMess
 	if o := req.Header.BatchErrorContinuationOption; o != nil {
 		onErr = kmip14.BatchErrorContinuationOption(*o)
 	}
-	b := &batch{last: map[kmip20.UniqueIdentifier]string{}}
+	b := &batch{} // last is made by the first item that produces an identifier
 	admin := s.auth.IsAdmin(identity)
 	resp := &ResponseMessage{Header: ResponseHeader{ProtocolVersion: v, TimeStamp: time.Now().UTC().Truncate(time.Second)}}
 	var done []doneItem

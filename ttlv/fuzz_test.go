@@ -38,6 +38,9 @@ func FuzzMessage(f *testing.F) {
 	f.Cleanup(func() { panicHook.Store(nil) })
 	f.Fuzz(func(t *testing.T, b []byte) {
 		out := srv.handleMessage(context.Background(), "fuzzer", b)
+		if msg := encodeMismatch.Load(); msg != nil {
+			t.Fatal(*msg)
+		}
 		n, err := parseNode(out)
 		if err != nil {
 			t.Fatalf("response does not parse: %v", err)

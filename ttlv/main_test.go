@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,8 +15,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gemalto/kmip-go/kmip14"
 
 	"github.com/p11bridge/p11bridge/keymap"
 	"github.com/p11bridge/p11bridge/server/pki"
@@ -36,6 +40,7 @@ type clientCert struct {
 
 type testEnv struct {
 	dir     string
+	tok     *softhsm.Token
 	km      *keymap.Map
 	reg     *signer.Registry
 	ca      *pki.CA
@@ -109,7 +114,23 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// encodeMismatch keeps the first response that appendStruct encoded differently from the tree
+// encoder (encodeStruct then bytes); runTests fails the run when there is one.
+var encodeMismatch atomic.Pointer[string]
+
+func checkEncoding(m *ResponseMessage, out []byte) {
+	if want := encodeStruct(kmip14.TagResponseMessage, m).bytes(); !bytes.Equal(out, want) {
+		msg := fmt.Sprintf("response encodings differ:\nappendStruct %x\nencodeStruct %x", out, want)
+		encodeMismatch.CompareAndSwap(nil, &msg)
+	}
+}
+
 func runTests(m *testing.M) (int, error) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		// Not when benchmarking: the check encodes every response a second time.
+		encodeCheck = checkEncoding
+	}
 	dir, err := os.MkdirTemp("", "ttlv-test-")
 	if err != nil {
 		return 0, err
@@ -120,6 +141,7 @@ func runTests(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	env.tok = tok
 	// SoftHSM reads its configuration once per process: set it before the module is loaded.
 	os.Setenv("SOFTHSM2_CONF", tok.Conf)
 	var logOut io.Writer = io.Discard
@@ -154,6 +176,11 @@ func runTests(m *testing.M) (int, error) {
 	served := make(chan error, 1)
 	go func() { served <- env.srv.Serve(l) }()
 	code := m.Run()
+	stopPyKMIP()
+	if msg := encodeMismatch.Load(); msg != nil {
+		fmt.Fprintln(os.Stderr, *msg)
+		code = 1
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := env.srv.Shutdown(ctx); err != nil {
@@ -190,7 +217,7 @@ func setupPKI(dir string) error {
 	}
 	env.auth = &testAuth{admins: map[string]bool{}, limited: map[string]bool{}}
 	env.clients = map[string]*clientCert{}
-	for _, name := range []string{"alice", "bob", "admin", "limited", "krill", "pykmip", "ovh", "raw"} {
+	for _, name := range []string{"alice", "bob", "admin", "limited", "krill", "pykmip", "ovh", "raw", "bench"} {
 		c, k, err := ca.Issue(name, nil, pki.Client)
 		if err != nil {
 			return err
@@ -224,12 +251,16 @@ func serverTLS() *tls.Config {
 // dialTLS opens a raw TLS connection as a test identity.
 func dialTLS(t testing.TB, who string) *tls.Conn {
 	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(env.ca.Cert)
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", env.addr,
-		&tls.Config{Certificates: []tls.Certificate{env.clients[who].tls}, RootCAs: pool, ServerName: "127.0.0.1"})
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", env.addr, clientTLS(who))
 	if err != nil {
 		t.Fatalf("dial as %s: %v", who, err)
 	}
 	return c
+}
+
+// clientTLS is the TLS configuration of a test identity.
+func clientTLS(who string) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(env.ca.Cert)
+	return &tls.Config{Certificates: []tls.Certificate{env.clients[who].tls}, RootCAs: pool, ServerName: "127.0.0.1"}
 }

@@ -144,8 +144,19 @@ func (m *RequestMessage) encode() []byte {
 	return encodeStruct(kmip14.TagRequestMessage, m).bytes()
 }
 
+// responseBufSize holds the usual response (a signature, a wrapped key) in one allocation.
+const responseBufSize = 1024
+
+// encodeCheck, when set (the package's tests set it), sees every response and its bytes, to hold
+// appendStruct to the tree encoder's output.
+var encodeCheck func(m *ResponseMessage, out []byte)
+
 func (m *ResponseMessage) encode() []byte {
-	return encodeStruct(kmip14.TagResponseMessage, m).bytes()
+	out := appendStruct(make([]byte, 0, responseBufSize), kmip14.TagResponseMessage, m)
+	if encodeCheck != nil {
+		encodeCheck(m, out)
+	}
+	return out
 }
 
 // peekVersion digs the protocol version out of a message that failed to decode, so that the error

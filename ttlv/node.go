@@ -45,9 +45,26 @@ func (e *parseError) Error() string {
 	return e.path + ": " + e.msg
 }
 
+// parsePath locates an item for error messages ("/RequestMessage/BatchItem/…"). It is a chain of
+// stack values, rendered only when there is an error: building the string for every item cost more
+// than the rest of the parse.
+type parsePath struct {
+	parent *parsePath
+	tag    tt.Tag
+}
+
+func (p *parsePath) String() string {
+	if p == nil {
+		return ""
+	}
+	return p.parent.String() + "/" + tagName(p.tag)
+}
+
 // parseNode parses exactly one TTLV item that must fill b completely.
 func parseNode(b []byte) (*node, error) {
-	n, rest, err := parseItem(b, 0, "")
+	s := newSlab(countTree(b, 0))
+	n := s.root()
+	rest, err := parseItem(n, b, 0, nil, s)
 	if err != nil {
 		return nil, err
 	}
@@ -57,73 +74,155 @@ func parseNode(b []byte) (*node, error) {
 	return n, nil
 }
 
-// parseItem parses one item from the front of b and returns the rest.
-func parseItem(b []byte, depth int, path string) (*node, []byte, error) {
+// slab holds the nodes of one message, counted before parsing: two allocations per message
+// rather than one per item and one per structure's children, which were most of a request's
+// allocations. A node kept after the request keeps its message's slab alive; messages are small.
+type slab struct {
+	nodes []node
+	ptrs  []*node
+}
+
+func newSlab(items int) *slab {
+	if items < 1 {
+		items = 1
+	}
+	return &slab{nodes: make([]node, items), ptrs: make([]*node, items-1)}
+}
+
+// root is the first node, for the message itself.
+func (s *slab) root() *node {
+	n := &s.nodes[0]
+	s.nodes = s.nodes[1:]
+	return n
+}
+
+// kids returns c children for a structure, from the slab while it lasts (a malformed message can
+// hold more items than countTree saw). Their slice is full, so appending to it copies.
+func (s *slab) kids(c int) []*node {
+	var nodes []node
+	var ptrs []*node
+	if s != nil && len(s.nodes) >= c && len(s.ptrs) >= c {
+		nodes, s.nodes = s.nodes[:c:c], s.nodes[c:]
+		ptrs, s.ptrs = s.ptrs[:c:c], s.ptrs[c:]
+	} else {
+		nodes, ptrs = make([]node, c), make([]*node, c)
+	}
+	for i := range ptrs {
+		ptrs[i] = &nodes[i]
+	}
+	return ptrs
+}
+
+// countTree counts the items in b and inside its structures, as far as their headers are
+// plausible and no deeper than the parser goes; parseItem does the checking.
+func countTree(b []byte, depth int) int {
+	return walkItems(b, func(typ tt.Type, body []byte) int {
+		if typ == tt.TypeStructure && depth < maxDepth {
+			return 1 + countTree(body, depth+1)
+		}
+		return 1
+	})
+}
+
+// countItems counts the items in b (not inside its structures), to size a structure's children.
+func countItems(b []byte) int {
+	return walkItems(b, func(tt.Type, []byte) int { return 1 })
+}
+
+// walkItems adds up count over the items of b, as far as their headers are plausible. An item
+// whose value is cut short is counted, with what is left of it.
+func walkItems(b []byte, count func(typ tt.Type, body []byte) int) int {
+	c := 0
+	for len(b) >= hdrLen {
+		typ := tt.Type(b[3])
+		l := uint64(binary.BigEndian.Uint32(b[4:8]))
+		switch typ {
+		case tt.TypeInteger, tt.TypeEnumeration, tt.TypeInterval:
+			l = 8
+		case tt.TypeTextString, tt.TypeByteString:
+			l = (l + 7) &^ 7
+		}
+		body := b[hdrLen:]
+		if uint64(len(body)) < l {
+			return c + count(typ, body)
+		}
+		c += count(typ, body[:l])
+		b = body[l:]
+	}
+	return c
+}
+
+// parseItem parses one item from the front of b into n and returns the rest; path locates its
+// parent and s provides the nodes of its children (nil: allocate them).
+func parseItem(n *node, b []byte, depth int, path *parsePath, s *slab) ([]byte, error) {
 	if len(b) < hdrLen {
-		return nil, nil, &parseError{path, fmt.Sprintf("truncated item header (%d bytes)", len(b))}
+		return nil, &parseError{path.String(), fmt.Sprintf("truncated item header (%d bytes)", len(b))}
 	}
 	tag := tt.Tag(uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2]))
 	typ := tt.Type(b[3])
 	l := binary.BigEndian.Uint32(b[4:8])
-	here := path + "/" + tagName(tag)
+	here := parsePath{parent: path, tag: tag}
 	if b[0] != 0x42 && b[0] != 0x54 {
-		return nil, nil, &parseError{path, fmt.Sprintf("invalid tag 0x%06x", uint32(tag))}
+		return nil, &parseError{path.String(), fmt.Sprintf("invalid tag 0x%06x", uint32(tag))}
 	}
 	body := b[hdrLen:]
-	need := func(fixed uint32) error {
-		if l != fixed {
-			return &parseError{here, fmt.Sprintf("%s length must be %d, got %d", typeName(typ), fixed, l)}
-		}
-		return nil
+	lengthErr := func(fixed uint32) error {
+		return &parseError{here.String(), fmt.Sprintf("%s length must be %d, got %d", typeName(typ), fixed, l)}
 	}
 	padded := uint64(l)
 	switch typ {
 	case tt.TypeInteger, tt.TypeEnumeration, tt.TypeInterval:
-		if err := need(4); err != nil {
-			return nil, nil, err
+		if l != 4 {
+			return nil, lengthErr(4)
 		}
 		padded = 8
 	case tt.TypeLongInteger, tt.TypeDateTime, tt.TypeDateTimeExtended, tt.TypeBoolean:
-		if err := need(8); err != nil {
-			return nil, nil, err
+		if l != 8 {
+			return nil, lengthErr(8)
 		}
 	case tt.TypeBigInteger:
 		if l%8 != 0 {
-			return nil, nil, &parseError{here, fmt.Sprintf("BigInteger length %d is not a multiple of 8", l)}
+			return nil, &parseError{here.String(), fmt.Sprintf("BigInteger length %d is not a multiple of 8", l)}
 		}
 	case tt.TypeTextString, tt.TypeByteString:
 		padded = (uint64(l) + 7) &^ 7
 	case tt.TypeStructure:
 		if depth >= maxDepth {
-			return nil, nil, &parseError{here, fmt.Sprintf("structures nested deeper than %d levels", maxDepth)}
+			return nil, &parseError{here.String(), fmt.Sprintf("structures nested deeper than %d levels", maxDepth)}
 		}
 	default:
-		return nil, nil, &parseError{here, fmt.Sprintf("invalid item type 0x%02x", byte(typ))}
+		return nil, &parseError{here.String(), fmt.Sprintf("invalid item type 0x%02x", byte(typ))}
 	}
 	if uint64(len(body)) < padded {
-		return nil, nil, &parseError{here, fmt.Sprintf("value of %d bytes is truncated to %d", padded, len(body))}
+		return nil, &parseError{here.String(), fmt.Sprintf("value of %d bytes is truncated to %d", padded, len(body))}
 	}
-	n := &node{Tag: tag, Type: typ}
 	val := body[:l]
 	rest := body[padded:]
 	if typ == tt.TypeBoolean {
 		if v := binary.BigEndian.Uint64(val); v > 1 {
-			return nil, nil, &parseError{here, fmt.Sprintf("Boolean value %d is neither 0 nor 1", v)}
+			return nil, &parseError{here.String(), fmt.Sprintf("Boolean value %d is neither 0 nor 1", v)}
 		}
 	}
+	*n = node{Tag: tag, Type: typ}
 	if typ != tt.TypeStructure {
 		n.Raw = val
-		return n, rest, nil
+		return rest, nil
 	}
-	for len(val) > 0 {
-		kid, r, err := parseItem(val, depth+1, here)
-		if err != nil {
-			return nil, nil, err
+	if c := countItems(val); c > 0 {
+		n.Kids = s.kids(c)
+	}
+	for i := 0; len(val) > 0; i++ {
+		if i == len(n.Kids) {
+			// The count stopped early at a malformed item; the parse below reports it.
+			n.Kids = append(n.Kids, new(node))
 		}
-		n.Kids = append(n.Kids, kid)
+		r, err := parseItem(n.Kids[i], val, depth+1, &here, s)
+		if err != nil {
+			return nil, err
+		}
 		val = r
 	}
-	return n, rest, nil
+	return rest, nil
 }
 
 // encode appends the wire form of n.

@@ -2,7 +2,6 @@ package test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,27 +12,7 @@ const mcVersion = "v0.0.0-20250313080218-cf909e1063a9"
 
 // mcBinary builds mc from the Go module proxy once, cached like MinIO.
 func mcBinary(t *testing.T) string {
-	t.Helper()
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cache = filepath.Join(home, ".cache")
-	}
-	dir := filepath.Join(cache, "p11bridge", "mc-"+mcVersion)
-	bin := filepath.Join(dir, "mc")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	t.Logf("building mc %s into %s (once; takes a few minutes)", mcVersion, dir)
-	cmd := exec.Command("go", "install", "github.com/minio/mc@"+mcVersion)
-	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build mc: %v\n%s", err, out)
-	}
-	return bin
+	return cachedTool(t, "mc", "github.com/minio/mc", mcVersion)
 }
 
 // TestHowtoMinIO runs docs/howto-minio.md as written with a real MinIO and mc.

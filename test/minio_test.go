@@ -24,6 +24,12 @@ import (
 const minioVersion = "v0.0.0-20260212201848-7aac2a2c5b7c"
 
 func minioBinary(t *testing.T) string {
+	return cachedTool(t, "minio", "github.com/minio/minio", minioVersion)
+}
+
+// cachedTool builds a program from the Go module proxy once into the user's cache
+// ($XDG_CACHE_HOME/p11bridge or ~/.cache/p11bridge) and returns its path.
+func cachedTool(t *testing.T, name, module, version string) string {
 	t.Helper()
 	cache := os.Getenv("XDG_CACHE_HOME")
 	if cache == "" {
@@ -33,16 +39,16 @@ func minioBinary(t *testing.T) string {
 		}
 		cache = filepath.Join(home, ".cache")
 	}
-	dir := filepath.Join(cache, "p11bridge", "minio-"+minioVersion)
-	bin := filepath.Join(dir, "minio")
+	dir := filepath.Join(cache, "p11bridge", name+"-"+version)
+	bin := filepath.Join(dir, name)
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	t.Logf("building MinIO %s into %s (once; takes a few minutes)", minioVersion, dir)
-	cmd := exec.Command("go", "install", "github.com/minio/minio@"+minioVersion)
+	t.Logf("building %s %s into %s (once; takes a few minutes)", name, version, dir)
+	cmd := exec.Command("go", "install", module+"@"+version)
 	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build MinIO: %v\n%s", err, out)
+		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
 	return bin
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/url"
@@ -194,28 +193,14 @@ func parseForwarded(v string) ([]*x509.Certificate, error) {
 	}
 	// PathUnescape keeps '+', which base64 uses; a proxy that wrote spaces as '+' is handled by
 	// the second attempt.
-	var certs []*x509.Certificate
 	for _, unescape := range []func(string) (string, error){url.PathUnescape, url.QueryUnescape} {
 		s, err := unescape(v)
 		if err != nil {
 			continue
 		}
-		certs = certs[:0]
-		rest := []byte(s)
-		for {
-			var blk *pem.Block
-			blk, rest = pem.Decode(rest)
-			if blk == nil {
-				break
-			}
-			if blk.Type != "CERTIFICATE" {
-				continue
-			}
-			c, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				return nil, errors.New("not a certificate: " + err.Error())
-			}
-			certs = append(certs, c)
+		certs, err := pki.ParseCerts([]byte(s))
+		if err != nil {
+			return nil, errors.New("not a certificate: " + err.Error())
 		}
 		if len(certs) > 0 {
 			return certs, nil

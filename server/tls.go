@@ -8,7 +8,6 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/cpu"
 
 	"github.com/p11bridge/p11bridge/conf"
+	"github.com/p11bridge/p11bridge/server/pki"
 	"github.com/p11bridge/p11bridge/signer"
 )
 
@@ -101,21 +101,9 @@ func readChain(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	var chain []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		chain = append(chain, c)
+	chain, err := pki.ParseCerts(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("%s holds no PEM certificate", path)

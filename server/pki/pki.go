@@ -212,6 +212,26 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	return &CA{Cert: cert, Key: s}, nil
 }
 
+// ParseCerts parses every CERTIFICATE block of PEM data, in order, skipping other blocks.
+func ParseCerts(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, data = pem.Decode(data)
+		if blk == nil {
+			return certs, nil
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+}
+
 // LoadCert reads the first certificate of a PEM file.
 func LoadCert(file string) (*x509.Certificate, error) {
 	b, err := os.ReadFile(file)

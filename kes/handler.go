@@ -70,15 +70,33 @@ type call struct {
 	deadline deadlineCtx // ctx when the route has a timeout (see deadline.go)
 	// Set by key handlers as they learn them, for the audit record and metrics.
 	key, version, signer string
+	audited              bool // the audit record is written
 }
 
 // recorder remembers the status written, for metrics and audit.
 type recorder struct {
 	http.ResponseWriter
 	status int
+	// commit runs once before a successful answer of a key operation starts: it writes the audit
+	// record, and an error it returns is sent instead of the answer (audit.required).
+	commit  func(code int) *apiError
+	swallow bool // the handler's answer was replaced; drop its body
 }
 
 func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 && w.commit != nil && code < 400 {
+		commit := w.commit
+		w.commit = nil
+		if e := commit(code); e != nil {
+			w.swallow = true
+			w.status = e.status
+			writeError(w.ResponseWriter, e)
+			return
+		}
+	}
+	if w.swallow {
+		return
+	}
 	if w.status == 0 {
 		w.status = code
 	}
@@ -87,7 +105,10 @@ func (w *recorder) WriteHeader(code int) {
 
 func (w *recorder) Write(b []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.swallow {
+		return len(b), nil
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -164,6 +185,19 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if ro.keyOp && h.audit != nil {
+		// A successful key operation is on record before its answer leaves, so with audit.required an
+		// answer whose record cannot be written is never given (a generated data key is withheld).
+		rec.commit = func(code int) *apiError {
+			h.record(c, code, time.Since(start))
+			if h.auditCheck != nil {
+				if err := h.auditCheck(); err != nil {
+					return failf(http.StatusServiceUnavailable, "%v", err)
+				}
+			}
+			return nil
+		}
+	}
 	if ro.body {
 		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
 	} else if r.Body != nil {
@@ -196,25 +230,31 @@ func (h *Handler) finish(c *call, start time.Time) {
 	if status >= 500 {
 		h.stats.errs.Inc()
 	}
-	if c.route.keyOp && h.audit != nil {
-		result := "success"
-		if status >= 400 {
-			result = "failure"
-		}
-		h.stats.audits.Inc()
-		h.audit.LogAttrs(context.Background(), slog.LevelInfo, "kes "+c.route.op,
-			slog.String("identity", c.identity),
-			slog.String("protocol", "kes"),
-			slog.String("operation", c.route.op),
-			slog.String("key", c.key),
-			slog.String("version", c.version),
-			slog.String("signer", c.signer),
-			slog.Int("status", status),
-			slog.String("result", result),
-			slog.Duration("latency", took),
-			slog.String("remote", c.r.RemoteAddr),
-		)
+	if c.route.keyOp && h.audit != nil && !c.audited {
+		h.record(c, status, took)
 	}
+}
+
+// record writes the audit record of a key operation.
+func (h *Handler) record(c *call, status int, took time.Duration) {
+	c.audited = true
+	result := "success"
+	if status >= 400 {
+		result = "failure"
+	}
+	h.stats.audits.Inc()
+	h.audit.LogAttrs(context.Background(), slog.LevelInfo, "kes "+c.route.op,
+		slog.String("identity", c.identity),
+		slog.String("protocol", "kes"),
+		slog.String("operation", c.route.op),
+		slog.String("key", c.key),
+		slog.String("version", c.version),
+		slog.String("signer", c.signer),
+		slog.Int("status", status),
+		slog.String("result", result),
+		slog.Duration("latency", took),
+		slog.String("remote", c.r.RemoteAddr),
+	)
 }
 
 // fail answers with err: an apiError as is, a registry error mapped by fromSigner. Server-side

@@ -157,7 +157,7 @@ func TestAuditReopenedOnSIGHUP(t *testing.T) {
 }
 
 // TestAuditRequired: with audit { required = true }, a key operation whose record cannot be written
-// fails (KMIP: the operation's item; KES: from the first failed write on), later ones are refused
+// fails (KMIP: the operation's item; KES: the request itself, its answer withheld), later ones are refused
 // before they touch a key (no key is created), and service resumes once the log can be written
 // again. With required = false the same failure is only reported in the server's log.
 func TestAuditRequired(t *testing.T) {
@@ -227,6 +227,20 @@ func TestAuditRequired(t *testing.T) {
 	loc, err := c.Locate().WithName("refused-while-unaudited").Exec()
 	if err != nil || len(loc.UniqueIdentifier) != 0 {
 		t.Fatalf("a KMIP key was created while its creation was refused: %v %v", loc, err)
+	}
+
+	// The first KES request whose own record cannot be written is answered 503: its data key
+	// is withheld rather than handed out unrecorded.
+	pointAt("/dev/full")
+	if ok, log := b.reload(); !ok {
+		t.Fatalf("reload: %s", log)
+	}
+	if _, st, msg, _ := k.generate("req-kes", nil); st != http.StatusServiceUnavailable || !strings.Contains(msg, "audit log cannot be written") {
+		t.Fatalf("KES generate whose record could not be written: %d %s", st, msg)
+	}
+	pointAt(target)
+	if ok, log := b.reload(); !ok {
+		t.Fatalf("reload: %s", log)
 	}
 
 	// Not required: the failure is reported, requests go on.

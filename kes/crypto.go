@@ -11,22 +11,32 @@ import (
 // dataKeySize is the size of the data keys generate hands out (AES-256 keys for MinIO).
 const dataKeySize = 32
 
-// generateKey draws a data key from the token's RNG and seals it with the current version.
-func (h *Handler) generateKey(c *call) {
+// keyCall reads what the key operations share — the key name from the path, the JSON body into
+// req, the key's versions — and answers the request itself when one of them is wrong.
+func (h *Handler) keyCall(c *call, req any, optionalBody bool) (string, kesKey, bool) {
 	name, ok := c.keyName()
 	if !ok {
-		return
+		return "", kesKey{}, false
 	}
-	var req struct {
-		Context []byte `json:"context"`
-	}
-	if e := c.readBody(&req, true); e != nil {
+	if e := c.readBody(req, optionalBody); e != nil {
 		writeError(c.w, e)
-		return
+		return "", kesKey{}, false
 	}
 	k, exists := lookup(h.reg, name)
 	if !exists {
 		writeError(c.w, errKeyNotFound)
+		return "", kesKey{}, false
+	}
+	return name, k, true
+}
+
+// generateKey draws a data key from the token's RNG and seals it with the current version.
+func (h *Handler) generateKey(c *call) {
+	var req struct {
+		Context []byte `json:"context"`
+	}
+	name, k, ok := h.keyCall(c, &req, true)
+	if !ok {
 		return
 	}
 	cur := k.current()
@@ -51,22 +61,13 @@ func (h *Handler) generateKey(c *call) {
 
 // encryptKey seals a client plaintext with the current version.
 func (h *Handler) encryptKey(c *call) {
-	name, ok := c.keyName()
-	if !ok {
-		return
-	}
 	var req struct {
 		Plaintext []byte `json:"plaintext"`
 		Context   []byte `json:"context"`
 	}
-	if e := c.readBody(&req, false); e != nil {
-		writeError(c.w, e)
-		return
-	}
+	name, k, ok := h.keyCall(c, &req, false)
 	defer clear(req.Plaintext)
-	k, exists := lookup(h.reg, name)
-	if !exists {
-		writeError(c.w, errKeyNotFound)
+	if !ok {
 		return
 	}
 	cur := k.current()
@@ -97,20 +98,12 @@ func (h *Handler) seal(c *call, name, id string, tag, plaintext, context []byte)
 // decryptKey opens a ciphertext with the version named inside it, which must be a version of the
 // key in the path. Every way a ciphertext can be wrong gets the same sentinel.
 func (h *Handler) decryptKey(c *call) {
-	name, ok := c.keyName()
-	if !ok {
-		return
-	}
 	var req struct {
 		Ciphertext []byte `json:"ciphertext"`
 		Context    []byte `json:"context"`
 	}
-	if e := c.readBody(&req, false); e != nil {
-		writeError(c.w, e)
-		return
-	}
-	if _, exists := lookup(h.reg, name); !exists {
-		writeError(c.w, errKeyNotFound)
+	name, _, ok := h.keyCall(c, &req, false)
+	if !ok {
 		return
 	}
 	s, ok := parseCiphertext(req.Ciphertext)
@@ -142,20 +135,11 @@ func (h *Handler) decryptKey(c *call) {
 // hmacKey computes HMAC-SHA256 inside the token with the HMAC key of the key's ORIGINAL version:
 // MinIO derives its root credentials from it, so it must not change when the key is rotated.
 func (h *Handler) hmacKey(c *call) {
-	name, ok := c.keyName()
-	if !ok {
-		return
-	}
 	var req struct {
 		Message []byte `json:"message"`
 	}
-	if e := c.readBody(&req, false); e != nil {
-		writeError(c.w, e)
-		return
-	}
-	k, exists := lookup(h.reg, name)
-	if !exists {
-		writeError(c.w, errKeyNotFound)
+	name, k, ok := h.keyCall(c, &req, false)
+	if !ok {
 		return
 	}
 	orig := k.original()

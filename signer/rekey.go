@@ -15,14 +15,19 @@ const (
 	AttrPrivateKey  = "link.private"     // on a public key: its private half
 )
 
-// carried are the attributes a replacement inherits: everything but links and token facts.
-func carried(attrs map[string]string) map[string]string {
+// inherit is what a replacement's attributes are: the old object's, less links and token facts,
+// overlaid with the caller's, and linked back to the old object.
+func inherit(old keymap.Record, over map[string]string) map[string]string {
 	out := map[string]string{}
-	for k, v := range attrs {
+	for k, v := range old.Attrs {
 		if !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") {
 			out[k] = v
 		}
 	}
+	for k, v := range over {
+		out[k] = v
+	}
+	out[AttrReplaced] = old.ID
 	return out
 }
 
@@ -44,12 +49,7 @@ func (r *Registry) ReKey(ctx context.Context, id string, meta Meta) (keymap.Reco
 	if meta.Owner == "" {
 		meta.Owner = old.Owner
 	}
-	attrs := carried(old.Attrs)
-	for k, v := range meta.Attrs {
-		attrs[k] = v
-	}
-	attrs[AttrReplaced] = id
-	meta.Attrs = attrs
+	meta.Attrs = inherit(old, meta.Attrs)
 	rec, err := r.Create(ctx, KeySpec{Algorithm: old.Algorithm, Size: old.Size, WithHMAC: old.Attrs[AttrHMACKey] != ""}, meta)
 	if err != nil {
 		return keymap.Record{}, err
@@ -84,19 +84,9 @@ func (r *Registry) ReKeyKeyPair(ctx context.Context, id string, priv, pub Meta) 
 	if pub.Owner == "" {
 		pub.Owner = priv.Owner
 	}
-	pa := carried(old.Attrs)
-	for k, v := range priv.Attrs {
-		pa[k] = v
-	}
-	pa[AttrReplaced] = id
-	priv.Attrs = pa
+	priv.Attrs = inherit(old, priv.Attrs)
 	if hasPub {
-		qa := carried(oldPub.Attrs)
-		for k, v := range pub.Attrs {
-			qa[k] = v
-		}
-		qa[AttrReplaced] = oldPub.ID
-		pub.Attrs = qa
+		pub.Attrs = inherit(oldPub, pub.Attrs)
 	}
 	np, nq, err := r.CreateKeyPair(ctx, KeySpec{Algorithm: old.Algorithm, Size: old.Size}, priv, pub)
 	if err != nil {

@@ -26,7 +26,7 @@ var (
 	tlsAttrs     = []string{"cert", "key", "client_ca", "min_version", "fips", "revoked", "revoked_file"}
 	kesAttrs     = []string{"max_body", "plaintext"}
 	proxyAttrs   = []string{"identities", "header"}
-	signerAttrs  = []string{"module", "slot_id", "token_label", "token_serial", "uri", "pin", "pin_file", "max_sessions", "session_timeout"}
+	signerAttrs  = []string{"module", "slot_id", "token_label", "token_serial", "uri", "pin", "pin_file", "max_sessions", "session_timeout", "key_copies"}
 	selectors    = []string{"slot_id", "token_label", "token_serial", "uri"}
 	policyAttrs  = []string{"allow", "deny", "kmip", "keys", "identities"}
 	logLevels    = []string{"debug", "info", "warn", "error"}
@@ -38,6 +38,8 @@ var (
 const (
 	defaultSessionTimeout = 5 * time.Second
 	maxSessionsLimit      = 1024
+	defaultKeyCopies      = 1024
+	maxKeyCopies          = 1 << 20
 	defaultMessageSize    = 1 << 20
 	defaultMaxConnections = 1024
 	defaultIdleTimeout    = 2 * time.Minute
@@ -361,6 +363,7 @@ func (d *decoder) signer(b *hclsyntax.Block, name string) Signer {
 		Range:          d.pos(b.TypeRange.Start),
 		MaxSessions:    defaultMaxSessions(),
 		SessionTimeout: defaultSessionTimeout,
+		KeyCopies:      defaultKeyCopies,
 	}
 	if a := c.attrs["module"]; a == nil {
 		d.add(b.TypeRange.Start, fmt.Sprintf("signer %q has no module", name),
@@ -447,6 +450,11 @@ func (d *decoder) signer(b *hclsyntax.Block, name string) Signer {
 	if a := c.attrs["session_timeout"]; a != nil {
 		if v, ok := d.duration(a, time.Millisecond, time.Hour); ok {
 			s.SessionTimeout = v
+		}
+	}
+	if a := c.attrs["key_copies"]; a != nil {
+		if n, ok := d.integer(a, 0, maxKeyCopies); ok {
+			s.KeyCopies = int(n)
 		}
 	}
 	return s

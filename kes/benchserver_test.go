@@ -72,7 +72,7 @@ func runBenchServer(spec string) int {
 	}
 	defer km.Close()
 	reg, err := signer.Open(signer.Options{
-		Signers: []signer.Config{{Name: "a", Module: c.Module, TokenLabel: c.Label, PIN: c.PIN, MaxSessions: 8}},
+		Signers: []signer.Config{{Name: "a", Module: c.Module, TokenLabel: c.Label, PIN: c.PIN, MaxSessions: 8, KeyCopies: 1024}},
 		Default: "a", Logger: quiet,
 	}, km)
 	if err != nil {

@@ -108,7 +108,7 @@ func openRegistry() error {
 		return err
 	}
 	reg, err := signer.Open(signer.Options{
-		Signers: []signer.Config{{Name: "a", Module: fx.tok.Module, TokenLabel: fx.tok.Label, PIN: fx.tok.PIN, MaxSessions: 8}},
+		Signers: []signer.Config{{Name: "a", Module: fx.tok.Module, TokenLabel: fx.tok.Label, PIN: fx.tok.PIN, MaxSessions: 8, KeyCopies: 1024}},
 		Default: "a", Logger: quiet,
 	}, km)
 	if err != nil {

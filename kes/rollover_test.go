@@ -14,8 +14,8 @@ import (
 // ciphertexts still open on the first token, and metrics count per signer.
 func TestRollover(t *testing.T) {
 	tokB := fx.tokB
-	cfgA := signer.Config{Name: "a", Module: fx.tok.Module, TokenLabel: fx.tok.Label, PIN: fx.tok.PIN, MaxSessions: 8}
-	cfgB := signer.Config{Name: "b", Module: tokB.Module, TokenLabel: tokB.Label, PIN: tokB.PIN, MaxSessions: 4}
+	cfgA := signer.Config{Name: "a", Module: fx.tok.Module, TokenLabel: fx.tok.Label, PIN: fx.tok.PIN, MaxSessions: 8, KeyCopies: 1024}
+	cfgB := signer.Config{Name: "b", Module: tokB.Module, TokenLabel: tokB.Label, PIN: tokB.PIN, MaxSessions: 4, KeyCopies: 1024}
 	c, cx := fx.admin.kes, ctx(t)
 	name := uniq("roll")
 	mustCreate(t, name)

@@ -90,6 +90,7 @@ func SignerConfigs(cfg *conf.Config) []signer.Config {
 		out = append(out, signer.Config{
 			Name: s.Name, Module: s.Module, SlotID: s.SlotID, TokenLabel: s.TokenLabel, TokenSerial: s.TokenSerial,
 			URI: s.URI, PIN: s.PIN.Reveal(), MaxSessions: s.MaxSessions, SessionTimeout: s.SessionTimeout,
+			KeyCopies: s.KeyCopies,
 		})
 	}
 	return out

@@ -235,7 +235,7 @@ func (r *Registry) Seal(ctx context.Context, id string, iv, plaintext, aad []byt
 		return nil, nil, errorf(ErrInvalid, "encrypt: GCM IV of %d bytes", len(iv))
 	}
 	var ct []byte
-	err = t.withKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.useKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 		defer params.Free()
 		if err := t.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
@@ -271,7 +271,7 @@ func (r *Registry) Open(ctx context.Context, id string, iv, ciphertext, aad []by
 	}
 	var pt []byte
 	var opErr error
-	err = t.withKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.useKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 		defer params.Free()
 		if err := t.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
@@ -328,7 +328,7 @@ func (r *Registry) cbc(ctx context.Context, id string, enc bool, iv, in []byte) 
 		return nil, errorf(ErrInvalid, "decrypt: AES-CBC ciphertext of %d bytes is not whole blocks", len(in))
 	}
 	var out []byte
-	err = t.withKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.useKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC_PAD, iv)}
 		var err error
 		if enc {
@@ -407,7 +407,7 @@ func (r *Registry) HMAC(ctx context.Context, id string, hash crypto.Hash, msg []
 		return nil, errorf(ErrInvalid, "mac: unsupported hash %v", hash)
 	}
 	var mac []byte
-	err = t.withKey(ctx, rec.Tag, kindHMAC, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.useKey(ctx, rec.Tag, kindHMAC, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if err := t.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(hm.hmac, nil)}, h); err != nil {
 			return err
 		}

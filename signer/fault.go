@@ -168,6 +168,12 @@ func (f faulty) CreateObject(sh pkcs11.SessionHandle, t []*pkcs11.Attribute) (pk
 	}
 	return f.c.CreateObject(sh, t)
 }
+func (f faulty) CopyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := faults.hit("CopyObject"); err != nil {
+		return 0, err
+	}
+	return f.c.CopyObject(sh, o, t)
+}
 func (f faulty) DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error {
 	if err := faults.hit("DestroyObject"); err != nil {
 		return err

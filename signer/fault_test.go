@@ -154,3 +154,41 @@ func TestLostLoginReportsDown(t *testing.T) {
 		t.Error("signer did not report itself healthy again")
 	}
 }
+
+// A token that refuses to copy a key (CKA_COPYABLE false) or fails while copying: requests are
+// served from the token object, a refused key is not asked again, a failing token is asked again
+// only after copyRetry.
+func TestKeyCopyRefused(t *testing.T) {
+	km, _ := keymap.Open(filepath.Join(t.TempDir(), "km.csv"), quietLog())
+	r, err := Open(Options{Signers: []Config{cfgOf("s", tokB)}, Logger: quietLog()}, km)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	tok, _ := r.Signer("s")
+	for _, code := range []uint{pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_DEVICE_ERROR} {
+		k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "uncopyable"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		copies := CallCount("CopyObject")
+		InjectFault(code, "CopyObject")
+		for i := 0; i < 3; i++ {
+			iv, ct, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+			if err != nil {
+				t.Fatalf("%s: seal: %v", pkcs11.Error(code), err)
+			}
+			if pt, err := r.Open(ctx, k.ID, iv, ct, nil); err != nil || string(pt) != "x" {
+				t.Fatalf("%s: open: %q, %v", pkcs11.Error(code), pt, err)
+			}
+		}
+		ClearFault()
+		if n := CallCount("CopyObject") - copies; n != 1 {
+			t.Fatalf("%s: %d copy attempts for 6 operations, want 1", pkcs11.Error(code), n)
+		}
+		if tok.Copies() != 0 || !tok.Healthy() {
+			t.Fatalf("%s: %d copies, healthy %v", pkcs11.Error(code), tok.Copies(), tok.Healthy())
+		}
+		tok.copyPause.Store(0) // as if copyRetry had passed
+	}
+}

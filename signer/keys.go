@@ -292,6 +292,7 @@ func (r *Registry) Destroy(ctx context.Context, id string) error {
 		t.forget(rec.Tag, k)
 	}
 	t.pubs.Delete(string(rec.Tag))
+	t.dropCopies(rec.Tag)
 	if err != nil {
 		return classify(err, fmt.Sprintf("signer %q: destroy %s", t.cfg.Name, id))
 	}

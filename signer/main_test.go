@@ -65,7 +65,7 @@ func run(m *testing.M) int {
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func cfgOf(name string, tok *softhsm.Token) Config {
-	return Config{Name: name, Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 8}
+	return Config{Name: name, Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 8, KeyCopies: 1024}
 }
 
 // attrs reads attributes of the objects with tag and kind straight from the token.

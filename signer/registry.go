@@ -138,7 +138,7 @@ func sameConfig(a, b Config) bool {
 	}
 	return a.Name == b.Name && a.Module == b.Module && slot(a.SlotID) == slot(b.SlotID) &&
 		a.TokenLabel == b.TokenLabel && a.TokenSerial == b.TokenSerial && a.URI == b.URI &&
-		a.PIN == b.PIN && a.MaxSessions == b.MaxSessions && a.SessionTimeout == b.SessionTimeout
+		a.PIN == b.PIN && a.MaxSessions == b.MaxSessions && a.SessionTimeout == b.SessionTimeout && a.KeyCopies == b.KeyCopies
 }
 
 // Close ends all sessions of all signers.

@@ -27,6 +27,8 @@ type Config struct {
 	PIN            string
 	MaxSessions    int
 	SessionTimeout time.Duration
+	// KeyCopies bounds the session copies of secret keys the signer keeps (copies.go); 0 = none.
+	KeyCopies int
 }
 
 // selector says in words how the token is chosen, for messages.
@@ -64,6 +66,12 @@ type Token struct {
 	handles sync.Map // handleKey -> pkcs11.ObjectHandle
 	pubs    sync.Map // string(tag) -> crypto.PublicKey; public keys never change
 
+	opened    time.Time
+	copies    sync.Map     // handleKey -> *keyCopy (nil: the token refused to copy that key)
+	copyMu    sync.Mutex   // serializes making and dropping copies, and the anchor session's use
+	copyCount int          // under copyMu
+	copyPause atomic.Int64 // no copies are made before this t.clock()
+
 	loginMu   sync.Mutex
 	lastLogin time.Time
 	loginErr  error // a refused PIN: never tried again until the signer is reopened
@@ -80,7 +88,7 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 	if err != nil {
 		return nil, errorf(ErrConfig, "%s: %v", fmt.Sprintf("signer %q", cfg.Name), err)
 	}
-	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name)}
+	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name), opened: time.Now()}
 	ok := false
 	defer func() {
 		if !ok {

@@ -154,7 +154,7 @@ func runTests(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer env.km.Close()
-	env.reg, err = signer.Open(signer.Options{Signers: []signer.Config{{Name: "a", Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 8}},
+	env.reg, err = signer.Open(signer.Options{Signers: []signer.Config{{Name: "a", Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 8, KeyCopies: 1024}},
 		Default: "a", Logger: log}, env.km)
 	if err != nil {
 		return 0, err

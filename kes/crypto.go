@@ -42,21 +42,18 @@ func (h *Handler) generateKey(c *call) {
 	cur := k.current()
 	c.use(cur)
 	// The token that holds the key also makes the data key, so nothing but the token's RNG is trusted.
-	dk, err := h.reg.Random(c.ctx, cur.Signer, dataKeySize)
-	if err != nil {
-		c.fail(h, err, "generate data key")
-		return
-	}
+	dk, iv, body, err := h.reg.SealRandom(c.ctx, cur.ID, dataKeySize, aad(name, cur.Tag, req.Context))
 	defer clear(dk)
-	ct, err := h.seal(c, name, cur.ID, cur.Tag, dk, req.Context)
 	if err != nil {
 		h.versionErr(c, err, cur, "generate data key")
 		return
 	}
-	c.reply(struct {
-		Plaintext  []byte `json:"plaintext"`
-		Ciphertext []byte `json:"ciphertext"`
-	}{dk, ct})
+	ct, e := h.ciphertext(c, cur.Tag, iv, body)
+	if e != nil {
+		writeError(c.w, e)
+		return
+	}
+	c.replyBytes(field{"plaintext", dk}, field{"ciphertext", ct})
 }
 
 // encryptKey seals a client plaintext with the current version.
@@ -77,9 +74,7 @@ func (h *Handler) encryptKey(c *call) {
 		h.versionErr(c, err, cur, "encrypt")
 		return
 	}
-	c.reply(struct {
-		Ciphertext []byte `json:"ciphertext"`
-	}{ct})
+	c.replyBytes(field{"ciphertext", ct})
 }
 
 func (h *Handler) seal(c *call, name, id string, tag, plaintext, context []byte) ([]byte, error) {
@@ -87,6 +82,15 @@ func (h *Handler) seal(c *call, name, id string, tag, plaintext, context []byte)
 	if err != nil {
 		return nil, err
 	}
+	ct, e := h.ciphertext(c, tag, iv, body)
+	if e != nil {
+		return nil, e
+	}
+	return ct, nil
+}
+
+// ciphertext lays out what the token sealed as our ciphertext format.
+func (h *Handler) ciphertext(c *call, tag, iv, body []byte) ([]byte, *apiError) {
 	if len(iv) != signer.GCMNonceSize {
 		// The format has room for exactly one IV size; a token that picked another would make
 		// ciphertexts nobody can parse.
@@ -127,9 +131,7 @@ func (h *Handler) decryptKey(c *call) {
 		return
 	}
 	defer clear(pt)
-	c.reply(struct {
-		Plaintext []byte `json:"plaintext"`
-	}{pt})
+	c.replyBytes(field{"plaintext", pt})
 }
 
 // hmacKey computes HMAC-SHA256 inside the token with the HMAC key of the key's ORIGINAL version:
@@ -159,7 +161,5 @@ func (h *Handler) hmacKey(c *call) {
 		h.versionErr(c, err, orig, "hmac")
 		return
 	}
-	c.reply(struct {
-		Sum []byte `json:"hmac"`
-	}{sum})
+	c.replyBytes(field{"hmac", sum})
 }

@@ -222,20 +222,42 @@ const (
 // Seal encrypts with AES-GCM inside the token. With a nil iv a fresh 12-byte IV is drawn here
 // (tokens differ in whether and how they make one). It returns the IV and ciphertext‖tag.
 func (r *Registry) Seal(ctx context.Context, id string, iv, plaintext, aad []byte) ([]byte, []byte, error) {
+	_, iv, ct, err := r.seal(ctx, id, iv, plaintext, 0, aad)
+	return iv, ct, err
+}
+
+// SealRandom draws n bytes from the RNG of the token that holds key id and seals them with that
+// key, both in one session: a data key that nothing but the token's RNG made, and its ciphertext.
+func (r *Registry) SealRandom(ctx context.Context, id string, n int, aad []byte) (plaintext, iv, ciphertext []byte, err error) {
+	if n < 1 || n > MaxRandom {
+		return nil, nil, nil, errorf(ErrInvalid, "random: %d bytes asked, at least 1 and at most %d", n, MaxRandom)
+	}
+	return r.seal(ctx, id, nil, nil, n, aad)
+}
+
+// seal is Seal, or with n > 0 SealRandom of n bytes.
+func (r *Registry) seal(ctx context.Context, id string, iv, plaintext []byte, n int, aad []byte) ([]byte, []byte, []byte, error) {
 	rec, t, err := r.keyFor(id, "encrypt", keymap.SecretKey, AES)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if iv == nil {
 		iv = make([]byte, GCMNonceSize)
 		if _, err := rand.Read(iv); err != nil {
-			return nil, nil, errorf(ErrUnavailable, "draw IV: %v", err)
+			return nil, nil, nil, errorf(ErrUnavailable, "draw IV: %v", err)
 		}
 	} else if len(iv) < 1 || len(iv) > 128 {
-		return nil, nil, errorf(ErrInvalid, "encrypt: GCM IV of %d bytes", len(iv))
+		return nil, nil, nil, errorf(ErrInvalid, "encrypt: GCM IV of %d bytes", len(iv))
 	}
 	var ct []byte
 	err = t.useKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if n > 0 {
+			clear(plaintext) // a first attempt's, when the key's handle had to be looked up again
+			var err error
+			if plaintext, err = t.ctx.GenerateRandom(sh, n); err != nil {
+				return err
+			}
+		}
 		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 		defer params.Free()
 		if err := t.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
@@ -251,9 +273,12 @@ func (r *Registry) Seal(ctx context.Context, id string, iv, plaintext, aad []byt
 		return err
 	})
 	if err != nil {
-		return nil, nil, classify(err, fmt.Sprintf("signer %q: encrypt with %s", t.cfg.Name, id))
+		if n > 0 {
+			clear(plaintext)
+		}
+		return nil, nil, nil, classify(err, fmt.Sprintf("signer %q: encrypt with %s", t.cfg.Name, id))
 	}
-	return iv, ct, nil
+	return plaintext, iv, ct, nil
 }
 
 // Open decrypts ciphertext‖tag with AES-GCM inside the token. A wrong tag, IV, AAD or key gives

@@ -22,7 +22,7 @@ func (h *Handler) keyCall(c *call, req any, optionalBody bool) (string, kesKey, 
 		writeError(c.w, e)
 		return "", kesKey{}, false
 	}
-	k, exists := lookup(h.reg, name)
+	k, exists := h.keys.Get(h.reg.Changes(), name, func() (kesKey, bool) { return lookup(h.reg, name) })
 	if !exists {
 		writeError(c.w, errKeyNotFound)
 		return "", kesKey{}, false
@@ -106,7 +106,7 @@ func (h *Handler) decryptKey(c *call) {
 		Ciphertext []byte `json:"ciphertext"`
 		Context    []byte `json:"context"`
 	}
-	name, _, ok := h.keyCall(c, &req, false)
+	name, k, ok := h.keyCall(c, &req, false)
 	if !ok {
 		return
 	}
@@ -115,10 +115,15 @@ func (h *Handler) decryptKey(c *call) {
 		writeError(c.w, errDecrypt)
 		return
 	}
-	rec, err := h.reg.Get(signer.ObjectID(s.tag, false))
-	if err != nil || !isVersionOf(rec, name) {
-		writeError(c.w, errDecrypt)
-		return
+	rec, ok := k.version(s.tag)
+	if !ok {
+		// A version this keymap has not seen yet may be on the token (another instance rotated
+		// the key): Get adopts it.
+		var err error
+		if rec, err = h.reg.Get(signer.ObjectID(s.tag, false)); err != nil || !isVersionOf(rec, name) {
+			writeError(c.w, errDecrypt)
+			return
+		}
 	}
 	c.use(rec)
 	pt, err := h.reg.Open(c.ctx, rec.ID, s.iv, s.body, aad(name, s.tag, req.Context))

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/p11bridge/p11bridge/keymap"
 	"github.com/p11bridge/p11bridge/signer"
 )
 
@@ -30,6 +31,7 @@ type Handler struct {
 	commit      string
 	maxBody     int64
 	started     time.Time
+	keys        *keymap.Cache[kesKey] // lookup's answers for the key routes
 	routes      *router
 	stats       *metrics
 }
@@ -45,7 +47,7 @@ func newHandler(opts Options) *Handler {
 		reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit, auditCheck: opts.AuditCheck,
 		errLog: opts.ErrorLog, auditLS: opts.AuditLog,
 		versionName: opts.Version, commit: buildCommit(), maxBody: opts.MaxBody,
-		started: time.Now(), routes: newRouter(routeTable()),
+		started: time.Now(), routes: newRouter(routeTable()), keys: keymap.NewCache[kesKey](maxCachedKeys),
 	}
 	if h.log == nil {
 		h.log = slog.Default()

@@ -1,6 +1,7 @@
 package kes
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 
@@ -61,6 +62,20 @@ func lookup(reg *signer.Registry, name string) (kesKey, bool) {
 		return strings.Compare(a.ID, b.ID)
 	})
 	return kesKey{name: name, versions: vs}, true
+}
+
+// maxCachedKeys bounds the keys whose versions a Handler caches (keymap.Cache): the hot routes
+// resolve the same few names on every request, and each lookup copied every version's row.
+const maxCachedKeys = 4096
+
+// version is the version whose token objects carry tag.
+func (k kesKey) version(tag []byte) (keymap.Record, bool) {
+	for _, v := range k.versions {
+		if bytes.Equal(v.Tag, tag) {
+			return v, true
+		}
+	}
+	return keymap.Record{}, false
 }
 
 // current is the version generate and encrypt use: the newest one that has not been replaced.

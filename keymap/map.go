@@ -61,6 +61,8 @@ type Map struct {
 	dead  int
 	stale bool
 	gen   uint64 // bumped when an id is added or removed
+	// changes counts every committed change (Changes).
+	changes atomic.Uint64
 
 	// wmu guards the write queue.
 	wmu     sync.Mutex
@@ -236,6 +238,10 @@ func (m *Map) buildIndexes(entries []*entry, kids int) {
 	m.stale = true
 }
 
+// Changes counts the changes made to the map since it was opened. Callers that cache what
+// they read (derived views of records) compare it to tell whether the cache is still good.
+func (m *Map) Changes() uint64 { return m.changes.Load() }
+
 // Path returns the file the map is stored in.
 func (m *Map) Path() string { return m.path }
 
@@ -399,6 +405,7 @@ func mergeSorted(base, add []*entry, unsorted bool) []*entry {
 // apply makes one committed operation visible: st, or a delete when st is
 // nil. Needs mu held for writing.
 func (m *Map) apply(id string, st *stored) {
+	defer m.changes.Add(1)
 	e := m.recs[id]
 	if st == nil {
 		if e == nil {

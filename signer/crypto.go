@@ -70,7 +70,14 @@ var digestInfo = map[crypto.Hash][]byte{
 
 // keyFor resolves id and checks that it is of class and algorithm (alg "" = any).
 func (r *Registry) keyFor(id string, op string, class keymap.Class, algs ...string) (keymap.Record, *Token, error) {
-	rec, t, err := r.resolve(id)
+	rec, ok := r.rows.Get(r.km.Changes(), id, func() (keymap.Record, bool) { return r.km.Get(id) })
+	if !ok {
+		var err error
+		if rec, err = r.Get(id); err != nil { // an identifier the keymap lacks may be adopted
+			return rec, nil, err
+		}
+	}
+	t, err := r.tokenOf(rec)
 	if err != nil {
 		return rec, nil, err
 	}

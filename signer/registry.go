@@ -52,7 +52,13 @@ type Registry struct {
 
 	missMu sync.Mutex
 	misses map[string]time.Time // identifiers recently found on no token
+
+	// rows caches the keymap rows the cryptographic operations read (read-only: keyFor).
+	rows *keymap.Cache[keymap.Record]
 }
+
+// maxCachedRows bounds rows: the keys in use at once, not all keys.
+const maxCachedRows = 4096
 
 // Open opens every configured signer. It fails, naming each signer that could not be opened,
 // unless all open; nothing stays open on failure.
@@ -60,7 +66,7 @@ func Open(opts Options, km *keymap.Map) (*Registry, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	r := &Registry{km: km, log: opts.Logger}
+	r := &Registry{km: km, log: opts.Logger, rows: keymap.NewCache[keymap.Record](maxCachedRows)}
 	if err := r.Reconfigure(opts); err != nil {
 		return nil, err
 	}
@@ -229,6 +235,9 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 	return rec, nil
 }
 
+// Changes counts the keymap's changes: a cache of rows is good while it stays the same.
+func (r *Registry) Changes() uint64 { return r.km.Changes() }
+
 // ByName returns the live rows named name.
 func (r *Registry) ByName(name string) []keymap.Record { return r.km.ByName(name) }
 
@@ -310,11 +319,17 @@ func (r *Registry) resolve(id string) (keymap.Record, *Token, error) {
 	if err != nil {
 		return keymap.Record{}, nil, err
 	}
+	t, err := r.tokenOf(rec)
+	return rec, t, err
+}
+
+// tokenOf is the signer that holds rec.
+func (r *Registry) tokenOf(rec keymap.Record) (*Token, error) {
 	t, err := r.Signer(rec.Signer)
 	if err != nil {
-		return rec, nil, errorf(ErrUnavailable, "object %q lives on signer %q, which is not configured", id, rec.Signer)
+		return nil, errorf(ErrUnavailable, "object %q lives on signer %q, which is not configured", rec.ID, rec.Signer)
 	}
-	return rec, t, nil
+	return t, nil
 }
 
 // Counts is how many live objects a signer holds per state.

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -61,6 +62,10 @@ func runBenchServer(spec string) int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "kes bench server:", err)
 		return 1
+	}
+	// As p11bridge serve runs when GOGC is not set (cmd/p11bridge/gc.go). KES runs with Go's default.
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(400)
 	}
 	var c benchServerConfig
 	if err := json.Unmarshal([]byte(spec), &c); err != nil {

@@ -69,6 +69,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err := needConfig(*cfg); err != nil {
 		return err
 	}
+	tuneGC()
 	return server.Run(*cfg, server.Options{Version: version, Dev: *dev, Stderr: stderr, MaxInFlightPerIdentity: *inFlight})
 }
 
@@ -145,6 +146,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tuneGC()
 	cfg, err := conf.Load(d.Config)
 	if err != nil {
 		return err

@@ -361,6 +361,8 @@ func rawSession(tag []byte) (rawSess, error) {
 		return rawSess{}, err
 	}
 	if err := c.FindObjectsInit(sh, []*pkcs11.Attribute{
+		// The token object: the registry's session copy of the key is visible in this process too.
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, tag),

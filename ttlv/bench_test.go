@@ -343,7 +343,9 @@ func p11Session(b *testing.B, tag []byte, class uint) (*pkcs11.Ctx, pkcs11.Sessi
 		done()
 		b.Fatal(err)
 	}
-	if err := c.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, tag)}); err != nil {
+	// The token object: the registry's session copy of a secret key is visible in this process too.
+	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, tag)}
+	if err := c.FindObjectsInit(sh, tmpl); err != nil {
 		done()
 		b.Fatal(err)
 	}

@@ -247,7 +247,10 @@ func (h *Handler) record(c *call, status int, took time.Duration) {
 		result = "failure"
 	}
 	h.stats.audits.Inc()
-	h.audit.LogAttrs(context.Background(), slog.LevelInfo, "kes "+c.route.op,
+	// The handler directly, as LogAttrs would call it but without its runtime.Callers: the record
+	// has no source position to show. A write error is the audit writer's to report.
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, c.route.auditMsg, 0)
+	r.AddAttrs(
 		slog.String("identity", c.identity),
 		slog.String("protocol", "kes"),
 		slog.String("operation", c.route.op),
@@ -259,6 +262,9 @@ func (h *Handler) record(c *call, status int, took time.Duration) {
 		slog.Duration("latency", took),
 		slog.String("remote", c.r.RemoteAddr),
 	)
+	if ah := h.audit.Handler(); ah.Enabled(context.Background(), slog.LevelInfo) {
+		_ = ah.Handle(context.Background(), r)
+	}
 }
 
 // fail answers with err: an apiError as is, a registry error mapped by fromSigner. Server-side

@@ -17,14 +17,15 @@ const (
 
 // route is one KES API route. Paths ending in '/' take an argument (a name or list pattern).
 type route struct {
-	method  string // as /v1/api shows it; PUT routes also accept POST (kms-go sends POST)
-	path    string
-	body    bool // whether it reads a request body (limited to Options.MaxBody)
-	timeout time.Duration
-	auth    authMode
-	op      string // short name for metrics and audit, e.g. "key/generate"
-	keyOp   bool   // audited as a key operation
-	serve   func(*Handler, *call)
+	method   string // as /v1/api shows it; PUT routes also accept POST (kms-go sends POST)
+	path     string
+	body     bool // whether it reads a request body (limited to Options.MaxBody)
+	timeout  time.Duration
+	auth     authMode
+	op       string // short name for metrics and audit, e.g. "key/generate"
+	auditMsg string // "kes " + op, the audit record's message
+	keyOp    bool   // audited as a key operation
+	serve    func(*Handler, *call)
 }
 
 func (ro *route) prefix() bool { return strings.HasSuffix(ro.path, "/") }
@@ -73,6 +74,7 @@ type router struct {
 func newRouter(routes []*route) *router {
 	rt := &router{all: routes, exact: map[string]*route{}, prefix: map[string]*route{}}
 	for _, ro := range routes {
+		ro.auditMsg = "kes " + ro.op
 		if ro.prefix() {
 			rt.prefix[strings.TrimSuffix(ro.path, "/")] = ro
 		} else {

@@ -314,6 +314,8 @@ var diagCases = []diagCase{
 	{name: "plaintext kes needs no tls", src: cat(km, `listen {`, `  kes = "127.0.0.1:7373"`, `}`, `kes {`, `  plaintext = true`, `  proxy {`, `  }`, `}`)},
 
 	// Numbers, durations, sizes.
+	{name: "key_copies negative", src: cat(km, `signer "a" {`, `  module = "/m.so"`, `  token_label = "a"`, `  pin = "7x7x7x"`, `  key_copies = -1`, `}`),
+		want: []string{`6:16: key_copies in signer "a" must be a whole number between 0 and 1048576; got -1`}},
 	{name: "max_sessions zero", src: cat(km, `signer "a" {`, `  module = "/m.so"`, `  token_label = "a"`, `  pin = "7x7x7x"`, `  max_sessions = 0`, `}`),
 		want: []string{`6:18: max_sessions in signer "a" must be a whole number between 1 and 1024; got 0`}},
 	{name: "max_sessions too many", src: cat(km, `signer "a" {`, `  module = "/m.so"`, `  token_label = "a"`, `  pin = "7x7x7x"`, `  max_sessions = 1025`, `}`),

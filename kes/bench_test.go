@@ -27,9 +27,10 @@ import (
 //	           server.Start wires it → Handler → registry → SoftHSM (see benchserver_test.go)
 //	kes-inproc the same Handler behind the fixture's listener in the test process itself
 //	registry   the same registry calls the handler makes, without HTTP (where the front end's time goes)
-//	pkcs11     reference: the leanest PKCS#11 doing the same work on the same token and key —
-//	           one session per goroutine, the handle found once, C_GenerateRandom(32) +
+//	pkcs11     reference: plain PKCS#11 doing the same work on the same token and key's token
+//	           object — one session per goroutine, the handle found once, C_GenerateRandom(32) +
 //	           C_EncryptInit/C_Encrypt (AES-GCM) for generate, C_DecryptInit/C_Decrypt for decrypt
+//	           (the registry works on a session copy of the key: signer/copies.go)
 //	kes-v0.24  reference: a real KES v0.24.0 with its file key store (software keys), same client,
 //	           same policy, same certificate authority (see kesref_test.go)
 //
@@ -181,11 +182,7 @@ func BenchmarkGenerate(b *testing.B) {
 		remote("kes", benchServerBench, generate),
 		subject{name: "kes-inproc", setup: shared(func(cx context.Context) error { return generate(cx, fx.minio.kes) })},
 		subject{name: "registry", setup: shared(func(cx context.Context) error {
-			dk, err := fx.reg.Random(cx, k.signer, dataKeySize)
-			if err != nil {
-				return err
-			}
-			_, _, err = fx.reg.Seal(cx, k.id, nil, dk, ad)
+			_, _, _, err := fx.reg.SealRandom(cx, k.id, dataKeySize, ad)
 			return err
 		})},
 		subject{name: "pkcs11", setup: func(b *testing.B) func() (op, func(), error) {

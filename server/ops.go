@@ -19,7 +19,8 @@ type SignerStatus struct {
 	Healthy  bool           `json:"healthy"`
 	Default  bool           `json:"default"`
 	Rollover bool           `json:"rollover"`
-	Keys     map[string]int `json:"keys"` // live objects per KMIP state
+	Keys     map[string]int `json:"keys"`       // live objects per KMIP state
+	Copies   int            `json:"key_copies"` // session copies of keys held in the token
 }
 
 // Status is what /status answers: per signer, what it holds, and whether a rollover is in progress.
@@ -54,7 +55,7 @@ func (s *Server) Status() Status {
 			keys[string(state)] = n
 		}
 		st.Signers = append(st.Signers, SignerStatus{Name: t.Name(), Healthy: t.Healthy(), Default: t.Name() == st.Default,
-			Rollover: t.Name() == st.Rollover, Keys: keys})
+			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies()})
 	}
 	for name := range census {
 		if !seen[name] {
@@ -67,11 +68,15 @@ func (s *Server) Status() Status {
 // signerCollector reports signer health and key counts at scrape time, so reloads need no
 // re-registration.
 type signerCollector struct {
-	s        *Server
-	up, keys *prometheus.Desc
+	s                *Server
+	up, keys, copies *prometheus.Desc
 }
 
-func (c signerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up; ch <- c.keys }
+func (c signerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.keys
+	ch <- c.copies
+}
 
 func (c signerCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range c.s.reg.Signers() {
@@ -80,6 +85,7 @@ func (c signerCollector) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, v, t.Name())
+		ch <- prometheus.MustNewConstMetric(c.copies, prometheus.GaugeValue, float64(t.Copies()), t.Name())
 	}
 	for name, counts := range c.s.reg.Census() {
 		for state, n := range counts {
@@ -93,7 +99,9 @@ func (s *Server) opsHandler() http.Handler {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		signerCollector{s: s,
 			up:   prometheus.NewDesc("p11bridge_signer_up", "Whether the signer's last token calls succeeded.", []string{"signer"}, nil),
-			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil)})
+			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil),
+			copies: prometheus.NewDesc("p11bridge_signer_key_copies", "Session copies of AES and HMAC keys the signer holds in its token (key_copies).",
+				[]string{"signer"}, nil)})
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })

@@ -428,7 +428,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout)
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SIGNER\tROLE\tHEALTHY\tKEYS BY STATE")
+	fmt.Fprintln(tw, "SIGNER\tROLE\tHEALTHY\tKEY COPIES\tKEYS BY STATE")
 	for _, s := range st.Signers {
 		role := ""
 		switch {
@@ -442,7 +442,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 			states = append(states, fmt.Sprintf("%s %d", k, n))
 		}
 		sort.Strings(states)
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", s.Name, role, s.Healthy, strings.Join(states, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", s.Name, role, s.Healthy, s.Copies, strings.Join(states, ", "))
 	}
 	tw.Flush()
 	for _, name := range st.UnconfiguredHeldBy {

@@ -96,7 +96,7 @@ type Signer struct {
 
 	MaxSessions    int
 	SessionTimeout time.Duration // how long to wait for a free session
-	// KeyCopies bounds the session copies of AES and HMAC keys kept in the token; 0 = none.
+	// KeyCopies bounds the session copies of keys (AES, HMAC, private) kept in the token; 0 = none.
 	KeyCopies int
 
 	Range string // "file:line:col" of the signer block, for later diagnostics

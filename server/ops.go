@@ -100,7 +100,7 @@ func (s *Server) opsHandler() http.Handler {
 		signerCollector{s: s,
 			up:   prometheus.NewDesc("p11bridge_signer_up", "Whether the signer's last token calls succeeded.", []string{"signer"}, nil),
 			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil),
-			copies: prometheus.NewDesc("p11bridge_signer_key_copies", "Session copies of AES and HMAC keys the signer holds in its token (key_copies).",
+			copies: prometheus.NewDesc("p11bridge_signer_key_copies", "Session copies of keys (AES, HMAC, private) the signer holds in its token (key_copies).",
 				[]string{"signer"}, nil)})
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

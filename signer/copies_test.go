@@ -124,6 +124,50 @@ func TestKeyCopies(t *testing.T) {
 	}
 }
 
+// A private key gets a copy on its first signature, as locked as the token object, and loses it
+// with the key.
+func TestKeyCopiesOfPrivateKeys(t *testing.T) {
+	tok, _ := testReg.Signer("a")
+	priv, pub, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "copied-ec"}, Meta{Name: "copied-ec-pub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := SignParams{Scheme: ECDSA, Hash: crypto.SHA256}
+	for i := 0; i < 2; i++ {
+		sig, err := testReg.Sign(ctx, priv.ID, p, []byte("msg"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := testReg.Verify(ctx, pub.ID, p, []byte("msg"), sig); err != nil {
+			t.Fatalf("signature %d by the copy: %v", i, err)
+		}
+	}
+	copies := sessionObjects(t, tok, priv.Tag)
+	if len(copies) != 1 {
+		t.Fatalf("%d session objects after signing twice, want 1", len(copies))
+	}
+	var a []*pkcs11.Attribute
+	err = tok.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var err error
+		a, err = tok.ctx.GetAttributeValue(sh, copies[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil)})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a[0].Value[0] != byte(pkcs11.CKO_PRIVATE_KEY) || !boolAttr(a[1]) || boolAttr(a[2]) || !boolAttr(a[3]) {
+		t.Fatalf("copy: class %v sensitive=%v extractable=%v private=%v", a[0].Value, boolAttr(a[1]), boolAttr(a[2]), boolAttr(a[3]))
+	}
+	if err := testReg.Destroy(ctx, priv.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(sessionObjects(t, tok, priv.Tag)); n != 0 {
+		t.Fatalf("%d copies left after destroy", n)
+	}
+	_ = testReg.Destroy(ctx, pub.ID)
+}
+
 // Another process destroys the key: the copy stops working within copyRecheck and is dropped.
 func TestKeyCopyFollowsTokenObject(t *testing.T) {
 	tok, _ := testReg.Signer("a")

@@ -142,7 +142,7 @@ func (r *Registry) Sign(ctx context.Context, id string, p SignParams, data []byt
 		return nil, errorf(ErrInvalid, "sign: %s does not apply to %s key %q", p.Scheme, rec.Algorithm, id)
 	}
 	var sig []byte
-	err = t.withKey(ctx, rec.Tag, kindPrivate, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.useKey(ctx, rec.Tag, kindPrivate, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if err := t.ctx.SignInit(sh, []*pkcs11.Mechanism{mech}, h); err != nil {
 			return err
 		}
@@ -389,7 +389,7 @@ func (r *Registry) DecryptOAEP(ctx context.Context, id string, hash crypto.Hash,
 		return nil, errorf(ErrInvalid, "decrypt: unsupported OAEP hash %v", hash)
 	}
 	var pt []byte
-	err = t.withKey(ctx, rec.Tag, kindPrivate, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err = t.useKey(ctx, rec.Tag, kindPrivate, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		params := pkcs11.NewOAEPParams(hm.hash, hm.mgf, pkcs11.CKZ_DATA_SPECIFIED, label)
 		if err := t.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, params)}, h); err != nil {
 			return err

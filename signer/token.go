@@ -27,7 +27,7 @@ type Config struct {
 	PIN            string
 	MaxSessions    int
 	SessionTimeout time.Duration
-	// KeyCopies bounds the session copies of secret keys the signer keeps (copies.go); 0 = none.
+	// KeyCopies bounds the session copies of keys the signer keeps (copies.go); 0 = none.
 	KeyCopies int
 }
 

@@ -138,9 +138,10 @@ func TestRolloverBetweenTokens(t *testing.T) {
 	if out, code := runCmd(t, b.env, "status", "--config", b.cfgPath); code != 0 || !strings.Contains(out, `ROLLOVER in progress: new keys go to "roll-b"`) ||
 		!strings.Contains(out, "active 1") {
 		t.Fatalf("status during rollover:\n%s", out)
-	} else if !regexp.MustCompile(`(?m)^roll-a\s+default\s+true\s+1\s`).MatchString(out) {
-		// The generate on kes-a made a session copy of its AES key in token A.
-		t.Fatalf("status does not show token A's one key copy:\n%s", out)
+	} else if !regexp.MustCompile(`(?m)^roll-a\s+default\s+true\s+2\s`).MatchString(out) {
+		// The generate on kes-a and the signatures with krill_a made session copies of their keys
+		// in token A: the AES key and the RSA private key.
+		t.Fatalf("status does not show token A's two key copies:\n%s", out)
 	}
 	privB, pubB := krillKeyPair(t, c, "krill_b")
 	if out, code := runCmd(t, b.env, "keys", "list", "--config", b.cfgPath, "--signer", "roll-b"); code != 0 || !strings.Contains(out, privB) || strings.Contains(out, privA) {

@@ -435,9 +435,10 @@ func (d *decoder) signer(b *hclsyntax.Block, name string) Signer {
 	if a := c.attrs["pin_file"]; a != nil {
 		if p, ok := d.str(a); ok {
 			if pin, ok := d.pinFile(a, p, name); ok {
+				path := d.path(p)
 				s.PIN = Secret(pin)
-				s.PINSource = "file:" + d.path(p)
-				d.pinFileMode(a, d.path(p), name)
+				s.PINSource = "file:" + path
+				d.pinFileMode(a, path, name)
 			}
 		}
 	}

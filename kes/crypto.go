@@ -48,12 +48,7 @@ func (h *Handler) generateKey(c *call) {
 		h.versionErr(c, err, cur, "generate data key")
 		return
 	}
-	ct, e := h.ciphertext(c, cur.Tag, iv, body)
-	if e != nil {
-		writeError(c.w, e)
-		return
-	}
-	c.replyBytes(field{"plaintext", dk}, field{"ciphertext", ct})
+	c.replyBytes(field{"plaintext", dk}, field{"ciphertext", encodeCiphertext(cur.Tag, iv, body)})
 }
 
 // encryptKey seals a client plaintext with the current version.
@@ -69,34 +64,14 @@ func (h *Handler) encryptKey(c *call) {
 	}
 	cur := k.current()
 	c.use(cur)
-	ct, err := h.seal(c, name, cur.ID, cur.Tag, req.Plaintext, req.Context)
+	// Registry.Seal with a nil IV always answers a GCMNonceSize IV (it keeps a token's own IV
+	// only when it has that size), the one size our ciphertext format has room for.
+	iv, body, err := h.reg.Seal(c.ctx, cur.ID, nil, req.Plaintext, aad(name, cur.Tag, req.Context))
 	if err != nil {
 		h.versionErr(c, err, cur, "encrypt")
 		return
 	}
-	c.replyBytes(field{"ciphertext", ct})
-}
-
-func (h *Handler) seal(c *call, name, id string, tag, plaintext, context []byte) ([]byte, error) {
-	iv, body, err := h.reg.Seal(c.ctx, id, nil, plaintext, aad(name, tag, context))
-	if err != nil {
-		return nil, err
-	}
-	ct, e := h.ciphertext(c, tag, iv, body)
-	if e != nil {
-		return nil, e
-	}
-	return ct, nil
-}
-
-// ciphertext lays out what the token sealed as our ciphertext format.
-func (h *Handler) ciphertext(c *call, tag, iv, body []byte) ([]byte, *apiError) {
-	if len(iv) != signer.GCMNonceSize {
-		// The format has room for exactly one IV size; a token that picked another would make
-		// ciphertexts nobody can parse.
-		return nil, failf(http.StatusBadGateway, "key store failure: signer %q used a %d-byte GCM IV, want %d", c.signer, len(iv), signer.GCMNonceSize)
-	}
-	return encodeCiphertext(tag, iv, body), nil
+	c.replyBytes(field{"ciphertext", encodeCiphertext(cur.Tag, iv, body)})
 }
 
 // decryptKey opens a ciphertext with the version named inside it, which must be a version of the

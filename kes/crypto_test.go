@@ -151,7 +151,7 @@ func TestRotation(t *testing.T) {
 	}
 	d1, _ := c.GenerateKey(cx, name, []byte("c"))
 	time.Sleep(time.Millisecond)
-	if err := fx.h.Rotate(cx, name); err != nil {
+	if _, err := Rotate(cx, fx.h.reg, name); err != nil {
 		t.Fatal(err)
 	}
 	d2, _ := c.GenerateKey(cx, name, []byte("c"))

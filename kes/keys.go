@@ -3,7 +3,6 @@ package kes
 import (
 	"errors"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/p11bridge/p11bridge/keymap"
@@ -14,27 +13,30 @@ import (
 var pageSize = 1024
 
 func badName(kind, s string) *apiError {
-	if len(s) > 100 {
-		s = s[:100] + "…"
-	}
-	return failf(http.StatusBadRequest, "%s name '%s' is empty, too long or contains invalid characters", kind, s)
+	return failf(http.StatusBadRequest, "%s name '%s' is empty, too long or contains invalid characters", kind, clip(s, 100))
 }
 
 func badPattern(s string) *apiError {
-	if len(s) > 100 {
-		s = s[:100] + "…"
+	return failf(http.StatusBadRequest, "listing pattern '%s' is empty, too long or is invalid", clip(s, 100))
+}
+
+// nameArg validates the route argument as a name of the given kind (key, policy, identity:
+// KES accepts the same characters for all three), answering the request when it is not one.
+func (c *call) nameArg(kind string) (string, bool) {
+	if !validName(c.arg) {
+		writeError(c.w, badName(kind, c.arg))
+		return "", false
 	}
-	return failf(http.StatusBadRequest, "listing pattern '%s' is empty, too long or is invalid", s)
+	return c.arg, true
 }
 
 // keyName validates the route argument as a key name and records it for audit.
 func (c *call) keyName() (string, bool) {
-	if !validName(c.arg) {
-		writeError(c.w, badName("key", c.arg))
-		return "", false
+	name, ok := c.nameArg("key")
+	if ok {
+		c.key = name
 	}
-	c.key = c.arg
-	return c.arg, true
+	return name, ok
 }
 
 // use records the version a request works with, for audit and the per-signer metrics.
@@ -99,7 +101,7 @@ func (h *Handler) importKey(c *call) {
 	switch req.Cipher {
 	case "AES256", "AES256-GCM_SHA256":
 	default:
-		writeError(c.w, failf(http.StatusNotAcceptable, "algorithm '%s' is not supported: keys live in PKCS#11 tokens, which do AES256", clip(req.Cipher)))
+		writeError(c.w, failf(http.StatusNotAcceptable, "algorithm '%s' is not supported: keys live in PKCS#11 tokens, which do AES256", clip(req.Cipher, 40)))
 		return
 	}
 	if len(req.Key) != 32 {
@@ -142,9 +144,10 @@ func (h *Handler) importKey(c *call) {
 	c.ok()
 }
 
-func clip(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
+// clip shortens what a client sent to n bytes for an error message.
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
 	}
 	return s
 }
@@ -220,24 +223,14 @@ func (h *Handler) listKeys(c *call) {
 		writeError(c.w, badPattern(c.arg))
 		return
 	}
-	seen := map[string]bool{}
-	var names []string
+	var all []string
 	h.reg.Range(func(rec keymap.Record) bool {
-		if n := kesNameOf(rec); n != "" && !seen[n] && p.match(n) {
-			seen[n] = true
-			names = append(names, n)
+		if n := kesNameOf(rec); n != "" {
+			all = append(all, n)
 		}
 		return true
 	})
-	slices.Sort(names)
-	next := ""
-	if len(names) > pageSize {
-		next = p.continueToken(names[pageSize])
-		names = names[:pageSize]
-	}
-	if names == nil {
-		names = []string{}
-	}
+	names, next := listNames(all, p)
 	c.reply(struct {
 		Names      []string `json:"names"`
 		ContinueAt string   `json:"continue_at"`

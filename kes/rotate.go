@@ -32,9 +32,3 @@ func Rotate(ctx context.Context, reg *signer.Registry, name string) (newVersionI
 	}
 	return rec.ID, nil
 }
-
-// Rotate is the package Rotate on the handler's registry (New returns a *Handler).
-func (h *Handler) Rotate(ctx context.Context, name string) error {
-	_, err := Rotate(ctx, h.reg, name)
-	return err
-}

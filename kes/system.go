@@ -74,8 +74,13 @@ func (h *Handler) pingDefault(ctx context.Context) (time.Duration, error) {
 // ready is 200 when every signer is healthy. A signer marked unhealthy gets one ping first: the
 // registry only notices recovery when a call succeeds, and an idle signer gets no other calls.
 func (h *Handler) ready(c *call) {
+	ts := h.reg.Signers()
+	if len(ts) == 0 {
+		writeError(c.w, failf(http.StatusServiceUnavailable, "key store is not ready: no signer is configured"))
+		return
+	}
 	var down []string
-	for _, t := range h.reg.Signers() {
+	for _, t := range ts {
 		if t.Healthy() {
 			continue
 		}
@@ -85,10 +90,6 @@ func (h *Handler) ready(c *call) {
 		if err != nil || !t.Healthy() {
 			down = append(down, t.Name())
 		}
-	}
-	if len(h.reg.Signers()) == 0 {
-		writeError(c.w, failf(http.StatusServiceUnavailable, "key store is not ready: no signer is configured"))
-		return
 	}
 	if len(down) > 0 {
 		writeError(c.w, failf(http.StatusServiceUnavailable, "key store is not ready: signer %s unavailable", strings.Join(down, ", ")))

@@ -23,7 +23,6 @@ const (
 
 // kesKey is every live version of one KES key, oldest first.
 type kesKey struct {
-	name     string
 	versions []keymap.Record
 }
 
@@ -61,7 +60,7 @@ func lookup(reg *signer.Registry, name string) (kesKey, bool) {
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	return kesKey{name: name, versions: vs}, true
+	return kesKey{versions: vs}, true
 }
 
 // maxCachedKeys bounds the keys whose versions a Handler caches (keymap.Cache): the hot routes
@@ -92,13 +91,3 @@ func (k kesKey) current() keymap.Record {
 // original is the oldest live version: the key as first created. hmac uses it, so HMACs (from
 // which MinIO derives its root credentials) stay the same across rotations.
 func (k kesKey) original() keymap.Record { return k.versions[0] }
-
-// owns reports whether rec is one of k's versions.
-func (k kesKey) owns(id string) (keymap.Record, bool) {
-	for _, v := range k.versions {
-		if v.ID == id {
-			return v, true
-		}
-	}
-	return keymap.Record{}, false
-}

@@ -17,23 +17,22 @@ func (h *Handler) policy(name string) (Policy, bool) {
 	return Policy{}, false
 }
 
-// policyName validates the argument of a policy route.
-func (c *call) policyName() (string, bool) {
-	if !validName(c.arg) {
-		writeError(c.w, badName("policy", c.arg))
-		return "", false
-	}
-	return c.arg, true
-}
-
-func (h *Handler) describePolicy(c *call) {
-	name, ok := c.policyName()
+// policyArg finds the policy a policy route names, answering the request when it cannot.
+func (h *Handler) policyArg(c *call) (Policy, bool) {
+	name, ok := c.nameArg("policy")
 	if !ok {
-		return
+		return Policy{}, false
 	}
 	p, ok := h.policy(name)
 	if !ok {
 		writeError(c.w, errPolicyNotFound)
+	}
+	return p, ok
+}
+
+func (h *Handler) describePolicy(c *call) {
+	p, ok := h.policyArg(c)
+	if !ok {
 		return
 	}
 	c.reply(struct {
@@ -61,13 +60,8 @@ func ruleSet(patterns []string) map[string]struct{} {
 }
 
 func (h *Handler) readPolicy(c *call) {
-	name, ok := c.policyName()
+	p, ok := h.policyArg(c)
 	if !ok {
-		return
-	}
-	p, ok := h.policy(name)
-	if !ok {
-		writeError(c.w, errPolicyNotFound)
 		return
 	}
 	c.reply(struct {
@@ -113,18 +107,9 @@ func (h *Handler) listPolicies(c *call) {
 	}{names, next})
 }
 
-// identityArg validates an identity argument: the lowercase hex SHA-256 KES identities are, or any
-// name KES would accept.
-func (c *call) identityArg() (string, bool) {
-	if !validName(c.arg) {
-		writeError(c.w, badName("identity", c.arg))
-		return "", false
-	}
-	return c.arg, true
-}
-
 func (h *Handler) describeIdentity(c *call) {
-	id, ok := c.identityArg()
+	// The lowercase hex SHA-256 KES identities are, or any name KES would accept.
+	id, ok := c.nameArg("identity")
 	if !ok {
 		return
 	}

@@ -338,6 +338,11 @@ func parseSize(b []byte) (int, bool) {
 	if len(b) == 0 || len(b) > 18 {
 		return 0, false
 	}
+	return atoi(b)
+}
+
+// atoi reads decimal digits (no sign); the caller bounds the length.
+func atoi(b []byte) (int, bool) {
 	n := 0
 	for _, c := range b {
 		if c < '0' || c > '9' {
@@ -373,23 +378,13 @@ func fastTime(b []byte) (time.Time, bool) {
 		b[16] != ':' || b[19] != '.' || b[29] != 'Z' {
 		return time.Time{}, false
 	}
-	num := func(s []byte) (int, bool) {
-		n := 0
-		for _, c := range s {
-			if c < '0' || c > '9' {
-				return 0, false
-			}
-			n = n*10 + int(c-'0')
-		}
-		return n, true
-	}
-	y, ok1 := num(b[0:4])
-	mo, ok2 := num(b[5:7])
-	d, ok3 := num(b[8:10])
-	h, ok4 := num(b[11:13])
-	mi, ok5 := num(b[14:16])
-	s, ok6 := num(b[17:19])
-	ns, ok7 := num(b[20:29])
+	y, ok1 := atoi(b[0:4])
+	mo, ok2 := atoi(b[5:7])
+	d, ok3 := atoi(b[8:10])
+	h, ok4 := atoi(b[11:13])
+	mi, ok5 := atoi(b[14:16])
+	s, ok6 := atoi(b[17:19])
+	ns, ok7 := atoi(b[20:29])
 	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) ||
 		mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 59 {
 		return time.Time{}, false
@@ -446,15 +441,6 @@ func (d *decoder) resolveAttrs(all string) ([]kv, *rowError) {
 		}
 	}
 	return out, nil
-}
-
-// decodeAttrs parses a bare JSON object (no CSV quoting) on its own.
-func (d *decoder) decodeAttrs(b []byte) ([]kv, *rowError) {
-	d.arena, d.kvr = d.arena[:0], d.kvr[:0]
-	if err := d.parseJSONObject(b); err != nil {
-		return nil, err
-	}
-	return d.resolveAttrs(string(d.arena))
 }
 
 func skipWS(b []byte, i int) int {

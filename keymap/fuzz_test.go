@@ -92,6 +92,15 @@ func FuzzText(f *testing.F) {
 	})
 }
 
+// decodeAttrs parses a bare JSON object (no CSV quoting) on its own.
+func (d *decoder) decodeAttrs(b []byte) ([]kv, *rowError) {
+	d.arena, d.kvr = d.arena[:0], d.kvr[:0]
+	if err := d.parseJSONObject(b); err != nil {
+		return nil, err
+	}
+	return d.resolveAttrs(string(d.arena))
+}
+
 // FuzzAttrs checks the attrs codec against encoding/json.
 func FuzzAttrs(f *testing.F) {
 	f.Add(`{"a":"b"}`)

@@ -26,11 +26,8 @@ const (
 
 // Valid reports whether c is one of the known classes.
 func (c Class) Valid() bool {
-	switch c {
-	case SecretKey, PrivateKey, PublicKey, Certificate, SecretData, Opaque:
-		return true
-	}
-	return false
+	_, ok := parseClass([]byte(c))
+	return ok
 }
 
 // parseClass maps bytes to the Class constant so that loading a row
@@ -68,11 +65,8 @@ const (
 
 // Valid reports whether s is one of the known states (the empty State is not).
 func (s State) Valid() bool {
-	switch s {
-	case PreActive, Active, Deactivated, Compromised, Destroyed, DestroyedCompromised:
-		return true
-	}
-	return false
+	v, ok := parseState([]byte(s))
+	return ok && v != ""
 }
 
 func parseState(b []byte) (State, bool) {

@@ -209,13 +209,21 @@ func parseForwarded(v string) ([]*x509.Certificate, error) {
 	return nil, errors.New("no URL-encoded PEM certificate in it")
 }
 
+// peerIdentity is the identity of the TLS peer's certificate, "" when there is none.
+func peerIdentity(cs *tls.ConnectionState) string {
+	if cs == nil || len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	return pki.Identity(cs.PeerCertificates[0])
+}
+
 // kmipAuth and kesAuth adapt auth to what each front end asks.
 type kmipAuth struct{ s *Server }
 
 func (k kmipAuth) Identify(cs *tls.ConnectionState) (string, error) {
 	a := k.s.auth.Load()
-	if cs != nil && len(cs.PeerCertificates) > 0 && a.proxies[pki.Identity(cs.PeerCertificates[0])] {
-		return "", errors.New("the KES proxy's identity " + pki.Identity(cs.PeerCertificates[0]) + " has no business on the KMIP listener")
+	if peer := peerIdentity(cs); peer != "" && a.proxies[peer] {
+		return "", errors.New("the KES proxy's identity " + peer + " has no business on the KMIP listener")
 	}
 	return identify(cs, a, k.s.clientCAs())
 }
@@ -233,14 +241,14 @@ func (k kesAuth) Identify(r *http.Request) (string, error) {
 	pool := k.s.clientCAs()
 	var id string
 	var err error
+	peer := peerIdentity(r.TLS)
 	switch {
 	case r.TLS == nil && a.plaintext:
 		// A plaintext listener (dev mode only) has no peer to check: the header is all there is.
 		id, err = a.forwarded(r, pool)
-	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && a.proxies[pki.Identity(r.TLS.PeerCertificates[0])]:
-		proxy := pki.Identity(r.TLS.PeerCertificates[0])
-		if a.revoked[proxy] {
-			err = errors.New("the proxy's identity " + proxy + " is revoked")
+	case peer != "" && a.proxies[peer]:
+		if a.revoked[peer] {
+			err = errors.New("the proxy's identity " + peer + " is revoked")
 			break
 		}
 		id, err = a.forwarded(r, pool)

@@ -10,6 +10,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"math/big"
+	"slices"
 
 	"github.com/miekg/pkcs11"
 
@@ -68,7 +69,7 @@ var digestInfo = map[crypto.Hash][]byte{
 	crypto.SHA512: {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40},
 }
 
-// keyFor resolves id and checks that it is of class and algorithm (alg "" = any).
+// keyFor resolves id and checks that it is of class and one of algs (none = any).
 func (r *Registry) keyFor(id string, op string, class keymap.Class, algs ...string) (keymap.Record, *Token, error) {
 	rec, ok := r.rows.Get(r.km.Changes(), id, func() (keymap.Record, bool) { return r.km.Get(id) })
 	if !ok {
@@ -84,14 +85,8 @@ func (r *Registry) keyFor(id string, op string, class keymap.Class, algs ...stri
 	if rec.Class != class {
 		return rec, nil, errorf(ErrInvalid, "%s needs a %s; object %q is a %s", op, class, id, rec.Class)
 	}
-	if len(algs) > 0 {
-		ok := false
-		for _, a := range algs {
-			ok = ok || rec.Algorithm == a
-		}
-		if !ok {
-			return rec, nil, errorf(ErrInvalid, "%s cannot use object %q: it is a %s key", op, id, rec.Algorithm)
-		}
+	if len(algs) > 0 && !slices.Contains(algs, rec.Algorithm) {
+		return rec, nil, errorf(ErrInvalid, "%s cannot use object %q: it is a %s key", op, id, rec.Algorithm)
 	}
 	return rec, t, nil
 }
@@ -115,7 +110,7 @@ func (r *Registry) Sign(ctx context.Context, id string, p SignParams, data []byt
 	case rec.Algorithm == RSA && p.Scheme == PKCS1v15:
 		if p.Prehashed {
 			mech = pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)
-			msg = append(append(make([]byte, 0, len(digestInfo[p.Hash])+len(data)), digestInfo[p.Hash]...), data...)
+			msg = slices.Concat(digestInfo[p.Hash], data)
 		} else {
 			mech = pkcs11.NewMechanism(hm.rsaPKCS, nil)
 		}
@@ -143,11 +138,7 @@ func (r *Registry) Sign(ctx context.Context, id string, p SignParams, data []byt
 	}
 	var sig []byte
 	err = t.useKey(ctx, rec.Tag, kindPrivate, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if err := t.ctx.SignInit(sh, []*pkcs11.Mechanism{mech}, h); err != nil {
-			return err
-		}
-		var err error
-		sig, err = t.ctx.Sign(sh, msg)
+		sig, err = t.signOnce(sh, h, mech, msg)
 		return err
 	})
 	if err != nil {
@@ -157,6 +148,14 @@ func (r *Registry) Sign(ctx context.Context, id string, p SignParams, data []byt
 		return ecdsaDER(sig)
 	}
 	return sig, nil
+}
+
+// signOnce signs (or MACs) msg with key h on session sh: C_SignInit, then one C_Sign.
+func (t *Token) signOnce(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, mech *pkcs11.Mechanism, msg []byte) ([]byte, error) {
+	if err := t.ctx.SignInit(sh, []*pkcs11.Mechanism{mech}, h); err != nil {
+		return nil, err
+	}
+	return t.ctx.Sign(sh, msg)
 }
 
 // ecdsaDER turns PKCS#11's r‖s into the ASN.1 SEQUENCE{r, s} that verifiers expect.
@@ -440,11 +439,7 @@ func (r *Registry) HMAC(ctx context.Context, id string, hash crypto.Hash, msg []
 	}
 	var mac []byte
 	err = t.useKey(ctx, rec.Tag, kindHMAC, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if err := t.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(hm.hmac, nil)}, h); err != nil {
-			return err
-		}
-		var err error
-		mac, err = t.ctx.Sign(sh, msg)
+		mac, err = t.signOnce(sh, h, pkcs11.NewMechanism(hm.hmac, nil), msg)
 		return err
 	})
 	if err != nil {

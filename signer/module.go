@@ -3,7 +3,6 @@ package signer
 import (
 	"debug/elf"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -98,5 +97,3 @@ func (m *module) release() {
 	_ = m.ctx.Finalize()
 	m.ctx.Destroy()
 }
-
-func (m *module) String() string { return fmt.Sprintf("module %s", m.path) }

@@ -150,15 +150,7 @@ func unwrapPoint(p []byte, size int) []byte {
 	return p
 }
 
-// MarshalPKCS1 and MarshalSPKI export a public key in the forms clients ask for.
-func MarshalPKCS1(pub crypto.PublicKey) ([]byte, error) {
-	k, ok := pub.(*rsa.PublicKey)
-	if !ok {
-		return nil, errorf(ErrInvalid, "PKCS#1 is for RSA keys, not %T", pub)
-	}
-	return x509.MarshalPKCS1PublicKey(k), nil
-}
-
+// MarshalSPKI exports a public key as a DER SubjectPublicKeyInfo.
 func MarshalSPKI(pub crypto.PublicKey) ([]byte, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {

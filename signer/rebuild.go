@@ -131,9 +131,6 @@ func (r *Registry) derive(ctx context.Context, t *Token, tag []byte, objs []toke
 		if half.keyType == pkcs11.CKK_EC {
 			alg = EC
 			size, _ = curveSize(half.ecParams)
-			if pub != nil {
-				size, _ = curveSize(pub.ecParams)
-			}
 		}
 		var kid []byte
 		if pk, err := t.publicKey(ctx, tag); err == nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,7 +31,6 @@ type TLSKey struct {
 	serial string // of the token, to find its signer again after a reload
 	label  string
 	id     []byte // CKA_ID of the private key
-	object string // CKA_LABEL of the private key
 	pub    crypto.PublicKey
 }
 
@@ -119,7 +119,7 @@ func (r *Registry) TLSKey(ctx context.Context, uri string, certPub crypto.Public
 	if _, err := t.find(ctx, tag, kindPrivate); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	k := &TLSKey{reg: r, uri: uri, serial: t.info.SerialNumber, label: t.info.Label, id: tag, object: object}
+	k := &TLSKey{reg: r, uri: uri, serial: t.info.SerialNumber, label: t.info.Label, id: tag}
 	pub, perr := t.publicKey(ctx, tag)
 	switch {
 	case perr == nil && certPub != nil && !samePublic(pub, certPub):
@@ -245,7 +245,7 @@ func (k *TLSKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 			if !ok {
 				return nil, errorf(ErrUnsupported, "tls key: RSA PKCS#1 v1.5 with %v", h)
 			}
-			msg = append(append(make([]byte, 0, len(prefix)+len(digest)), prefix...), digest...)
+			msg = slices.Concat(prefix, digest)
 		}
 		mech = pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)
 	case *ecdsa.PublicKey:
@@ -259,11 +259,7 @@ func (k *TLSKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 	defer cancel()
 	var sig []byte
 	err = t.withKey(ctx, k.id, kindPrivate, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if err := t.ctx.SignInit(sh, []*pkcs11.Mechanism{mech}, h); err != nil {
-			return err
-		}
-		var err error
-		sig, err = t.ctx.Sign(sh, msg)
+		sig, err = t.signOnce(sh, h, mech, msg)
 		return err
 	})
 	if err != nil {

@@ -86,7 +86,7 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 	where := fmt.Sprintf("signer %q (module %s, %s)", cfg.Name, cfg.Module, cfg.selector())
 	mod, err := openModule(cfg.Module)
 	if err != nil {
-		return nil, errorf(ErrConfig, "%s: %v", fmt.Sprintf("signer %q", cfg.Name), err)
+		return nil, errorf(ErrConfig, "signer %q: %v", cfg.Name, err)
 	}
 	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name), opened: time.Now()}
 	ok := false

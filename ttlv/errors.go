@@ -39,7 +39,6 @@ var (
 	rFormat       = uint32(kmip14.ResultReasonKeyFormatTypeNotSupported)
 	rTooLarge     = uint32(kmip14.ResultReasonResponseTooLarge)
 	rGeneral      = uint32(kmip14.ResultReasonGeneralFailure)
-	rAuth         = uint32(kmip14.ResultReasonAuthenticationNotSuccessful)
 	rNotExtract   = uint32(kmip14.ResultReasonNotExtractable)
 	rWrongState   = uint32(kmip20.ResultReasonWrongKeyLifecycleState)
 	rReadOnly     = uint32(kmip20.ResultReasonAttributeReadOnly)

@@ -19,8 +19,6 @@ var (
 	tagCommonAttributes   = kmip20.TagCommonAttributes
 	tagPrivateAttributes  = kmip20.TagPrivateKeyAttributes
 	tagPublicAttributes   = kmip20.TagPublicKeyAttributes
-	tagCurrentAttribute   = kmip20.TagCurrentAttribute
-	tagNewAttribute       = kmip20.TagNewAttribute
 )
 
 // tagMaskName renders a bit mask value of tag ("Sign|Verify").

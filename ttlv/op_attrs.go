@@ -237,12 +237,7 @@ func addAttribute(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp := attrResponse{UID: rec.ID}
-	if !o.v.v2() {
-		a.index = int32(index)
-		resp.Attribute = encodeAttr(o.v, a)
-	}
-	return resp, nil
+	return o.attrResult(rec.ID, a, index), nil
 }
 
 // modifyAttribute replaces one instance: the given index (index 0 when none is given, which is
@@ -284,16 +279,11 @@ func modifyAttribute(o *op, p *node) (any, error) {
 	}
 	err = o.changeAttr(rec, a, func(vals []*node, fixed int) ([]*node, error) {
 		if current != nil {
-			index = -1
-			for i, v := range vals {
-				if sameValue(v, current.value) {
-					index = fixed + i
-					break
-				}
+			i, err := instanceOf(vals, fixed, current.value, a.name)
+			if err != nil {
+				return nil, err
 			}
-			if index < 0 {
-				return nil, kerr(rAttrNotFound, "attribute %q has no instance equal to CurrentAttribute", a.name)
-			}
+			index = i
 		} else if a.index < 0 && len(vals) > 0 && vals[0] == nil {
 			// Index 0 was deleted: without an index, modify the first live instance.
 			for i, v := range vals {
@@ -303,11 +293,8 @@ func modifyAttribute(o *op, p *node) (any, error) {
 				}
 			}
 		}
-		if index < fixed {
-			return nil, kerr(rReadOnly, "attribute %q instance %d is maintained by the server", a.name, index)
-		}
-		if index-fixed >= len(vals) || vals[index-fixed] == nil {
-			return nil, kerr(rAttrNotFound, "attribute %q has no instance %d", a.name, index)
+		if err := checkInstance(vals, fixed, index, a.name); err != nil {
+			return nil, err
 		}
 		vals[index-fixed] = a.value
 		return vals, nil
@@ -315,12 +302,7 @@ func modifyAttribute(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp := attrResponse{UID: rec.ID}
-	if !o.v.v2() {
-		a.index = int32(index)
-		resp.Attribute = encodeAttr(o.v, a)
-	}
-	return resp, nil
+	return o.attrResult(rec.ID, a, index), nil
 }
 
 // setAttribute (2.0) sets a single-valued attribute, adding or replacing it.
@@ -403,22 +385,14 @@ func deleteAttribute(o *op, p *node) (any, error) {
 			return nil, nil
 		}
 		if current != nil {
-			index = -1
-			for i, v := range vals {
-				if sameValue(v, current) {
-					index = fixed + i
-					break
-				}
+			i, err := instanceOf(vals, fixed, current, a.name)
+			if err != nil {
+				return nil, err
 			}
-			if index < 0 {
-				return nil, kerr(rAttrNotFound, "attribute %q has no instance equal to CurrentAttribute", a.name)
-			}
+			index = i
 		}
-		if index < fixed {
-			return nil, kerr(rReadOnly, "attribute %q instance %d is maintained by the server", a.name, index)
-		}
-		if index-fixed >= len(vals) || vals[index-fixed] == nil {
-			return nil, kerr(rAttrNotFound, "attribute %q has no instance %d", a.name, index)
+		if err := checkInstance(vals, fixed, index, a.name); err != nil {
+			return nil, err
 		}
 		deleted = vals[index-fixed]
 		vals[index-fixed] = nil
@@ -427,10 +401,41 @@ func deleteAttribute(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp := attrResponse{UID: rec.ID}
-	if !o.v.v2() && deleted != nil {
-		a.index, a.value = int32(index), deleted
+	if deleted == nil { // every instance went
+		return attrResponse{UID: rec.ID}, nil
+	}
+	a.value = deleted
+	return o.attrResult(rec.ID, a, index), nil
+}
+
+// attrResult answers Add, Modify and Delete: in 1.x with the instance a at index.
+func (o *op) attrResult(id string, a attr, index int) attrResponse {
+	resp := attrResponse{UID: id}
+	if !o.v.v2() {
+		a.index = int32(index)
 		resp.Attribute = encodeAttr(o.v, a)
 	}
-	return resp, nil
+	return resp
+}
+
+// instanceOf is the index of the instance of attribute name equal to want; vals start at
+// index fixed, after the instances the server maintains.
+func instanceOf(vals []*node, fixed int, want *node, name string) (int, error) {
+	for i, v := range vals {
+		if sameValue(v, want) {
+			return fixed + i, nil
+		}
+	}
+	return -1, kerr(rAttrNotFound, "attribute %q has no instance equal to CurrentAttribute", name)
+}
+
+// checkInstance refuses an index the server maintains or that names no live instance.
+func checkInstance(vals []*node, fixed, index int, name string) error {
+	if index < fixed {
+		return kerr(rReadOnly, "attribute %q instance %d is maintained by the server", name, index)
+	}
+	if index-fixed >= len(vals) || vals[index-fixed] == nil {
+		return kerr(rAttrNotFound, "attribute %q has no instance %d", name, index)
+	}
+	return nil
 }

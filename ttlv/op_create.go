@@ -348,14 +348,15 @@ func reKeyKeyPair(o *op, p *node) (any, error) {
 		return nil, err
 	}
 	var qm signer.Meta
-	if oldPub, err := o.s.reg.Get(old.Attrs[signer.AttrPublicKey]); err == nil {
-		if qm, err = o.s.reKeyMeta(oldPub, pub); err != nil {
-			return nil, err
-		}
-	} else if qm, err = pub.meta(old.Owner); err != nil {
+	oldPub, pubErr := o.s.reg.Get(old.Attrs[signer.AttrPublicKey])
+	if pubErr == nil {
+		qm, err = o.s.reKeyMeta(oldPub, pub)
+	} else {
+		qm, err = pub.meta(old.Owner)
+	}
+	if err != nil {
 		return nil, err
 	}
-	oldPub, _ := o.s.reg.Get(old.Attrs[signer.AttrPublicKey])
 	np, nq, err := o.s.reg.ReKeyKeyPair(o.ctx, old.ID, pm, qm)
 	if err != nil {
 		return nil, err

@@ -51,7 +51,7 @@ func TestKMIP20(t *testing.T) {
 
 	// SetAttribute (single-valued), refused for multi-valued and server attributes.
 	set := func(v *node) ResponseBatchItem {
-		return r.call(v20, kmip14.Operation(kmip20.OperationSetAttribute), newStruct(0, newText(kmip14.TagUniqueIdentifier, id), newStruct(tagNewAttribute, v)))
+		return r.call(v20, kmip14.Operation(kmip20.OperationSetAttribute), newStruct(0, newText(kmip14.TagUniqueIdentifier, id), newStruct(kmip20.TagNewAttribute, v)))
 	}
 	ok(t, set(newText(kmip14.TagContactInformation, "sec@example.org")))
 	failed(t, set(name), uint32(kmip20.ResultReasonMultiValuedAttribute))

@@ -232,8 +232,9 @@ func (r *Registry) Seal(ctx context.Context, id string, iv, plaintext, aad []byt
 	return iv, ct, err
 }
 
-// SealRandom draws n bytes from the RNG of the token that holds key id and seals them with that
-// key, both in one session: a data key that nothing but the token's RNG made, and its ciphertext.
+// SealRandom draws n bytes from the RNG of the token that holds key id (through its reserve,
+// random.go) and seals them with that key in the same session: a data key that nothing but the
+// token's RNG made, and its ciphertext.
 func (r *Registry) SealRandom(ctx context.Context, id string, n int, aad []byte) (plaintext, iv, ciphertext []byte, err error) {
 	if n < 1 || n > MaxRandom {
 		return nil, nil, nil, errorf(ErrInvalid, "random: %d bytes asked, at least 1 and at most %d", n, MaxRandom)
@@ -260,7 +261,7 @@ func (r *Registry) seal(ctx context.Context, id string, iv, plaintext []byte, n 
 		if n > 0 {
 			clear(plaintext) // a first attempt's, when the key's handle had to be looked up again
 			var err error
-			if plaintext, err = t.ctx.GenerateRandom(sh, n); err != nil {
+			if plaintext, err = t.random.take(sh, n); err != nil {
 				return err
 			}
 		}

@@ -76,6 +76,8 @@ type Token struct {
 	lastLogin time.Time
 	loginErr  error // a refused PIN: never tried again until the signer is reopened
 
+	random reserve // token random drawn ahead for SealRandom (random.go)
+
 	healthy atomic.Bool
 	mechs   map[uint]bool
 	closed  atomic.Bool
@@ -89,6 +91,7 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 		return nil, errorf(ErrConfig, "signer %q: %v", cfg.Name, err)
 	}
 	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name), opened: time.Now()}
+	t.random.draw = t.ctx.GenerateRandom
 	ok := false
 	defer func() {
 		if !ok {
@@ -402,6 +405,7 @@ func (t *Token) close() {
 	// No C_Logout: login state is per token per process, and a reopened signer on the same
 	// token may already be serving; closing our last session is enough.
 	_ = t.ctx.CloseSession(t.anchor)
+	t.random.wipe()
 	t.mod.release()
 }
 

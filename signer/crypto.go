@@ -253,7 +253,7 @@ func (r *Registry) seal(ctx context.Context, id string, iv, plaintext []byte, n 
 		if _, err := rand.Read(iv); err != nil {
 			return nil, nil, nil, errorf(ErrUnavailable, "draw IV: %v", err)
 		}
-	} else if len(iv) < 1 || len(iv) > 128 {
+	} else if len(iv) < 1 || len(iv) > maxGCMIV {
 		return nil, nil, nil, errorf(ErrInvalid, "encrypt: GCM IV of %d bytes", len(iv))
 	}
 	var ct []byte
@@ -265,17 +265,15 @@ func (r *Registry) seal(ctx context.Context, id string, iv, plaintext []byte, n 
 				return err
 			}
 		}
-		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
-		defer params.Free()
-		if err := t.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+		params := newGCMParams(iv, aad, GCMTagSize*8)
+		defer params.release()
+		if err := t.ctx.EncryptInit(sh, params.mechanism(), h); err != nil {
 			return err
 		}
 		var err error
 		if ct, err = t.ctx.Encrypt(sh, plaintext); err == nil {
 			// HSMs in FIPS mode (CloudHSM, Luna) write an IV of their own over ours: keep theirs.
-			if used := params.IV(); len(used) == len(iv) {
-				iv = used
-			}
+			iv = params.iv()
 		}
 		return err
 	})
@@ -298,15 +296,15 @@ func (r *Registry) Open(ctx context.Context, id string, iv, ciphertext, aad []by
 	if len(ciphertext) < GCMTagSize {
 		return nil, errorf(ErrNotAuthentic, "decrypt with %s: ciphertext shorter than the tag", id)
 	}
-	if len(iv) < 1 || len(iv) > 128 {
+	if len(iv) < 1 || len(iv) > maxGCMIV {
 		return nil, errorf(ErrInvalid, "decrypt: GCM IV of %d bytes", len(iv))
 	}
 	var pt []byte
 	var opErr error
 	err = t.useKey(ctx, rec.Tag, kindAES, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
-		defer params.Free()
-		if err := t.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+		params := newGCMParams(iv, aad, GCMTagSize*8)
+		defer params.release()
+		if err := t.ctx.DecryptInit(sh, params.mechanism(), h); err != nil {
 			return err
 		}
 		var err error

@@ -63,6 +63,7 @@ fuzz: deps-test
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./conf/
 	$(GO) test -run '^$$' -fuzz FuzzMessage -fuzztime $(FUZZTIME) ./ttlv/
 	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $(FUZZTIME) ./kes/
+	$(GO) test -run '^$$' -fuzz FuzzBytesObject -fuzztime $(FUZZTIME) ./kes/
 
 # The binary, the systemd unit, and in SYSCONFDIR/p11bridge the example config and the files it
 # names; an existing config, env file or revoked list is never overwritten.

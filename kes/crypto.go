@@ -32,9 +32,7 @@ func (h *Handler) keyCall(c *call, req any, optionalBody bool) (string, kesKey, 
 
 // generateKey draws a data key from the token's RNG and seals it with the current version.
 func (h *Handler) generateKey(c *call) {
-	var req struct {
-		Context []byte `json:"context"`
-	}
+	var req contextBody
 	name, k, ok := h.keyCall(c, &req, true)
 	if !ok {
 		return
@@ -53,10 +51,7 @@ func (h *Handler) generateKey(c *call) {
 
 // encryptKey seals a client plaintext with the current version.
 func (h *Handler) encryptKey(c *call) {
-	var req struct {
-		Plaintext []byte `json:"plaintext"`
-		Context   []byte `json:"context"`
-	}
+	var req plaintextBody
 	name, k, ok := h.keyCall(c, &req, false)
 	defer clear(req.Plaintext)
 	if !ok {
@@ -77,10 +72,7 @@ func (h *Handler) encryptKey(c *call) {
 // decryptKey opens a ciphertext with the version named inside it, which must be a version of the
 // key in the path. Every way a ciphertext can be wrong gets the same sentinel.
 func (h *Handler) decryptKey(c *call) {
-	var req struct {
-		Ciphertext []byte `json:"ciphertext"`
-		Context    []byte `json:"context"`
-	}
+	var req ciphertextBody
 	name, k, ok := h.keyCall(c, &req, false)
 	if !ok {
 		return

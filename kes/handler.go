@@ -380,6 +380,11 @@ func (c *call) readBody(v any, optional bool) *apiError {
 	if len(data) == 0 && optional {
 		return nil
 	}
+	if f, ok := v.(byteFields); ok {
+		if names, dst := f.fields(); bytesObject(data, names, dst) {
+			return nil
+		}
+	}
 	// Unmarshal, not a Decoder: it refuses trailing data after the object.
 	if err := json.Unmarshal(data, v); err != nil {
 		return errBadBody

@@ -62,7 +62,7 @@ func bytesObject(data []byte, names []string, dst []*[]byte) bool {
 	defer func() {
 		if !ok {
 			for _, b := range got {
-				clear(b)
+				clear(b[:cap(b)])
 			}
 		}
 	}()
@@ -101,10 +101,11 @@ func bytesObject(data []byte, names []string, dst []*[]byte) bool {
 		}
 		b := make([]byte, base64.StdEncoding.DecodedLen(len(value)))
 		n, err := base64.StdEncoding.Decode(b, value)
-		got[i], seen[i] = b[:n], true
 		if err != nil {
+			clear(b)
 			return false
 		}
+		got[i], seen[i] = b[:n], true
 		rest = rest[end+1:]
 		if len(rest) > 0 {
 			if rest[0] != ',' || len(rest) == 1 {

@@ -59,8 +59,8 @@ func (h *Handler) encryptKey(c *call) {
 	}
 	cur := k.current()
 	c.use(cur)
-	// Registry.Seal with a nil IV always answers a GCMNonceSize IV (it keeps a token's own IV
-	// only when it has that size), the one size our ciphertext format has room for.
+	// Registry.Seal with a nil IV answers an IV of GCMNonceSize bytes (a token that writes its own
+	// writes it into that space), the one size our ciphertext format has room for.
 	iv, body, err := h.reg.Seal(c.ctx, cur.ID, nil, req.Plaintext, aad(name, cur.Tag, req.Context))
 	if err != nil {
 		h.versionErr(c, err, cur, "encrypt")

@@ -39,10 +39,11 @@ const (
 )
 
 // cBlock is C memory owned by a Go value: it is freed when the value is collected, so the pool
-// may drop blocks as sync.Pool does.
+// may drop blocks as sync.Pool does; free releases one at once.
 type cBlock struct {
-	p    unsafe.Pointer
-	size uintptr
+	p       unsafe.Pointer
+	size    uintptr
+	cleanup runtime.Cleanup
 }
 
 func newCBlock(size uintptr) *cBlock {
@@ -50,12 +51,29 @@ func newCBlock(size uintptr) *cBlock {
 	if b.p == nil {
 		panic("signer: out of C memory for GCM parameters")
 	}
-	runtime.AddCleanup(b, func(p unsafe.Pointer) { C.free(p) }, b.p)
+	b.cleanup = runtime.AddCleanup(b, func(p unsafe.Pointer) { C.free(p) }, b.p)
 	return b
 }
 
+func (b *cBlock) free() {
+	b.cleanup.Stop()
+	C.free(b.p)
+	b.p = nil
+}
+
+// bytes views n bytes of the block from at; beyond the block is a bug, not an overflow.
 func (b *cBlock) bytes(at, n uintptr) []byte {
+	if at+n > b.size {
+		panic("signer: GCM parameters beyond their C block")
+	}
 	return unsafe.Slice((*byte)(unsafe.Add(b.p, at)), n)
+}
+
+// The layout above assumes miekg's CK_ULONG is a C unsigned long; its PSS parameters are three.
+func init() {
+	if len(pkcs11.NewPSSParams(0, 0, 0)) != 3*int(unsafe.Sizeof(C.ulong(0))) {
+		panic("signer: CK_ULONG is not an unsigned long here; the GCM parameter layout does not apply")
+	}
 }
 
 var gcmBlocks = sync.Pool{New: func() any { return newCBlock(gcmBlockSize) }}
@@ -70,6 +88,9 @@ type gcmParams struct {
 // newGCMParams lays out iv (at most maxGCMIV bytes, which callers check), aad and the tag length
 // for one operation. release must be called once the operation has ended.
 func newGCMParams(iv, aad []byte, tagBits int) gcmParams {
+	if len(iv) > maxGCMIV {
+		panic("signer: GCM IV longer than maxGCMIV")
+	}
 	g := gcmParams{ivLen: len(iv)}
 	if need := gcmAADAt + uintptr(len(aad)); need > gcmBlockSize {
 		g.block = newCBlock(need)
@@ -103,8 +124,14 @@ func (g gcmParams) iv() []byte {
 	return append([]byte(nil), g.block.bytes(gcmIVAt, uintptr(g.ivLen))...)
 }
 
+// release ends the parameters' use. The block stays reachable until here, so its cleanup cannot
+// free it while the token reads it.
 func (g gcmParams) release() {
 	if g.pooled {
 		gcmBlocks.Put(g.block)
+	} else {
+		// A large AAD's block is freed at once: C memory is not counted by the GC's pacing.
+		g.block.free()
 	}
+	runtime.KeepAlive(g.block)
 }

@@ -19,10 +19,11 @@ const maxReserved = 64
 
 // reserve is token random drawn ahead of use.
 type reserve struct {
-	mu   sync.Mutex
-	buf  []byte // buf[off:] is unused random
-	off  int
-	draw func(pkcs11.SessionHandle, int) ([]byte, error)
+	mu     sync.Mutex
+	buf    []byte // buf[off:] is unused random
+	off    int
+	closed bool // wiped for good: the signer closed, and a late request draws nothing more
+	draw   func(pkcs11.SessionHandle, int) ([]byte, error)
 }
 
 // take returns n bytes of token random, refilling the reserve through session sh when it holds
@@ -33,6 +34,9 @@ func (r *reserve) take(sh pkcs11.SessionHandle, n int) ([]byte, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return nil, errorf(ErrUnavailable, "the signer is closed")
+	}
 	if len(r.buf)-r.off < n {
 		fresh, err := r.draw(sh, reserveSize)
 		if err != nil {
@@ -53,10 +57,10 @@ func (r *reserve) take(sh pkcs11.SessionHandle, n int) ([]byte, error) {
 	return out, nil
 }
 
-// wipe clears what is left, when the token closes.
+// wipe clears what is left when the token closes, and refuses later takes.
 func (r *reserve) wipe() {
 	r.mu.Lock()
 	clear(r.buf)
-	r.buf, r.off = nil, 0
+	r.buf, r.off, r.closed = nil, 0, true
 	r.mu.Unlock()
 }

@@ -43,18 +43,30 @@ func TestRandomReserve(t *testing.T) {
 		if err != nil || len(big) != maxReserved+1 || draws[2] != maxReserved+1 {
 			t.Fatalf("large take: %d bytes, %v, draws %v", len(big), err, draws)
 		}
-		r.wipe()
+		r.buf, r.off = nil, 0
 		fail = errors.New("token gone")
 		if _, err := r.take(sh, 32); err != fail {
 			t.Fatalf("take on a failing token: %v", err)
+		}
+		if r.buf != nil {
+			t.Fatal("a failed refill left a reserve")
+		}
+		fail = nil
+		if _, err := r.take(sh, 32); err != nil {
+			t.Fatal(err)
+		}
+		left := r.buf
+		r.wipe()
+		if !bytes.Equal(left, make([]byte, len(left))) {
+			t.Fatal("wipe left random in the reserve")
+		}
+		if _, err := r.take(sh, 32); !errors.Is(err, ErrUnavailable) || r.buf != nil {
+			t.Fatalf("take after wipe: %v, %d bytes in the reserve", err, len(r.buf))
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if r.buf != nil {
-		t.Fatal("a failed refill left a reserve")
 	}
 }
 

@@ -1,6 +1,7 @@
 package ttlv
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rsa"
 	"errors"
@@ -223,7 +224,9 @@ func encrypt(o *op, p *node) (any, error) {
 			n := len(ct) - signer.GCMTagSize
 			resp.Data, resp.Tag = append([]byte{}, ct[:n]...), ct[n:]
 		}
-		if iv == nil {
+		if iv == nil || !bytes.Equal(ivOut, iv) {
+			// Drawn here, or the client's replaced by the token's own (FIPS-mode HSMs do): without
+			// it the client could not decrypt.
 			resp.IV = ivOut
 		}
 		return resp, nil

@@ -92,7 +92,7 @@ func worker(j *job) {
 // every HTTP/2 request: the stream's handler and the writers of its HEADERS frame and its flush.
 // With workers parked shallow that average was the 2 KiB minimum, and copying those three stacks
 // as they grew was 8% of the server's CPU on a generate at concurrency 8 (runtime.newstack in the
-// profile). With workers parked at this depth new goroutines start at 8 KiB while the workers are
+// profile). With workers parked at this depth new goroutines start at 4–8 KiB while the workers are
 // several (under load); among many idle connections the average falls back and so does the size.
 // KES generate at concurrency 8: server CPU per request about 60 µs without it, 55–57 µs with it.
 const workerDepth = 8 << 10

@@ -32,11 +32,12 @@ run: deps build
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
-	$(GO) vet -tags p11fault ./signer/ ./server/
+	$(GO) vet -tags p11fault ./signer/ ./server/ ./ttlv/
 
 test: deps-test vet
 	$(GO) test -count=1 -timeout 18m ./...
 	$(GO) test -count=1 -timeout 5m -tags p11fault ./signer/
+	$(GO) test -count=1 -timeout 5m -tags p11fault -run '^TestTokenChoosesGCMIV$$' ./ttlv/
 
 # Long versions of the hardening tests, not in CI (docs/guarantees.md): the load test for SOAKTIME,
 # five SIGKILL rounds under creating clients, each HSM fault held for 20 s.

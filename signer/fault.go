@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/miekg/pkcs11"
 )
@@ -199,7 +200,36 @@ func (f faulty) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pk
 	if err := faults.hit("EncryptInit"); err != nil {
 		return err
 	}
+	if iv := tokenIV.Load(); iv != nil && len(m) == 1 && m[0].Mechanism == pkcs11.CKM_AES_GCM {
+		replaceIV(m[0].Parameter, *iv)
+	}
 	return f.c.EncryptInit(sh, m, o)
+}
+
+// tokenIV, when set, is the IV the token uses for AES-GCM encryption whatever the caller gave,
+// written back into the caller's parameters as FIPS-mode HSMs (CloudHSM, Luna) do.
+var tokenIV atomic.Pointer[[]byte]
+
+// SetTokenIV makes the token choose iv for every AES-GCM encryption; nil ends it.
+func SetTokenIV(iv []byte) {
+	if iv == nil {
+		tokenIV.Store(nil)
+		return
+	}
+	tokenIV.Store(&iv)
+}
+
+// replaceIV writes iv over the IV a CK_GCM_PARAMS (as gcm.go lays it out, in C memory) points to.
+func replaceIV(param []byte, iv []byte) {
+	if len(param) != int(gcmIVAt) {
+		panic("p11fault: GCM parameters not laid out by gcm.go")
+	}
+	p := (*struct {
+		iv     unsafe.Pointer
+		ivLen  uintptr
+		ivBits uintptr
+	})(unsafe.Pointer(&param[0]))
+	copy(unsafe.Slice((*byte)(p.iv), p.ivLen), iv)
 }
 func (f faulty) Encrypt(sh pkcs11.SessionHandle, msg []byte) ([]byte, error) {
 	if err := faults.hit("Encrypt"); err != nil {

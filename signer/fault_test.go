@@ -3,6 +3,7 @@
 package signer
 
 import (
+	"bytes"
 	"crypto"
 	"errors"
 	"path/filepath"
@@ -190,5 +191,35 @@ func TestKeyCopyRefused(t *testing.T) {
 			t.Fatalf("%s: %d copies, healthy %v", pkcs11.Error(code), tok.Copies(), tok.Healthy())
 		}
 		tok.copyPause.Store(0) // as if copyRetry had passed
+	}
+}
+
+// A token that chooses its own GCM IV (FIPS-mode HSMs) writes it back; Seal answers that IV, given
+// one or not, and the ciphertext opens with it and not with the caller's.
+func TestTokenChoosesGCMIV(t *testing.T) {
+	k, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "token-iv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenIV := bytes.Repeat([]byte{0xA5}, GCMNonceSize)
+	given := bytes.Repeat([]byte{0x01}, GCMNonceSize)
+	for _, iv := range [][]byte{given, nil} {
+		SetTokenIV(tokenIV)
+		gotIV, ct, err := testReg.Seal(ctx, k.ID, iv, []byte("plaintext"), []byte("ad"))
+		SetTokenIV(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(gotIV, tokenIV) {
+			t.Fatalf("IV given %x: Seal answered %x, want the token's %x", iv, gotIV, tokenIV)
+		}
+		if pt, err := testReg.Open(ctx, k.ID, gotIV, ct, []byte("ad")); err != nil || string(pt) != "plaintext" {
+			t.Fatalf("open with the token's IV: %q, %v", pt, err)
+		}
+		if iv != nil {
+			if _, err := testReg.Open(ctx, k.ID, iv, ct, []byte("ad")); !errors.Is(err, ErrNotAuthentic) {
+				t.Fatalf("open with the caller's IV: %v", err)
+			}
+		}
 	}
 }

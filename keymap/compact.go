@@ -38,7 +38,7 @@ func (m *Map) Compact() error {
 
 	slices.SortFunc(recs, func(a, b *stored) int { return strings.Compare(a.id, b.id) })
 	dir := filepath.Dir(m.path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(m.path)+".compact-*")
+	tmp, err := m.disk.createTemp(dir, "."+filepath.Base(m.path)+".compact-*")
 	if err != nil {
 		return merry.Prependf(err, "keymap %s: compact", m.path)
 	}
@@ -56,10 +56,12 @@ func (m *Map) Compact() error {
 	}
 	w := bufio.NewWriterSize(tmp, 1<<20)
 	w.WriteString(header)
+	size := int64(len(header)) // the new file's length, counted as it is written
 	row := make([]byte, 0, 512)
 	for _, r := range recs {
 		row = appendPut(row[:0], r)
 		w.Write(row)
+		size += int64(len(row))
 	}
 	if err := w.Flush(); err != nil {
 		return merry.Prependf(err, "keymap %s: compact: write %s", m.path, tmp.Name())
@@ -79,28 +81,29 @@ func (m *Map) Compact() error {
 	// Rows committed since the snapshot: already in their final form.
 	tail := m.size - start
 	if tail > 0 {
-		if _, err := io.Copy(w, io.NewSectionReader(m.f, start, tail)); err != nil {
+		n, err := io.Copy(w, io.NewSectionReader(m.f, start, tail))
+		if err == nil && n != tail {
+			err = merry.Errorf("read %d of %d bytes", n, tail)
+		}
+		if err != nil {
 			return merry.Prependf(err, "keymap %s: compact: copy new rows", m.path)
 		}
 		if err := w.Flush(); err != nil {
 			return merry.Prependf(err, "keymap %s: compact: write %s", m.path, tmp.Name())
 		}
-	}
-	size, err := tmp.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return merry.Prependf(err, "keymap %s: compact", m.path)
+		size += tail
 	}
 	if err := tmp.Sync(); err != nil {
 		return merry.Prependf(err, "keymap %s: compact: fsync %s", m.path, tmp.Name())
 	}
-	if err := os.Rename(tmp.Name(), m.path); err != nil {
+	if err := m.disk.rename(tmp.Name(), m.path); err != nil {
 		return merry.Prependf(err, "keymap %s: compact: rename", m.path)
 	}
 	keep = true
 	old := m.f
 	m.f, m.size, m.torn = tmp, size, false
 	old.Close()
-	if err := syncDir(dir); err != nil {
+	if err := m.disk.syncDir(dir); err != nil {
 		// The rename may not survive a crash, and then rows written to the
 		// new file from now on would be lost with it: stop writing.
 		m.broken = merry.Prependf(err, "keymap %s: compact: fsync directory; reopen to recover", m.path)

@@ -1210,40 +1210,6 @@ func TestRangeConcurrentWithInserts(t *testing.T) {
 	wg.Wait()
 }
 
-// Concurrent writers share fsyncs. Where an fsync costs real time (a disk,
-// not tmpfs), 32 writers must need well under one fsync per row.
-func TestGroupCommitSharesFsyncs(t *testing.T) {
-	m := mustOpen(t, filepath.Join(t.TempDir(), "k.csv"))
-	defer m.Close()
-	start := time.Now()
-	for i := range 5 {
-		mustPut(t, m, rec(i))
-	}
-	perFsync := time.Since(start) / 5
-	before := m.fsyncs.Load()
-	const writers, per = 32, 20
-	var wg sync.WaitGroup
-	for g := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range per {
-				mustPut(t, m, rec(1000+g*per+i))
-			}
-		}()
-	}
-	wg.Wait()
-	fsyncs := m.fsyncs.Load() - before
-	t.Logf("one Put alone: %v; %d Puts from %d writers took %d fsyncs (%.1f rows each)",
-		perFsync, writers*per, writers, fsyncs, float64(writers*per)/float64(fsyncs))
-	if fsyncs > writers*per {
-		t.Fatalf("%d fsyncs for %d rows", fsyncs, writers*per)
-	}
-	if perFsync > 200*time.Microsecond && fsyncs*4 > writers*per {
-		t.Fatalf("group commit is not sharing fsyncs: %d for %d rows", fsyncs, writers*per)
-	}
-}
-
 func TestOpenReadOnlyWhileHeld(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "km.csv")
 	m, err := Open(path, nil)

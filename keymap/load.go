@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -52,7 +51,7 @@ type loadResult struct {
 // parsed by GOMAXPROCS workers and applied by this goroutine in file order.
 // The last line is forgiven when a crash could have torn it; any other bad
 // line fails the load with its line number.
-func (m *Map) load(f *os.File) (*loadResult, error) {
+func (m *Map) load(f file) (*loadResult, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, merry.Prependf(err, "keymap %s: stat", m.path)
@@ -220,7 +219,7 @@ func (m *Map) checkHeader(head []byte) error {
 
 // readChunks cuts the file after the header into chunks of whole lines and
 // hands them to emit in order, until emit returns false.
-func readChunks(f *os.File, fileSize int64, pl *pool, emit func(*chunk) bool) error {
+func readChunks(f io.ReaderAt, fileSize int64, pl *pool, emit func(*chunk) bool) error {
 	off := int64(len(header))
 	line := headerLines + 1
 	var carry, grown []byte

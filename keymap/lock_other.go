@@ -2,7 +2,5 @@
 
 package keymap
 
-import "os"
-
 // lockFile is a no-op where flock is unavailable.
-func lockFile(*os.File) error { return nil }
+func lockFile(file) error { return nil }

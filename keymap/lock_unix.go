@@ -4,7 +4,6 @@ package keymap
 
 import (
 	"errors"
-	"os"
 	"syscall"
 
 	"github.com/ansel1/merry/v2"
@@ -13,7 +12,7 @@ import (
 // lockFile takes an exclusive advisory lock on f: two writers appending at
 // their own idea of the end of the file would overwrite each other's rows.
 // The lock goes away with the file descriptor.
-func lockFile(f *os.File) error {
+func lockFile(f file) error {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		switch {

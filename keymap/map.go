@@ -76,7 +76,8 @@ type Map struct {
 	// Compact while it snapshots and swaps, Close. Fields below are owned
 	// by its holder.
 	flushSem chan struct{}
-	f        *os.File
+	disk     disk
+	f        file
 	size     int64 // end of the last good row; writes go here
 	torn     bool  // bytes past size (a torn row) must be cut before writing
 	broken   error // set after a write failure that could not be undone
@@ -95,6 +96,11 @@ type inflight struct {
 // directory (0700) if missing. The file is locked against a second opener.
 // A nil log means slog.Default().
 func Open(path string, log *slog.Logger) (*Map, error) {
+	return open(osDisk{}, path, log)
+}
+
+// open is Open on d.
+func open(d disk, path string, log *slog.Logger) (*Map, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -106,12 +112,13 @@ func Open(path string, log *slog.Logger) (*Map, error) {
 		log:      log,
 		inflight: make(map[string]inflight),
 		flushSem: make(chan struct{}, 1),
+		disk:     d,
 	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, merry.Prependf(err, "keymap %s: create directory", path)
 	}
-	f, err := openLocked(path)
+	f, err := openLocked(d, path)
 	if err != nil {
 		return nil, err
 	}
@@ -142,11 +149,11 @@ func Open(path string, log *slog.Logger) (*Map, error) {
 // openLocked opens (or creates) the file at path and locks it. It makes
 // sure the locked file is still the one at path: another process may have
 // compacted, that is replaced, it between the open and the lock.
-func openLocked(path string) (*os.File, error) {
+func openLocked(d disk, path string) (file, error) {
 	for attempt := 0; ; attempt++ {
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		f, err := d.open(path)
 		if errors.Is(err, fs.ErrNotExist) {
-			f, err = create(path)
+			f, err = create(d, path)
 			if errors.Is(err, fs.ErrExist) && attempt < 3 {
 				continue // created by someone else meanwhile
 			}
@@ -172,8 +179,8 @@ func openLocked(path string) (*os.File, error) {
 
 // create makes a new, empty keymap file. A crash before the header is
 // durable leaves an empty or partial header, which Open treats as empty.
-func create(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+func create(d disk, path string) (file, error) {
+	f, err := d.create(path)
 	if err != nil {
 		return nil, err
 	}
@@ -181,14 +188,14 @@ func create(path string) (*os.File, error) {
 		f.Close()
 		return nil, err
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := d.syncDir(filepath.Dir(path)); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
 }
 
-func writeHeader(f *os.File) error {
+func writeHeader(f file) error {
 	if err := f.Truncate(0); err != nil {
 		return err
 	}
@@ -196,19 +203,6 @@ func writeHeader(f *os.File) error {
 		return err
 	}
 	return f.Sync()
-}
-
-// syncDir makes a create or rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // buildIndexes fills the indexes, one goroutine per index: the work is

@@ -29,8 +29,14 @@ deps-test:
 run: deps build
 	$(BIN) dev --dir .p11bridge-dev
 
+# gofmt checks every .go file in the tree, tracked or not, in a git checkout or not; left out are
+# git's data, build output, caches, dev mode's state, vendored code and testdata.
+GOFILES = $(shell find . \( -path ./.git -o -path ./bin -o -path ./.cache -o -path ./.p11bridge-dev \
+	-o -name vendor -o -name testdata \) -prune -o -type f -name '*.go' -print)
+
 vet:
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	@test -n "$(GOFILES)" || { echo "vet: no .go files found"; exit 1; }
+	@out="$$(gofmt -l $(GOFILES) 2>&1)"; test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags p11fault ./signer/ ./server/ ./ttlv/
 

@@ -121,7 +121,8 @@ type Policy struct {
 	Allow      []string // KES path patterns: exact, or prefix ending in '*'
 	Deny       []string // KES path patterns, checked before Allow
 	KMIP       []string // KMIP operation names, or "*"
-	Keys       []string // key-name patterns for the KES key routes; empty means any key (KMIP is not limited by them)
+	Keys       []string // key-name patterns: the keys its identities may touch, and may use when others own them; empty: their own keys
+	SHA1       bool     // signatures over SHA-1 allowed
 	Identities []string // lowercase hex SHA-256 of a client certificate's SubjectPublicKeyInfo
 }
 

@@ -95,13 +95,16 @@ policy "minio" {
     "/v1/status",
   ]
   deny       = ["/v1/key/delete/*"]
-  keys       = ["minio-*"]   # and only keys named so (KES key routes)
+  # Only keys named so, over KES and KMIP alike; and the use (not the
+  # management) of such keys that other identities made.
+  keys       = ["minio-*"]
   identities = ["5791b6226743c56f44f8274cc67b8beb9751b6403e697243ad00fd37af5635e3"]
 }
 
 # What a KMIP client may do: KMIP operation names, or ["*"].
 policy "rpki-ca" {
   kmip       = ["Query", "CreateKeyPair", "Get", "ModifyAttribute", "Activate", "Sign", "Revoke", "Destroy"]
+  sha1       = false   # signatures over SHA-1 are refused unless true
   identities = ["0e6b69fbd1836bbd274587164bdbde0221901974ec4ade407e4bf4c357273eed"]
 }
 

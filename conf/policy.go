@@ -40,6 +40,9 @@ func (d *decoder) policies(blocks []*hclsyntax.Block, cfg *Config) {
 		p.Deny = d.patterns(c.attrs["deny"], in, d.kesPattern)
 		p.KMIP = d.patterns(c.attrs["kmip"], in, d.kmipOp)
 		p.Keys = d.patterns(c.attrs["keys"], in, d.keyPattern)
+		if a := c.attrs["sha1"]; a != nil {
+			p.SHA1, _ = d.boolean(a)
+		}
 		p.Identities = d.patterns(c.attrs["identities"], in, func(it item, in string) bool {
 			if !d.identity(it.s, it.at, "identity", in) {
 				return false

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	kesclient "github.com/minio/kms-go/kes"
+
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // do sends a raw request and returns status, content type and body.
@@ -257,10 +259,10 @@ func TestAudit(t *testing.T) {
 	if len(recs) != 3 {
 		t.Fatalf("%d audit records, want 3: %v", len(recs), recs)
 	}
-	k, _ := lookup(fx.reg, name)
+	k, _ := fx.reg.KESKey(signer.Operator, name)
 	want := []map[string]string{
-		{"identity": fx.admin.id, "operation": "key/create", "key": name, "version": k.current().ID, "signer": "a", "status": "200"},
-		{"identity": fx.minio.id, "operation": "key/generate", "key": name, "version": k.current().ID, "signer": "a", "status": "200"},
+		{"identity": fx.admin.id, "operation": "key/create", "key": name, "version": k.Current().ID, "signer": "a", "status": "200"},
+		{"identity": fx.minio.id, "operation": "key/generate", "key": name, "version": k.Current().ID, "signer": "a", "status": "200"},
 		{"identity": fx.stranger.id, "operation": "key/generate", "key": "", "version": "", "signer": "", "status": "403"},
 	}
 	for i, w := range want {

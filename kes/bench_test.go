@@ -39,13 +39,13 @@ import (
 // benchKey creates (once) the key the benchmarks use and returns its current version.
 func benchKey(b *testing.B, name string) kesKeyVersion {
 	b.Helper()
-	if _, ok := lookup(fx.reg, name); !ok {
+	if _, ok := fx.reg.KESKey(signer.Operator, name); !ok {
 		if err := fx.admin.kes.CreateKey(context.Background(), name); err != nil {
 			b.Fatal(err)
 		}
 	}
-	k, _ := lookup(fx.reg, name)
-	cur := k.current()
+	k, _ := fx.reg.KESKey(signer.Operator, name)
+	cur := k.Current()
 	return kesKeyVersion{name: name, id: cur.ID, tag: cur.Tag, signer: cur.Signer}
 }
 
@@ -182,7 +182,7 @@ func BenchmarkGenerate(b *testing.B) {
 		remote("kes", benchServerBench, generate),
 		subject{name: "kes-inproc", setup: shared(func(cx context.Context) error { return generate(cx, fx.minio.kes) })},
 		subject{name: "registry", setup: shared(func(cx context.Context) error {
-			_, _, _, err := fx.reg.SealRandom(cx, k.id, dataKeySize, ad)
+			_, _, _, err := fx.reg.SealRandom(cx, signer.Operator, k.id, dataKeySize, ad)
 			return err
 		})},
 		subject{name: "pkcs11", setup: func(b *testing.B) func() (op, func(), error) {
@@ -238,7 +238,7 @@ func BenchmarkDecrypt(b *testing.B) {
 		remote("kes", benchServerBench, decrypt(&dek.Ciphertext)),
 		subject{name: "kes-inproc", setup: shared(func(cx context.Context) error { return decrypt(&dek.Ciphertext)(cx, fx.minio.kes) })},
 		subject{name: "registry", setup: shared(func(cx context.Context) error {
-			_, err := fx.reg.Open(cx, k.id, s.iv, s.body, ad)
+			_, err := fx.reg.Open(cx, signer.Operator, k.id, s.iv, s.body, ad)
 			return err
 		})},
 		subject{name: "pkcs11", setup: func(b *testing.B) func() (op, func(), error) {

@@ -181,7 +181,10 @@ func (a *benchAuth) Admit(id string) (func(), error) {
 	}, nil
 }
 
-func (a *benchAuth) IsAdmin(string) bool               { return false }
+func (a *benchAuth) IsAdmin(string) bool { return false }
+func (a *benchAuth) Caller(id string) signer.Caller {
+	return signer.Caller{Identity: id, Keys: []string{"*"}}
+}
 func (a *benchAuth) Policies() []Policy                { return []Policy{{Name: "minio", Allow: a.allow}} }
 func (a *benchAuth) PolicyOf(id string) (string, bool) { return "minio", id == a.client }
 func (a *benchAuth) Identities() []string              { return []string{a.client} }
@@ -207,7 +210,7 @@ func benchServerClient() (*kesclient.Client, error) {
 
 func startBenchServer() error {
 	for _, n := range benchKeyNames {
-		if _, ok := lookup(fx.reg, n); !ok {
+		if _, ok := fx.reg.KESKey(signer.Operator, n); !ok {
 			if err := fx.admin.kes.CreateKey(context.Background(), n); err != nil {
 				return err
 			}

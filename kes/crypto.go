@@ -13,19 +13,19 @@ const dataKeySize = 32
 
 // keyCall reads what the key operations share — the key name from the path, the JSON body into
 // req, the key's versions — and answers the request itself when one of them is wrong.
-func (h *Handler) keyCall(c *call, req any, optionalBody bool) (string, kesKey, bool) {
+func (h *Handler) keyCall(c *call, req any, optionalBody bool) (string, signer.KESKey, bool) {
 	name, ok := c.keyName()
 	if !ok {
-		return "", kesKey{}, false
+		return "", signer.KESKey{}, false
 	}
 	if e := c.readBody(req, optionalBody); e != nil {
 		writeError(c.w, e)
-		return "", kesKey{}, false
+		return "", signer.KESKey{}, false
 	}
-	k, exists := h.keys.Get(h.reg.Changes(), name, func() (kesKey, bool) { return lookup(h.reg, name) })
+	k, exists := h.reg.KESKey(c.caller, name)
 	if !exists {
 		writeError(c.w, errKeyNotFound)
-		return "", kesKey{}, false
+		return "", signer.KESKey{}, false
 	}
 	return name, k, true
 }
@@ -37,10 +37,10 @@ func (h *Handler) generateKey(c *call) {
 	if !ok {
 		return
 	}
-	cur := k.current()
+	cur := k.Current()
 	c.use(cur)
 	// The token that holds the key also makes the data key, so nothing but the token's RNG is trusted.
-	dk, iv, body, err := h.reg.SealRandom(c.ctx, cur.ID, dataKeySize, aad(name, cur.Tag, req.Context))
+	dk, iv, body, err := h.reg.SealRandom(c.ctx, c.caller, cur.ID, dataKeySize, aad(name, cur.Tag, req.Context))
 	defer clear(dk)
 	if err != nil {
 		h.versionErr(c, err, cur, "generate data key")
@@ -57,11 +57,11 @@ func (h *Handler) encryptKey(c *call) {
 	if !ok {
 		return
 	}
-	cur := k.current()
+	cur := k.Current()
 	c.use(cur)
 	// Registry.Seal with a nil IV answers an IV of GCMNonceSize bytes (a token that writes its own
 	// writes it into that space), the one size our ciphertext format has room for.
-	iv, body, err := h.reg.Seal(c.ctx, cur.ID, nil, req.Plaintext, aad(name, cur.Tag, req.Context))
+	iv, body, err := h.reg.Seal(c.ctx, c.caller, cur.ID, nil, req.Plaintext, aad(name, cur.Tag, req.Context))
 	if err != nil {
 		h.versionErr(c, err, cur, "encrypt")
 		return
@@ -82,18 +82,18 @@ func (h *Handler) decryptKey(c *call) {
 		writeError(c.w, errDecrypt)
 		return
 	}
-	rec, ok := k.version(s.tag)
+	rec, ok := k.Version(s.tag)
 	if !ok {
 		// A version this keymap has not seen yet may be on the token (another instance rotated
-		// the key): Get adopts it.
+		// the key): the registry adopts it.
 		var err error
-		if rec, err = h.reg.Get(signer.ObjectID(s.tag, false)); err != nil || !isVersionOf(rec, name) {
+		if rec, err = h.reg.Access(c.caller, signer.ObjectID(s.tag, false), signer.UseSee); err != nil || !signer.IsKESVersionOf(rec, name) {
 			writeError(c.w, errDecrypt)
 			return
 		}
 	}
 	c.use(rec)
-	pt, err := h.reg.Open(c.ctx, rec.ID, s.iv, s.body, aad(name, s.tag, req.Context))
+	pt, err := h.reg.Open(c.ctx, c.caller, rec.ID, s.iv, s.body, aad(name, s.tag, req.Context))
 	if err != nil {
 		if errors.Is(err, signer.ErrNotAuthentic) {
 			writeError(c.w, errDecrypt)
@@ -116,19 +116,19 @@ func (h *Handler) hmacKey(c *call) {
 	if !ok {
 		return
 	}
-	orig := k.original()
+	orig := k.Original()
 	c.use(orig)
 	id := orig.ID
 	switch {
 	case orig.Attrs[signer.AttrHMACKey] != "":
-	case orig.Attrs[AttrHMAC] != "":
-		id = orig.Attrs[AttrHMAC]
+	case orig.Attrs[signer.AttrKESHMAC] != "":
+		id = orig.Attrs[signer.AttrKESHMAC]
 	default:
 		// 501, not 4xx/5xx: MinIO treats 501 as "no HMAC here" instead of failing with an empty key.
 		writeError(c.w, failf(http.StatusNotImplemented, "key '%s' has no HMAC key: it was made without one (e.g. through KMIP)", name))
 		return
 	}
-	sum, err := h.reg.HMAC(c.ctx, id, crypto.SHA256, req.Message)
+	sum, err := h.reg.HMAC(c.ctx, c.caller, id, crypto.SHA256, req.Message)
 	if err != nil {
 		h.versionErr(c, err, orig, "hmac")
 		return

@@ -114,20 +114,20 @@ func TestCrossKey(t *testing.T) {
 	wantErr(t, "A's ciphertext under B", err, kesclient.ErrDecrypt)
 
 	// Even when B's version tag is written into A's ciphertext the name in the AAD stops it.
-	kb, _ := lookup(fx.reg, b)
+	kb, _ := fx.reg.KESKey(signer.Operator, b)
 	forged := bytes.Clone(dek.Ciphertext)
-	copy(forged[1:], kb.current().Tag)
+	copy(forged[1:], kb.Current().Tag)
 	_, err = c.Decrypt(cx, b, forged, nil)
 	wantErr(t, "forged version tag", err, kesclient.ErrDecrypt)
 
 	// A ciphertext sealed with B's key but bound to name A (what a confused deputy could try).
-	iv, body, err := fx.reg.Seal(cx, kb.current().ID, nil, []byte("x"), aad(a, kb.current().Tag, nil))
+	iv, body, err := fx.reg.Seal(cx, signer.Operator, kb.Current().ID, nil, []byte("x"), aad(a, kb.Current().Tag, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Decrypt(cx, b, encodeCiphertext(kb.current().Tag, iv, body), nil)
+	_, err = c.Decrypt(cx, b, encodeCiphertext(kb.Current().Tag, iv, body), nil)
 	wantErr(t, "sealed for another name", err, kesclient.ErrDecrypt)
-	_, err = c.Decrypt(cx, a, encodeCiphertext(kb.current().Tag, iv, body), nil)
+	_, err = c.Decrypt(cx, a, encodeCiphertext(kb.Current().Tag, iv, body), nil)
 	wantErr(t, "B's version under A", err, kesclient.ErrDecrypt)
 }
 
@@ -156,21 +156,21 @@ func TestRotation(t *testing.T) {
 	}
 	d2, _ := c.GenerateKey(cx, name, []byte("c"))
 
-	k, _ := lookup(fx.reg, name)
-	if len(k.versions) != 3 || k.versions[1].ID != v1 || k.current().ID != k.versions[2].ID {
-		t.Fatalf("versions: %+v", k.versions)
+	k, _ := fx.reg.KESKey(signer.Operator, name)
+	if len(k.Versions) != 3 || k.Versions[1].ID != v1 || k.Current().ID != k.Versions[2].ID {
+		t.Fatalf("versions: %+v", k.Versions)
 	}
-	if k.versions[0].Attrs[signer.AttrReplacement] != v1 || k.versions[1].Attrs[signer.AttrReplaced] != k.versions[0].ID {
+	if k.Versions[0].Attrs[signer.AttrReplacement] != v1 || k.Versions[1].Attrs[signer.AttrReplaced] != k.Versions[0].ID {
 		t.Fatalf("versions are not linked")
 	}
-	if k.versions[2].State != "active" || k.versions[2].Attrs[AttrName] != name || k.versions[2].Owner != fx.admin.id {
-		t.Fatalf("new version row: %+v", k.versions[2])
+	if k.Versions[2].State != "active" || k.Versions[2].Attrs[signer.AttrKESName] != name || k.Versions[2].Owner != fx.admin.id {
+		t.Fatalf("new version row: %+v", k.Versions[2])
 	}
 	// Each ciphertext names the version that made it; all still decrypt.
 	for i, d := range []kesclient.DEK{d0, d1, d2} {
 		s, _ := parseCiphertext(d.Ciphertext)
-		if id := signer.ObjectID(s.tag, false); id != k.versions[i].ID {
-			t.Fatalf("ciphertext %d made by %s, want %s", i, id, k.versions[i].ID)
+		if id := signer.ObjectID(s.tag, false); id != k.Versions[i].ID {
+			t.Fatalf("ciphertext %d made by %s, want %s", i, id, k.Versions[i].ID)
 		}
 		pt, err := c.Decrypt(cx, name, d.Ciphertext, []byte("c"))
 		if err != nil || !bytes.Equal(pt, d.Plaintext) {
@@ -195,7 +195,7 @@ func TestRotation(t *testing.T) {
 	if err := fx.admin.kes.DeleteKey(cx, name); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range k.versions {
+	for _, v := range k.Versions {
 		if _, err := fx.reg.Get(v.ID); err == nil {
 			t.Fatalf("version %s survives delete", v.ID)
 		}

@@ -50,6 +50,17 @@ func fromSigner(err error, what string) *apiError {
 		return ae
 	case errors.Is(err, signer.ErrNotAuthentic):
 		return errDecrypt
+	case errors.Is(err, signer.ErrNotFound):
+		// Another identity's key answers as a missing one (the registry already says so).
+		return errKeyNotFound
+	case errors.Is(err, signer.ErrExists):
+		return errKeyExists
+	case errors.Is(err, signer.ErrDenied):
+		return errNotAllowed
+	case errors.Is(err, signer.ErrWrongState), errors.Is(err, signer.ErrUsage):
+		// The caller may use the key, but not now or not so: its KMIP state, dates or usage mask
+		// (set through KMIP) say no. 409, which kms-go neither retries nor takes for an outage.
+		return failf(http.StatusConflict, "%s: %v", what, err)
 	case errors.Is(err, signer.ErrUnavailable):
 		return failf(http.StatusServiceUnavailable, "key store unavailable: %s: %v", what, err)
 	case errors.Is(err, signer.ErrUnsupported):

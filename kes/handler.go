@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/p11bridge/p11bridge/keymap"
 	"github.com/p11bridge/p11bridge/signer"
 )
 
@@ -31,7 +30,6 @@ type Handler struct {
 	commit      string
 	maxBody     int64
 	started     time.Time
-	keys        *keymap.Cache[kesKey] // lookup's answers for the key routes
 	routes      *router
 	stats       *metrics
 }
@@ -47,7 +45,7 @@ func newHandler(opts Options) *Handler {
 		reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit, auditCheck: opts.AuditCheck,
 		errLog: opts.ErrorLog, auditLS: opts.AuditLog,
 		versionName: opts.Version, commit: buildCommit(), maxBody: opts.MaxBody,
-		started: time.Now(), routes: newRouter(routeTable()), keys: keymap.NewCache[kesKey](maxCachedKeys),
+		started: time.Now(), routes: newRouter(routeTable()),
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -71,7 +69,8 @@ type call struct {
 	route    *route
 	arg      string // the route argument (key name, list pattern, …)
 	identity string
-	deadline deadlineCtx // ctx when the route has a timeout (see deadline.go)
+	caller   signer.Caller // who asks, for the registry's key model
+	deadline deadlineCtx   // ctx when the route has a timeout (see deadline.go)
 	// Set by key handlers as they learn them, for the audit record and metrics.
 	key, version, signer string
 	audited              bool // the audit record is written
@@ -169,6 +168,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		c.identity = id
+		c.caller = h.auth.Caller(id)
 		if ro.auth == authPolicy && !h.auth.AllowKES(id, p) {
 			writeError(rec, errNotAllowed)
 			return

@@ -48,7 +48,7 @@ func (c *call) use(rec keymap.Record) { c.version, c.signer = rec.ID, rec.Signer
 // "create the key again".
 func (h *Handler) versionErr(c *call, err error, rec keymap.Record, what string) {
 	if errors.Is(err, signer.ErrNotFound) {
-		if _, gerr := h.reg.Get(rec.ID); gerr != nil {
+		if _, gerr := h.reg.Access(c.caller, rec.ID, signer.UseSee); gerr != nil {
 			writeError(c.w, errKeyNotFound)
 			return
 		}
@@ -58,20 +58,14 @@ func (h *Handler) versionErr(c *call, err error, rec keymap.Record, what string)
 	c.fail(h, err, what)
 }
 
-// createKey makes an AES-256 key and its companion HMAC key in the token where new keys go.
+// createKey makes an AES-256 key and its companion HMAC key in the token where new keys go, owned
+// by the caller. A KMIP object of the same name does not stand in the way: names bind to KES keys.
 func (h *Handler) createKey(c *call) {
 	name, ok := c.keyName()
 	if !ok {
 		return
 	}
-	defer lockName(name)()
-	if _, exists := lookup(h.reg, name); exists {
-		writeError(c.w, errKeyExists)
-		return
-	}
-	rec, err := h.reg.Create(c.ctx, signer.KeySpec{Algorithm: signer.AES, Size: 256, WithHMAC: true}, signer.Meta{
-		Name: name, State: keymap.Active, Owner: c.identity, Attrs: map[string]string{AttrName: name},
-	})
+	rec, err := h.reg.CreateKESKey(c.ctx, c.caller, name)
 	if err != nil {
 		c.fail(h, err, "create key")
 		return
@@ -80,10 +74,8 @@ func (h *Handler) createKey(c *call) {
 	c.ok()
 }
 
-// importKey puts client-supplied AES-256 key bytes into the token, sensitive and not extractable.
-// Import cannot add a companion HMAC key under the same tag, so a separate HMAC key is generated
-// in the token and linked through the kes.hmac attribute (KES, too, gives imported keys a fresh
-// random HMAC key).
+// importKey puts client-supplied AES-256 key bytes into the token, sensitive and not extractable,
+// with a generated HMAC key beside them (signer.ImportKESKey).
 func (h *Handler) importKey(c *call) {
 	name, ok := c.keyName()
 	if !ok {
@@ -108,37 +100,10 @@ func (h *Handler) importKey(c *call) {
 		writeError(c.w, failf(http.StatusNotAcceptable, "invalid key size for '%s': want 32 bytes", req.Cipher))
 		return
 	}
-	defer lockName(name)()
-	if _, exists := lookup(h.reg, name); exists {
-		writeError(c.w, errKeyExists)
-		return
-	}
-	hm, err := h.reg.Create(c.ctx, signer.KeySpec{Algorithm: signer.HMAC, Size: 256}, signer.Meta{
-		Name: name + ".hmac", State: keymap.Active, Owner: c.identity,
-	})
+	rec, err := h.reg.ImportKESKey(c.ctx, c.caller, name, req.Key)
 	if err != nil {
-		c.fail(h, err, "import key: generate its HMAC key")
-		return
-	}
-	rec, err := h.reg.Import(c.ctx, signer.Material{Class: keymap.SecretKey, Algorithm: signer.AES, Secret: req.Key}, signer.Meta{
-		Name: name, State: keymap.Active, Owner: c.identity, Attrs: map[string]string{AttrName: name, AttrHMAC: hm.ID},
-	}, false, "")
-	if err != nil {
-		if derr := h.reg.Destroy(c.ctx, hm.ID); derr != nil {
-			h.log.Warn("kes: import failed and its HMAC key could not be removed", "key", name, "hmac_key", hm.ID, "err", derr)
-		}
 		c.fail(h, err, "import key")
 		return
-	}
-	// The back link only helps operators reading the keymap; the key works without it.
-	if _, err := h.reg.Update(hm.ID, func(r *keymap.Record) error {
-		if r.Attrs == nil {
-			r.Attrs = map[string]string{}
-		}
-		r.Attrs[AttrHMACOf] = rec.ID
-		return nil
-	}); err != nil {
-		h.log.Warn("kes: could not link HMAC key to imported key", "key", name, "hmac_key", hm.ID, "err", err)
 	}
 	c.use(rec)
 	c.ok()
@@ -158,13 +123,13 @@ func (h *Handler) describeKey(c *call) {
 	if !ok {
 		return
 	}
-	k, exists := lookup(h.reg, name)
+	k, exists := h.reg.KESKey(c.caller, name)
 	if !exists {
 		writeError(c.w, errKeyNotFound)
 		return
 	}
-	orig := k.original()
-	c.use(k.current())
+	orig := k.Original()
+	c.use(k.Current())
 	c.reply(struct {
 		Name      string    `json:"name"`
 		Algorithm string    `json:"algorithm"`
@@ -173,46 +138,19 @@ func (h *Handler) describeKey(c *call) {
 	}{name, "AES256", orig.Created.UTC(), orig.Owner})
 }
 
-// deleteKey destroys every version (and an imported key's HMAC key) in the token.
+// deleteKey destroys every version (and an imported key's HMAC key) in the token: the owner's and
+// the admin's right, as KMIP Destroy is, and with the same record left behind.
 func (h *Handler) deleteKey(c *call) {
 	name, ok := c.keyName()
 	if !ok {
 		return
 	}
-	defer lockName(name)()
-	k, exists := lookup(h.reg, name)
-	if !exists {
-		writeError(c.w, errKeyNotFound)
+	if err := h.reg.DeleteKESKey(c.ctx, c.caller, name, c.use); err != nil {
+		c.fail(h, err, "delete key")
 		return
-	}
-	for i := len(k.versions) - 1; i >= 0; i-- {
-		v := k.versions[i]
-		c.use(v)
-		if err := h.reg.Destroy(c.ctx, v.ID); err != nil && !errors.Is(err, signer.ErrNotFound) {
-			c.fail(h, err, "delete key version "+v.ID)
-			return
-		}
-		if hid := v.Attrs[AttrHMAC]; hid != "" {
-			if err := h.reg.Destroy(c.ctx, hid); err != nil && !errors.Is(err, signer.ErrNotFound) {
-				c.fail(h, err, "delete HMAC key "+hid)
-				return
-			}
-		}
 	}
 	c.version = ""
 	c.ok()
-}
-
-// kesNameOf is the KES name rec answers to, or "" when it is no KES key.
-func kesNameOf(rec keymap.Record) string {
-	n, ok := rec.Attrs[AttrName]
-	if !ok {
-		n = rec.Name
-	}
-	if !validName(n) || !isVersionOf(rec, n) {
-		return ""
-	}
-	return n
 }
 
 // listKeys answers sorted names matching the pattern, a page at a time. continue_at, when set, is
@@ -224,12 +162,11 @@ func (h *Handler) listKeys(c *call) {
 		return
 	}
 	var all []string
-	h.reg.Range(func(rec keymap.Record) bool {
-		if n := kesNameOf(rec); n != "" {
+	for _, n := range h.reg.KESNames(c.caller) {
+		if validName(n) {
 			all = append(all, n)
 		}
-		return true
-	})
+	}
 	names, next := listNames(all, p)
 	c.reply(struct {
 		Names      []string `json:"names"`

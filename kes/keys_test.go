@@ -95,17 +95,17 @@ func TestKeyLifecycle(t *testing.T) {
 func TestKeyRowAndToken(t *testing.T) {
 	name := uniq("row")
 	mustCreate(t, name)
-	k, ok := lookup(fx.reg, name)
-	if !ok || len(k.versions) != 1 {
+	k, ok := fx.reg.KESKey(signer.Operator, name)
+	if !ok || len(k.Versions) != 1 {
 		t.Fatalf("lookup: %+v", k)
 	}
-	v := k.versions[0]
+	v := k.Versions[0]
 	if v.Class != keymap.SecretKey || v.Algorithm != signer.AES || v.Size != 256 || v.State != keymap.Active ||
-		v.Owner != fx.admin.id || v.Attrs[AttrName] != name || v.Attrs[signer.AttrHMACKey] == "" || v.Signer != "a" {
+		v.Owner != fx.admin.id || v.Attrs[signer.AttrKESName] != name || v.Attrs[signer.AttrHMACKey] == "" || v.Signer != "a" {
 		t.Fatalf("row: %+v", v)
 	}
 	// Generated keys never leave the token.
-	if _, err := fx.reg.Export(ctx(t), v.ID); !errors.Is(err, signer.ErrNotExtractable) {
+	if _, err := fx.reg.Export(ctx(t), signer.Operator, v.ID); !errors.Is(err, signer.ErrNotExtractable) {
 		t.Fatalf("export of a KES key: %v", err)
 	}
 }
@@ -143,8 +143,8 @@ func TestConcurrentCreate(t *testing.T) {
 	if created != 1 {
 		t.Fatalf("%d creates succeeded, want 1", created)
 	}
-	if k, _ := lookup(fx.reg, name); len(k.versions) != 1 {
-		t.Fatalf("%d versions after concurrent creates", len(k.versions))
+	if k, _ := fx.reg.KESKey(signer.Operator, name); len(k.Versions) != 1 {
+		t.Fatalf("%d versions after concurrent creates", len(k.Versions))
 	}
 }
 
@@ -186,13 +186,13 @@ func TestImport(t *testing.T) {
 	if len(m1) != 32 || !bytes.Equal(m1, m2) {
 		t.Fatalf("hmac of imported key not deterministic")
 	}
-	k, _ := lookup(fx.reg, name)
-	hid := k.versions[0].Attrs[AttrHMAC]
+	k, _ := fx.reg.KESKey(signer.Operator, name)
+	hid := k.Versions[0].Attrs[signer.AttrKESHMAC]
 	hrec, err := fx.reg.Get(hid)
-	if err != nil || hrec.Algorithm != signer.HMAC || hrec.Attrs[AttrHMACOf] != k.versions[0].ID {
+	if err != nil || hrec.Algorithm != signer.HMAC || hrec.Attrs[signer.AttrKESHMACOf] != k.Versions[0].ID {
 		t.Fatalf("linked HMAC key: %+v %v", hrec, err)
 	}
-	if _, err := fx.reg.Export(cx, k.versions[0].ID); !errors.Is(err, signer.ErrNotExtractable) {
+	if _, err := fx.reg.Export(cx, signer.Operator, k.Versions[0].ID); !errors.Is(err, signer.ErrNotExtractable) {
 		t.Fatalf("imported KES key is exportable: %v", err)
 	}
 	if err := c.DeleteKey(cx, name); err != nil {
@@ -204,16 +204,23 @@ func TestImport(t *testing.T) {
 }
 
 func TestHMACWithoutCompanion(t *testing.T) {
-	// An AES key made through KMIP (no companion HMAC key) is a KES key too; hmac answers 501,
-	// which MinIO handles, instead of an error it would misread.
+	// An AES key made through KMIP (no companion HMAC key) is no KES key by its Name; once the
+	// operator shares it, hmac answers 501, which MinIO handles, instead of an error it would misread.
 	name := uniq("kmip")
-	if _, err := fx.reg.Create(ctx(t), signer.KeySpec{Algorithm: signer.AES, Size: 256}, signer.Meta{Name: name, State: keymap.Active}); err != nil {
+	rec, err := fx.reg.Create(ctx(t), signer.Operator, signer.KeySpec{Algorithm: signer.AES, Size: 256}, signer.Meta{Name: name, State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.admin.kes.GenerateKey(ctx(t), name, nil); !errors.Is(err, kesclient.ErrKeyNotFound) {
+		t.Fatalf("generate with an unshared KMIP-made key: %v, want %v", err, kesclient.ErrKeyNotFound)
+	}
+	if _, err := fx.reg.ShareKES(signer.Operator, rec.ID, name); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := fx.admin.kes.GenerateKey(ctx(t), name, nil); err != nil {
-		t.Fatalf("generate with a KMIP-made key: %v", err)
+		t.Fatalf("generate with a shared KMIP-made key: %v", err)
 	}
-	_, err := fx.admin.kes.HMAC(ctx(t), name, []byte("m"))
+	_, err = fx.admin.kes.HMAC(ctx(t), name, []byte("m"))
 	var ke kesclient.Error
 	if !errors.As(err, &ke) || ke.Status() != http.StatusNotImplemented {
 		t.Fatalf("hmac without HMAC key: %v", err)

@@ -17,6 +17,9 @@ type Authorizer interface {
 	// the admin identity is allowed everything.
 	AllowKES(identity, path string) bool
 	IsAdmin(identity string) bool
+	// Caller is identity as the registry's key model sees it: admin or not, its policy's key
+	// patterns. The registry decides every question about a key with it.
+	Caller(identity string) signer.Caller
 	// Policies, PolicyOf and Identities feed the read-only /v1/policy and /v1/identity views.
 	Policies() []Policy
 	PolicyOf(identity string) (name string, ok bool)

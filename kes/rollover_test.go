@@ -34,15 +34,15 @@ func TestRollover(t *testing.T) {
 	})
 	fresh := uniq("roll-new")
 	mustCreate(t, fresh)
-	if k, _ := lookup(fx.reg, fresh); k.current().Signer != "b" {
-		t.Fatalf("new key on signer %q, want the rollover signer", k.current().Signer)
+	if k, _ := fx.reg.KESKey(signer.Operator, fresh); k.Current().Signer != "b" {
+		t.Fatalf("new key on signer %q, want the rollover signer", k.Current().Signer)
 	}
 	if _, err := Rotate(cx, fx.reg, name); err != nil {
 		t.Fatal(err)
 	}
-	k, _ := lookup(fx.reg, name)
-	if k.original().Signer != "a" || k.current().Signer != "b" {
-		t.Fatalf("versions on %q and %q, want a then b", k.original().Signer, k.current().Signer)
+	k, _ := fx.reg.KESKey(signer.Operator, name)
+	if k.Original().Signer != "a" || k.Current().Signer != "b" {
+		t.Fatalf("versions on %q and %q, want a then b", k.Original().Signer, k.Current().Signer)
 	}
 	d1, err := c.GenerateKey(cx, name, nil)
 	if err != nil {

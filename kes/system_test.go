@@ -11,6 +11,8 @@ import (
 	"time"
 
 	kesclient "github.com/minio/kms-go/kes"
+
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 func TestVersionStatusReady(t *testing.T) {
@@ -238,6 +240,9 @@ type allowAll struct{}
 func (allowAll) Identify(*http.Request) (string, error) { return "admin", nil }
 func (allowAll) AllowKES(string, string) bool           { return true }
 func (allowAll) IsAdmin(id string) bool                 { return id == "admin" }
-func (allowAll) Policies() []Policy                     { return nil }
-func (allowAll) PolicyOf(string) (string, bool)         { return "", false }
-func (allowAll) Identities() []string                   { return []string{"admin"} }
+func (allowAll) Caller(id string) signer.Caller {
+	return signer.Caller{Identity: id, Admin: id == "admin"}
+}
+func (allowAll) Policies() []Policy             { return nil }
+func (allowAll) PolicyOf(string) (string, bool) { return "", false }
+func (allowAll) Identities() []string           { return []string{"admin"} }

@@ -1,10 +1,15 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync/atomic"
+	"time"
+
+	"github.com/p11bridge/p11bridge/conf"
 )
 
 // auditWriter is where the audit logger writes: the audit file (when configured) and the
@@ -76,4 +81,32 @@ func (w *auditWriter) close() {
 	if w.file != nil {
 		w.file.Close()
 	}
+}
+
+// AuditOperator records an act of the operator at the command line (`keys share-kes`) in the
+// configured audit log, in the servers' record format with identity "operator" and protocol "cli".
+// Without an audit log it records nothing.
+func AuditOperator(cfg *conf.Config, operation, key, result string) error {
+	if cfg.Audit.Path == "" {
+		return nil
+	}
+	line, err := json.Marshal(map[string]string{
+		"time": time.Now().UTC().Format(time.RFC3339Nano), "level": "INFO", "msg": "cli",
+		"identity": "operator", "protocol": "cli", "operation": operation, "key": key, "result": result,
+	})
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(cfg.Audit.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit log %s: %w", cfg.Audit.Path, err)
+	}
+	_, err = f.Write(append(line, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("audit log %s: %w", cfg.Audit.Path, err)
+	}
+	return nil
 }

@@ -8,12 +8,12 @@ import (
 	"net/url"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/p11bridge/p11bridge/conf"
 	"github.com/p11bridge/p11bridge/kes"
 	"github.com/p11bridge/p11bridge/server/pki"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // auth holds identities and policies of one configuration; a reload builds a new one.
@@ -60,13 +60,9 @@ func (a *auth) isAdmin(identity string) bool {
 	return a.admin != "" && identity == a.admin && !a.revoked[identity]
 }
 
-// match is KES's rule: an exact path, or a prefix when the pattern ends in '*'.
-func match(pattern, path string) bool {
-	if p, ok := strings.CutSuffix(pattern, "*"); ok {
-		return strings.HasPrefix(path, p)
-	}
-	return pattern == path
-}
+// match is KES's rule: an exact path, or a prefix when the pattern ends in '*' (the key model's
+// rule for key names too).
+func match(pattern, path string) bool { return signer.MatchKeyPattern(pattern, path) }
 
 func (a *auth) allowPath(identity, path string) bool {
 	if a.revoked[identity] {
@@ -86,32 +82,26 @@ func (a *auth) allowPath(identity, path string) bool {
 	}
 	for _, al := range p.Allow {
 		if match(al, path) {
-			return keyAllowed(p, path)
+			return true
 		}
 	}
 	return false
 }
 
-// keyAllowed applies a policy's keys patterns to the KES routes that name one key
-// (/v1/key/{op}/{name}); listing stays governed by the path patterns alone.
-func keyAllowed(p *conf.Policy, path string) bool {
-	if len(p.Keys) == 0 {
-		return true
+// caller is identity as the registry's key model sees it. The policy's keys patterns are applied
+// there, to KES and KMIP alike.
+func (a *auth) caller(identity string) signer.Caller {
+	if a.revoked[identity] {
+		return signer.Caller{Identity: identity}
 	}
-	rest, ok := strings.CutPrefix(path, "/v1/key/")
-	if !ok {
-		return true
+	if a.isAdmin(identity) {
+		return signer.Caller{Identity: identity, Admin: true, SHA1: true}
 	}
-	op, name, _ := strings.Cut(rest, "/")
-	if op == "list" {
-		return true
+	c := signer.Caller{Identity: identity}
+	if p := a.byIdentity[identity]; p != nil {
+		c.Keys, c.SHA1 = p.Keys, p.SHA1
 	}
-	for _, k := range p.Keys {
-		if match(k, name) {
-			return true
-		}
-	}
-	return false
+	return c
 }
 
 // allowKMIP also ends the rights of a KMIP connection opened before its identity was revoked:
@@ -227,8 +217,8 @@ func (k kmipAuth) Identify(cs *tls.ConnectionState) (string, error) {
 	}
 	return identify(cs, a, k.s.clientCAs())
 }
-func (k kmipAuth) AllowKMIP(identity, op string) bool { return k.s.auth.Load().allowKMIP(identity, op) }
-func (k kmipAuth) IsAdmin(identity string) bool       { return k.s.auth.Load().isAdmin(identity) }
+func (k kmipAuth) AllowKMIP(identity, op string) bool   { return k.s.auth.Load().allowKMIP(identity, op) }
+func (k kmipAuth) Caller(identity string) signer.Caller { return k.s.auth.Load().caller(identity) }
 
 type kesAuth struct{ s *Server }
 
@@ -263,7 +253,8 @@ func (k kesAuth) Identify(r *http.Request) (string, error) {
 func (k kesAuth) AllowKES(identity, path string) bool {
 	return k.s.auth.Load().allowPath(identity, path)
 }
-func (k kesAuth) IsAdmin(identity string) bool { return k.s.auth.Load().isAdmin(identity) }
+func (k kesAuth) IsAdmin(identity string) bool         { return k.s.auth.Load().isAdmin(identity) }
+func (k kesAuth) Caller(identity string) signer.Caller { return k.s.auth.Load().caller(identity) }
 
 func (k kesAuth) Policies() []kes.Policy {
 	a := k.s.auth.Load()

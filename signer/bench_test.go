@@ -25,9 +25,9 @@ var benchKeys struct {
 
 func benchSetup(b *testing.B) (keymap.Record, keymap.Record) {
 	benchKeys.once.Do(func() {
-		benchKeys.rsa, _, benchKeys.err = testReg.CreateKeyPair(ctx, KeySpec{Algorithm: RSA, Size: 2048}, Meta{Name: "bench-rsa"}, Meta{Name: "bench-rsa-pub"})
+		benchKeys.rsa, _, benchKeys.err = testReg.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: RSA, Size: 2048}, Meta{Name: "bench-rsa", State: keymap.Active}, Meta{Name: "bench-rsa-pub", State: keymap.Active})
 		if benchKeys.err == nil {
-			benchKeys.aes, benchKeys.err = testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "bench-aes"})
+			benchKeys.aes, benchKeys.err = testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "bench-aes", State: keymap.Active})
 		}
 	})
 	if benchKeys.err != nil {
@@ -81,7 +81,7 @@ func BenchmarkSignRSA2048(b *testing.B) {
 		b.Run(fmt.Sprintf("registry/c%d", n), func(b *testing.B) {
 			parallel(b, n, func() func() error {
 				return func() error {
-					_, err := testReg.Sign(ctx, rsaKey.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, msg)
+					_, err := testReg.Sign(ctx, Operator, rsaKey.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, msg)
 					return err
 				}
 			})
@@ -109,7 +109,7 @@ func BenchmarkSealGCM32(b *testing.B) {
 		b.Run(fmt.Sprintf("registry/c%d", n), func(b *testing.B) {
 			parallel(b, n, func() func() error {
 				return func() error {
-					_, _, err := testReg.Seal(ctx, aesKey.ID, nil, pt, nil)
+					_, _, err := testReg.Seal(ctx, Operator, aesKey.ID, nil, pt, nil)
 					return err
 				}
 			})
@@ -140,7 +140,7 @@ func BenchmarkGenerateAES(b *testing.B) {
 		b.Run(fmt.Sprintf("registry/c%d", n), func(b *testing.B) {
 			parallel(b, n, func() func() error {
 				return func() error {
-					_, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "bench-gen"})
+					_, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "bench-gen", State: keymap.Active})
 					return err
 				}
 			})

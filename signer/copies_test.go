@@ -42,18 +42,18 @@ func sessionObjects(t *testing.T, tok *Token, tag []byte) []pkcs11.ObjectHandle 
 func TestKeyCopies(t *testing.T) {
 	tok, _ := testReg.Signer("a")
 	before := tok.Copies()
-	k, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "copied"})
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "copied", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := len(sessionObjects(t, tok, k.Tag)); n != 0 {
 		t.Fatalf("%d copies before first use", n)
 	}
-	iv, ct, err := testReg.Seal(ctx, k.ID, nil, []byte("data key"), []byte("ctx"))
+	iv, ct, err := testReg.Seal(ctx, Operator, k.ID, nil, []byte("data key"), []byte("ctx"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac, err := testReg.HMAC(ctx, k.ID, crypto.SHA256, []byte("msg"))
+	mac, err := testReg.HMAC(ctx, Operator, k.ID, crypto.SHA256, []byte("msg"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,34 +92,34 @@ func TestKeyCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plain.Close()
-	pt, err := plain.Open(ctx, k.ID, iv, ct, []byte("ctx"))
+	pt, err := plain.Open(ctx, Operator, k.ID, iv, ct, []byte("ctx"))
 	if err != nil || string(pt) != "data key" {
 		t.Fatalf("token object opens what the copy sealed: %q, %v", pt, err)
 	}
-	if mac2, err := plain.HMAC(ctx, k.ID, crypto.SHA256, []byte("msg")); err != nil || !bytes.Equal(mac, mac2) {
+	if mac2, err := plain.HMAC(ctx, Operator, k.ID, crypto.SHA256, []byte("msg")); err != nil || !bytes.Equal(mac, mac2) {
 		t.Fatalf("token object's HMAC differs from the copy's: %v", err)
 	}
-	iv2, ct2, err := plain.Seal(ctx, k.ID, nil, []byte("other"), nil)
+	iv2, ct2, err := plain.Seal(ctx, Operator, k.ID, nil, []byte("other"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := testReg.Open(ctx, k.ID, iv2, ct2, nil); err != nil || string(pt) != "other" {
+	if pt, err := testReg.Open(ctx, Operator, k.ID, iv2, ct2, nil); err != nil || string(pt) != "other" {
 		t.Fatalf("copy opens what the token object sealed: %q, %v", pt, err)
 	}
 	if ptok, _ := plain.Signer("a"); ptok.Copies() != 0 {
 		t.Fatalf("a signer with key_copies 0 made %d copies", ptok.Copies())
 	}
-	if _, err := testReg.Open(ctx, k.ID, iv, ct, []byte("other ctx")); !errors.Is(err, ErrNotAuthentic) {
+	if _, err := testReg.Open(ctx, Operator, k.ID, iv, ct, []byte("other ctx")); !errors.Is(err, ErrNotAuthentic) {
 		t.Fatalf("wrong AAD on the copy: %v", err)
 	}
 
-	if err := testReg.Destroy(ctx, k.ID); err != nil {
+	if err := testReg.Destroy(ctx, Operator, k.ID); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(sessionObjects(t, tok, k.Tag)); n != 0 || tok.Copies() != before {
 		t.Fatalf("%d copies left in the token and %d counted after destroy, want 0 and %d", n, tok.Copies(), before)
 	}
-	if _, _, err := testReg.Seal(ctx, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrNotFound) {
+	if _, _, err := testReg.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("seal after destroy: %v", err)
 	}
 }
@@ -128,17 +128,17 @@ func TestKeyCopies(t *testing.T) {
 // with the key.
 func TestKeyCopiesOfPrivateKeys(t *testing.T) {
 	tok, _ := testReg.Signer("a")
-	priv, pub, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "copied-ec"}, Meta{Name: "copied-ec-pub"})
+	priv, pub, err := testReg.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "copied-ec", State: keymap.Active}, Meta{Name: "copied-ec-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := SignParams{Scheme: ECDSA, Hash: crypto.SHA256}
 	for i := 0; i < 2; i++ {
-		sig, err := testReg.Sign(ctx, priv.ID, p, []byte("msg"))
+		sig, err := testReg.Sign(ctx, Operator, priv.ID, p, []byte("msg"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := testReg.Verify(ctx, pub.ID, p, []byte("msg"), sig); err != nil {
+		if err := testReg.Verify(ctx, Operator, pub.ID, p, []byte("msg"), sig); err != nil {
 			t.Fatalf("signature %d by the copy: %v", i, err)
 		}
 	}
@@ -159,23 +159,23 @@ func TestKeyCopiesOfPrivateKeys(t *testing.T) {
 	if a[0].Value[0] != byte(pkcs11.CKO_PRIVATE_KEY) || !boolAttr(a[1]) || boolAttr(a[2]) || !boolAttr(a[3]) {
 		t.Fatalf("copy: class %v sensitive=%v extractable=%v private=%v", a[0].Value, boolAttr(a[1]), boolAttr(a[2]), boolAttr(a[3]))
 	}
-	if err := testReg.Destroy(ctx, priv.ID); err != nil {
+	if err := testReg.Destroy(ctx, Operator, priv.ID); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(sessionObjects(t, tok, priv.Tag)); n != 0 {
 		t.Fatalf("%d copies left after destroy", n)
 	}
-	_ = testReg.Destroy(ctx, pub.ID)
+	_ = testReg.Destroy(ctx, Operator, pub.ID)
 }
 
 // Another process destroys the key: the copy stops working within copyRecheck and is dropped.
 func TestKeyCopyFollowsTokenObject(t *testing.T) {
 	tok, _ := testReg.Signer("a")
-	k, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "destroyed-elsewhere"})
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "destroyed-elsewhere", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := testReg.Seal(ctx, k.ID, nil, []byte("x"), nil); err != nil {
+	if _, _, err := testReg.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(sessionObjects(t, tok, k.Tag)); n != 1 {
@@ -187,13 +187,13 @@ func TestKeyCopyFollowsTokenObject(t *testing.T) {
 		t.Fatalf("pkcs11-tool --delete-object: %v\n%s", err, out)
 	}
 	time.Sleep(copyRecheck + 100*time.Millisecond)
-	if _, _, err := testReg.Seal(ctx, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrNotFound) {
+	if _, _, err := testReg.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("seal %s after the token object was destroyed by another process: %v, want ErrNotFound", copyRecheck, err)
 	}
 	if n := len(sessionObjects(t, tok, k.Tag)); n != 0 {
 		t.Fatalf("%d copies left after the token object went away", n)
 	}
-	_ = testReg.Destroy(ctx, k.ID) // the keymap row
+	_ = testReg.Destroy(ctx, Operator, k.ID) // the keymap row
 }
 
 // key_copies bounds the copies; keys beyond it work on their token objects.
@@ -211,15 +211,15 @@ func TestKeyCopiesBounded(t *testing.T) {
 	defer r.Close()
 	tok, _ := r.Signer("b")
 	for i := 0; i < 3; i++ {
-		k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "bounded"})
+		k, err := r.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "bounded", State: keymap.Active})
 		if err != nil {
 			t.Fatal(err)
 		}
-		iv, ct, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+		iv, ct, err := r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if pt, err := r.Open(ctx, k.ID, iv, ct, nil); err != nil || string(pt) != "x" {
+		if pt, err := r.Open(ctx, Operator, k.ID, iv, ct, nil); err != nil || string(pt) != "x" {
 			t.Fatalf("key %d: %q, %v", i, pt, err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -46,6 +47,18 @@ type SignParams struct {
 	Prehashed bool
 	// SaltLength of PSS; 0 means the hash length.
 	SaltLength int
+	// AnySalt makes Verify accept a PSS signature whatever its salt length (as verifiers that
+	// are not told one do).
+	AnySalt bool
+}
+
+// hashAllowed refuses SHA-1 signatures unless the caller's policy opts in: SHA-1 collisions are
+// practical, so a signature over SHA-1 proves little.
+func (c Caller) hashAllowed(h crypto.Hash) error {
+	if h == crypto.SHA1 && !c.SHA1 {
+		return errorf(ErrDenied, "SHA-1 signatures are refused unless the identity's policy sets sha1 = true")
+	}
+	return nil
 }
 
 type hashMechs struct {
@@ -69,15 +82,18 @@ var digestInfo = map[crypto.Hash][]byte{
 	crypto.SHA512: {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40},
 }
 
-// keyFor resolves id and checks that it is of class and one of algs (none = any).
-func (r *Registry) keyFor(id string, op string, class keymap.Class, algs ...string) (keymap.Record, *Token, error) {
-	rec, ok := r.rows.Get(r.km.Changes(), id, func() (keymap.Record, bool) { return r.km.Get(id) })
-	if !ok {
-		var err error
-		if rec, err = r.Get(id); err != nil { // an identifier the keymap lacks may be adopted
-			return rec, nil, err
-		}
+// keyFor resolves id, asks the key model (access.go) whether c may do u with it now, and checks
+// that it is of class and one of algs (none = any).
+func (r *Registry) keyFor(c Caller, id string, u Use, class keymap.Class, algs ...string) (keymap.Record, *Token, error) {
+	row, err := r.row(id)
+	if err != nil {
+		return keymap.Record{}, nil, err
 	}
+	rec := row.rec
+	if err := allow(c, rec, row.f, u, time.Now()); err != nil {
+		return keymap.Record{}, nil, err
+	}
+	op := u.String()
 	t, err := r.tokenOf(rec)
 	if err != nil {
 		return rec, nil, err
@@ -92,9 +108,12 @@ func (r *Registry) keyFor(id string, op string, class keymap.Class, algs ...stri
 }
 
 // Sign signs data (or a digest, with p.Prehashed) with the private key id inside its token.
-func (r *Registry) Sign(ctx context.Context, id string, p SignParams, data []byte) ([]byte, error) {
-	rec, t, err := r.keyFor(id, "sign", keymap.PrivateKey, RSA, EC)
+func (r *Registry) Sign(ctx context.Context, c Caller, id string, p SignParams, data []byte) ([]byte, error) {
+	rec, t, err := r.keyFor(c, id, UseSign, keymap.PrivateKey, RSA, EC)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.hashAllowed(p.Hash); err != nil {
 		return nil, err
 	}
 	hm, ok := hashes[p.Hash]
@@ -169,9 +188,12 @@ func ecdsaDER(rs []byte) ([]byte, error) {
 
 // Verify checks a signature on the host with the public key (of a pair half or a registered key):
 // public-key operations need no token round trip.
-func (r *Registry) Verify(ctx context.Context, id string, p SignParams, data, sig []byte) error {
-	pub, err := r.PublicKey(ctx, id)
+func (r *Registry) Verify(ctx context.Context, c Caller, id string, p SignParams, data, sig []byte) error {
+	pub, err := r.publicKeyFor(ctx, c, id, UseVerify)
 	if err != nil {
+		return err
+	}
+	if err := c.hashAllowed(p.Hash); err != nil {
 		return err
 	}
 	return VerifyWith(pub, p, data, sig)
@@ -198,7 +220,10 @@ func VerifyWith(pub crypto.PublicKey, p SignParams, data, sig []byte) error {
 			ok = rsa.VerifyPKCS1v15(k, p.Hash, digest, sig) == nil
 		case PSS:
 			salt := p.SaltLength
-			if salt <= 0 {
+			switch {
+			case p.AnySalt:
+				salt = rsa.PSSSaltLengthAuto
+			case salt <= 0:
 				salt = p.Hash.Size()
 			}
 			ok = rsa.VerifyPSS(k, p.Hash, digest, sig, &rsa.PSSOptions{SaltLength: salt, Hash: p.Hash}) == nil
@@ -227,24 +252,24 @@ const (
 
 // Seal encrypts with AES-GCM inside the token. With a nil iv a fresh 12-byte IV is drawn here
 // (tokens differ in whether and how they make one). It returns the IV and ciphertext‖tag.
-func (r *Registry) Seal(ctx context.Context, id string, iv, plaintext, aad []byte) ([]byte, []byte, error) {
-	_, iv, ct, err := r.seal(ctx, id, iv, plaintext, 0, aad)
+func (r *Registry) Seal(ctx context.Context, c Caller, id string, iv, plaintext, aad []byte) ([]byte, []byte, error) {
+	_, iv, ct, err := r.seal(ctx, c, id, iv, plaintext, 0, aad)
 	return iv, ct, err
 }
 
 // SealRandom draws n bytes from the RNG of the token that holds key id (through its reserve,
 // random.go) and seals them with that key in the same session: a data key that nothing but the
 // token's RNG made, and its ciphertext.
-func (r *Registry) SealRandom(ctx context.Context, id string, n int, aad []byte) (plaintext, iv, ciphertext []byte, err error) {
+func (r *Registry) SealRandom(ctx context.Context, c Caller, id string, n int, aad []byte) (plaintext, iv, ciphertext []byte, err error) {
 	if n < 1 || n > MaxRandom {
 		return nil, nil, nil, errorf(ErrInvalid, "random: %d bytes asked, at least 1 and at most %d", n, MaxRandom)
 	}
-	return r.seal(ctx, id, nil, nil, n, aad)
+	return r.seal(ctx, c, id, nil, nil, n, aad)
 }
 
 // seal is Seal, or with n > 0 SealRandom of n bytes.
-func (r *Registry) seal(ctx context.Context, id string, iv, plaintext []byte, n int, aad []byte) ([]byte, []byte, []byte, error) {
-	rec, t, err := r.keyFor(id, "encrypt", keymap.SecretKey, AES)
+func (r *Registry) seal(ctx context.Context, c Caller, id string, iv, plaintext []byte, n int, aad []byte) ([]byte, []byte, []byte, error) {
+	rec, t, err := r.keyFor(c, id, UseEncrypt, keymap.SecretKey, AES)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -288,8 +313,8 @@ func (r *Registry) seal(ctx context.Context, id string, iv, plaintext []byte, n 
 
 // Open decrypts ciphertext‖tag with AES-GCM inside the token. A wrong tag, IV, AAD or key gives
 // ErrNotAuthentic (SoftHSM reports it as CKR_GENERAL_ERROR, others as CKR_ENCRYPTED_DATA_INVALID).
-func (r *Registry) Open(ctx context.Context, id string, iv, ciphertext, aad []byte) ([]byte, error) {
-	rec, t, err := r.keyFor(id, "decrypt", keymap.SecretKey, AES)
+func (r *Registry) Open(ctx context.Context, c Caller, id string, iv, ciphertext, aad []byte) ([]byte, error) {
+	rec, t, err := r.keyFor(c, id, UseDecrypt, keymap.SecretKey, AES)
 	if err != nil {
 		return nil, err
 	}
@@ -327,27 +352,27 @@ func (r *Registry) Open(ctx context.Context, id string, iv, ciphertext, aad []by
 }
 
 // EncryptCBC and DecryptCBC use AES-CBC with PKCS#7 padding inside the token (KMIP clients ask for it).
-func (r *Registry) EncryptCBC(ctx context.Context, id string, iv, plaintext []byte) ([]byte, []byte, error) {
+func (r *Registry) EncryptCBC(ctx context.Context, c Caller, id string, iv, plaintext []byte) ([]byte, []byte, error) {
 	if iv == nil {
 		iv = make([]byte, 16)
 		if _, err := rand.Read(iv); err != nil {
 			return nil, nil, errorf(ErrUnavailable, "draw IV: %v", err)
 		}
 	}
-	out, err := r.cbc(ctx, id, true, iv, plaintext)
+	out, err := r.cbc(ctx, c, id, true, iv, plaintext)
 	return iv, out, err
 }
 
-func (r *Registry) DecryptCBC(ctx context.Context, id string, iv, ciphertext []byte) ([]byte, error) {
-	return r.cbc(ctx, id, false, iv, ciphertext)
+func (r *Registry) DecryptCBC(ctx context.Context, c Caller, id string, iv, ciphertext []byte) ([]byte, error) {
+	return r.cbc(ctx, c, id, false, iv, ciphertext)
 }
 
-func (r *Registry) cbc(ctx context.Context, id string, enc bool, iv, in []byte) ([]byte, error) {
-	op := "decrypt"
+func (r *Registry) cbc(ctx context.Context, c Caller, id string, enc bool, iv, in []byte) ([]byte, error) {
+	op, u := "decrypt", UseDecrypt
 	if enc {
-		op = "encrypt"
+		op, u = "encrypt", UseEncrypt
 	}
-	rec, t, err := r.keyFor(id, op, keymap.SecretKey, AES)
+	rec, t, err := r.keyFor(c, id, u, keymap.SecretKey, AES)
 	if err != nil {
 		return nil, err
 	}
@@ -377,8 +402,8 @@ func (r *Registry) cbc(ctx context.Context, id string, enc bool, iv, in []byte) 
 }
 
 // DecryptOAEP decrypts RSA-OAEP inside the token.
-func (r *Registry) DecryptOAEP(ctx context.Context, id string, hash crypto.Hash, label, ciphertext []byte) ([]byte, error) {
-	rec, t, err := r.keyFor(id, "decrypt", keymap.PrivateKey, RSA)
+func (r *Registry) DecryptOAEP(ctx context.Context, c Caller, id string, hash crypto.Hash, label, ciphertext []byte) ([]byte, error) {
+	rec, t, err := r.keyFor(c, id, UseDecrypt, keymap.PrivateKey, RSA)
 	if err != nil {
 		return nil, err
 	}
@@ -403,8 +428,8 @@ func (r *Registry) DecryptOAEP(ctx context.Context, id string, hash crypto.Hash,
 }
 
 // EncryptOAEP encrypts with the public key on the host.
-func (r *Registry) EncryptOAEP(ctx context.Context, id string, hash crypto.Hash, label, plaintext []byte) ([]byte, error) {
-	pub, err := r.PublicKey(ctx, id)
+func (r *Registry) EncryptOAEP(ctx context.Context, c Caller, id string, hash crypto.Hash, label, plaintext []byte) ([]byte, error) {
+	pub, err := r.publicKeyFor(ctx, c, id, UseEncrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -424,8 +449,12 @@ func (r *Registry) EncryptOAEP(ctx context.Context, id string, hash crypto.Hash,
 
 // HMAC computes an HMAC inside the token with the generic-secret key under id's tag: an HMAC key,
 // or the companion HMAC key of an AES key made WithHMAC.
-func (r *Registry) HMAC(ctx context.Context, id string, hash crypto.Hash, msg []byte) ([]byte, error) {
-	rec, t, err := r.keyFor(id, "mac", keymap.SecretKey, HMAC, AES)
+func (r *Registry) HMAC(ctx context.Context, c Caller, id string, hash crypto.Hash, msg []byte) ([]byte, error) {
+	return r.hmac(ctx, c, id, UseMAC, hash, msg)
+}
+
+func (r *Registry) hmac(ctx context.Context, c Caller, id string, u Use, hash crypto.Hash, msg []byte) ([]byte, error) {
+	rec, t, err := r.keyFor(c, id, u, keymap.SecretKey, HMAC, AES)
 	if err != nil {
 		return nil, err
 	}
@@ -448,8 +477,8 @@ func (r *Registry) HMAC(ctx context.Context, id string, hash crypto.Hash, msg []
 }
 
 // VerifyHMAC recomputes the MAC and compares in constant time.
-func (r *Registry) VerifyHMAC(ctx context.Context, id string, hash crypto.Hash, msg, mac []byte) error {
-	want, err := r.HMAC(ctx, id, hash, msg)
+func (r *Registry) VerifyHMAC(ctx context.Context, c Caller, id string, hash crypto.Hash, msg, mac []byte) error {
+	want, err := r.hmac(ctx, c, id, UseMACVerify, hash, msg)
 	if err != nil {
 		return err
 	}

@@ -17,9 +17,17 @@ var (
 	ErrNotAuthentic   = merry.Sentinel("ciphertext is not authentic", merry.WithHTTPCode(http.StatusBadRequest))
 	ErrBadSignature   = merry.Sentinel("signature does not verify", merry.WithHTTPCode(http.StatusBadRequest))
 	ErrNotExtractable = merry.Sentinel("key material never leaves the token", merry.WithHTTPCode(http.StatusForbidden))
-	ErrUnsupported    = merry.Sentinel("not supported", merry.WithHTTPCode(http.StatusNotImplemented))
-	ErrUnavailable    = merry.Sentinel("signer unavailable", merry.WithHTTPCode(http.StatusServiceUnavailable))
-	ErrConfig         = merry.Sentinel("signer configuration", merry.WithHTTPCode(http.StatusInternalServerError))
+	// ErrDenied: the caller may know of the key but not do this with it (the key model, access.go).
+	ErrDenied = merry.Sentinel("permission denied", merry.WithHTTPCode(http.StatusForbidden))
+	// ErrWrongState: the key's lifecycle state or dates do not allow the operation now.
+	ErrWrongState = merry.Sentinel("wrong key lifecycle state", merry.WithHTTPCode(http.StatusConflict))
+	// ErrUsage: the key's Cryptographic Usage Mask does not allow the operation.
+	ErrUsage = merry.Sentinel("incompatible cryptographic usage mask", merry.WithHTTPCode(http.StatusConflict))
+	// ErrExists: the name is taken by an object of the kind being made (a KES key).
+	ErrExists      = merry.Sentinel("already exists", merry.WithHTTPCode(http.StatusBadRequest))
+	ErrUnsupported = merry.Sentinel("not supported", merry.WithHTTPCode(http.StatusNotImplemented))
+	ErrUnavailable = merry.Sentinel("signer unavailable", merry.WithHTTPCode(http.StatusServiceUnavailable))
+	ErrConfig      = merry.Sentinel("signer configuration", merry.WithHTTPCode(http.StatusInternalServerError))
 )
 
 // errorf wraps a sentinel with a message; the sentinel stays reachable through errors.Is.

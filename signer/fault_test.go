@@ -20,7 +20,7 @@ import (
 // The token fails in the middle of load: requests that hit the fault get a clear error, broken
 // sessions leave the pool, the signer reports itself down, and recovers by itself when the fault clears.
 func TestDeviceFaultUnderLoad(t *testing.T) {
-	priv, _, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "faulty"}, Meta{Name: "faulty-pub"})
+	priv, _, err := testReg.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "faulty", State: keymap.Active}, Meta{Name: "faulty-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestDeviceFaultUnderLoad(t *testing.T) {
 							return
 						default:
 						}
-						if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+						if _, err := testReg.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
 							mu.Lock()
 							failures = append(failures, err)
 							mu.Unlock()
@@ -71,7 +71,7 @@ func TestDeviceFaultUnderLoad(t *testing.T) {
 			if CallCount("CloseSession") == closes {
 				t.Error("no broken session was closed")
 			}
-			if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+			if _, err := testReg.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
 				t.Fatalf("no recovery after the fault cleared: %v", err)
 			}
 			if !tok.Healthy() {
@@ -88,7 +88,7 @@ func TestLostLoginIsRestoredOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "relogin"})
+	k, err := r.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "relogin", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestLostLoginIsRestoredOnce(t *testing.T) {
 	tok.loginMu.Unlock()
 	logins := CallCount("Login")
 	InjectFault(pkcs11.CKR_USER_NOT_LOGGED_IN, "Encrypt")
-	_, _, err = r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+	_, _, err = r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil)
 	ClearFault()
 	if err == nil {
 		t.Fatal("the fault did not reach the caller")
@@ -106,7 +106,7 @@ func TestLostLoginIsRestoredOnce(t *testing.T) {
 	if n := CallCount("Login") - logins; n != 1 {
 		t.Fatalf("%d logins for one lost login, want exactly 1", n)
 	}
-	if _, _, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil); err != nil {
+	if _, _, err := r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -133,13 +133,13 @@ func TestLostLoginReportsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "lost-login"})
+	k, err := r.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "lost-login", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok, _ := r.Signer("s")
 	InjectFault(pkcs11.CKR_USER_NOT_LOGGED_IN, "Encrypt")
-	_, _, err = r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+	_, _, err = r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil)
 	healthy := tok.Healthy()
 	ClearFault()
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "CKR_USER_NOT_LOGGED_IN") {
@@ -148,7 +148,7 @@ func TestLostLoginReportsDown(t *testing.T) {
 	if healthy {
 		t.Error("signer reports healthy while the token refuses every call for want of a login")
 	}
-	if _, _, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil); err != nil {
+	if _, _, err := r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !tok.Healthy() {
@@ -168,18 +168,18 @@ func TestKeyCopyRefused(t *testing.T) {
 	defer r.Close()
 	tok, _ := r.Signer("s")
 	for _, code := range []uint{pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_DEVICE_ERROR} {
-		k, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "uncopyable"})
+		k, err := r.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "uncopyable", State: keymap.Active})
 		if err != nil {
 			t.Fatal(err)
 		}
 		copies := CallCount("CopyObject")
 		InjectFault(code, "CopyObject")
 		for i := 0; i < 3; i++ {
-			iv, ct, err := r.Seal(ctx, k.ID, nil, []byte("x"), nil)
+			iv, ct, err := r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil)
 			if err != nil {
 				t.Fatalf("%s: seal: %v", pkcs11.Error(code), err)
 			}
-			if pt, err := r.Open(ctx, k.ID, iv, ct, nil); err != nil || string(pt) != "x" {
+			if pt, err := r.Open(ctx, Operator, k.ID, iv, ct, nil); err != nil || string(pt) != "x" {
 				t.Fatalf("%s: open: %q, %v", pkcs11.Error(code), pt, err)
 			}
 		}
@@ -197,7 +197,7 @@ func TestKeyCopyRefused(t *testing.T) {
 // A token that chooses its own GCM IV (FIPS-mode HSMs) writes it back; Seal answers that IV, given
 // one or not, and the ciphertext opens with it and not with the caller's.
 func TestTokenChoosesGCMIV(t *testing.T) {
-	k, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "token-iv"})
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "token-iv", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestTokenChoosesGCMIV(t *testing.T) {
 	given := bytes.Repeat([]byte{0x01}, GCMNonceSize)
 	for _, iv := range [][]byte{given, nil} {
 		SetTokenIV(tokenIV)
-		gotIV, ct, err := testReg.Seal(ctx, k.ID, iv, []byte("plaintext"), []byte("ad"))
+		gotIV, ct, err := testReg.Seal(ctx, Operator, k.ID, iv, []byte("plaintext"), []byte("ad"))
 		SetTokenIV(nil)
 		if err != nil {
 			t.Fatal(err)
@@ -213,11 +213,11 @@ func TestTokenChoosesGCMIV(t *testing.T) {
 		if !bytes.Equal(gotIV, tokenIV) {
 			t.Fatalf("IV given %x: Seal answered %x, want the token's %x", iv, gotIV, tokenIV)
 		}
-		if pt, err := testReg.Open(ctx, k.ID, gotIV, ct, []byte("ad")); err != nil || string(pt) != "plaintext" {
+		if pt, err := testReg.Open(ctx, Operator, k.ID, gotIV, ct, []byte("ad")); err != nil || string(pt) != "plaintext" {
 			t.Fatalf("open with the token's IV: %q, %v", pt, err)
 		}
 		if iv != nil {
-			if _, err := testReg.Open(ctx, k.ID, iv, ct, []byte("ad")); !errors.Is(err, ErrNotAuthentic) {
+			if _, err := testReg.Open(ctx, Operator, k.ID, iv, ct, []byte("ad")); !errors.Is(err, ErrNotAuthentic) {
 				t.Fatalf("open with the caller's IV: %v", err)
 			}
 		}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+
+	"github.com/p11bridge/p11bridge/keymap"
 )
 
 // GCM parameters laid out by newGCMParams carry the IV and AAD to the token exactly, on both
 // sides of the pooled block's capacity, and a block reused from the pool carries nothing over.
 func TestGCMParams(t *testing.T) {
-	k, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "gcm-params"})
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "gcm-params", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -20,14 +22,14 @@ func TestGCMParams(t *testing.T) {
 			t.Run(fmt.Sprintf("aad%d/iv%d", n, ivLen), func(t *testing.T) {
 				aad := bytes.Repeat([]byte{byte(n)}, n)
 				iv := bytes.Repeat([]byte{7}, ivLen)
-				gotIV, ct, err := testReg.Seal(ctx, k.ID, iv, []byte("plaintext"), aad)
+				gotIV, ct, err := testReg.Seal(ctx, Operator, k.ID, iv, []byte("plaintext"), aad)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if !bytes.Equal(gotIV, iv) {
 					t.Fatalf("IV back %x, want %x", gotIV, iv)
 				}
-				pt, err := testReg.Open(ctx, k.ID, gotIV, ct, aad)
+				pt, err := testReg.Open(ctx, Operator, k.ID, gotIV, ct, aad)
 				if err != nil || string(pt) != "plaintext" {
 					t.Fatalf("open: %q, %v", pt, err)
 				}
@@ -36,7 +38,7 @@ func TestGCMParams(t *testing.T) {
 					if len(other) == n {
 						continue
 					}
-					if _, err := testReg.Open(ctx, k.ID, gotIV, ct, other); !errors.Is(err, ErrNotAuthentic) {
+					if _, err := testReg.Open(ctx, Operator, k.ID, gotIV, ct, other); !errors.Is(err, ErrNotAuthentic) {
 						t.Fatalf("open with %d bytes of AAD instead of %d: %v", len(other), n, err)
 					}
 				}

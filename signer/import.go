@@ -32,7 +32,11 @@ const AttrExportable = "p11.exportable"
 // with exportable it stays readable for Get; otherwise it is sensitive and not extractable like a
 // generated key. A private key gets its public object under the same tag, so verify, export of the
 // public key and rebuild from the token work as for generated pairs.
-func (r *Registry) Import(ctx context.Context, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
+func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
+	meta = c.own(meta)
+	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	t, err := r.target(signer)
 	if err != nil {
 		return keymap.Record{}, err
@@ -239,8 +243,12 @@ func privateTemplate(priv crypto.Signer) ([]*pkcs11.Attribute, error) {
 
 // Export gives back what a client registered. Generated private and secret keys, and imports made
 // without exportable, are refused with ErrNotExtractable: their material never leaves the token.
-func (r *Registry) Export(ctx context.Context, id string) (Material, error) {
-	rec, t, err := r.resolve(id)
+func (r *Registry) Export(ctx context.Context, c Caller, id string) (Material, error) {
+	rec, err := r.Access(c, id, UseExport)
+	if err != nil {
+		return Material{}, err
+	}
+	t, err := r.tokenOf(rec)
 	if err != nil {
 		return Material{}, err
 	}
@@ -248,9 +256,6 @@ func (r *Registry) Export(ctx context.Context, id string) (Material, error) {
 	if rec.Class == keymap.PublicKey {
 		m.Public, err = t.publicKey(ctx, rec.Tag)
 		return m, err
-	}
-	if rec.Attrs[AttrExportable] == "" {
-		return Material{}, errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", id, rec.Class)
 	}
 	err = t.withKey(ctx, rec.Tag, kindForClass(rec), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if rec.Class != keymap.PrivateKey {

@@ -31,12 +31,13 @@ type KeySpec struct {
 	WithHMAC bool
 }
 
-// Meta is what the caller decides about a new object.
+// Meta is what the caller decides about a new object. Its owner is the caller (Caller.Identity);
+// a replacement (ReKey) keeps the owner of the key it replaces.
 type Meta struct {
 	Name  string
 	State keymap.State
-	Owner string
 	Attrs map[string]string
+	owner string
 }
 
 var curveOIDs = map[int]asn1.ObjectIdentifier{
@@ -108,10 +109,14 @@ func secretTemplate(tag []byte, label string, keyType uint, bytes int) []*pkcs11
 	return t
 }
 
-// Create generates a secret key (AES or HMAC) and records it. Rows reach the keymap (fsync)
+// Create generates a secret key (AES or HMAC) for c and records it. Rows reach the keymap (fsync)
 // before Create returns; a crash in between leaves an orphan on the token, never a dangling row.
-func (r *Registry) Create(ctx context.Context, spec KeySpec, meta Meta) (keymap.Record, error) {
+func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta) (keymap.Record, error) {
 	if err := spec.check(false); err != nil {
+		return keymap.Record{}, err
+	}
+	meta = c.own(meta)
+	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
 		return keymap.Record{}, err
 	}
 	t, err := r.target(spec.Signer)
@@ -154,6 +159,15 @@ func (r *Registry) Create(ctx context.Context, spec KeySpec, meta Meta) (keymap.
 	return rec, r.put(rec)
 }
 
+// own gives a new object's metadata its owner: the caller, unless it replaces a key (the owner of
+// the old key then).
+func (c Caller) own(m Meta) Meta {
+	if m.owner == "" {
+		m.owner = c.Identity
+	}
+	return m
+}
+
 // AttrHMACKey marks a secret key that has a companion HMAC key under its tag.
 const AttrHMACKey = "p11.hmac"
 
@@ -174,15 +188,21 @@ func newRecord(tag []byte, publicHalf bool, signer string, class keymap.Class, a
 	}
 	return keymap.Record{
 		ID: ObjectID(tag, publicHalf), Tag: tag, Signer: signer, Class: class, Algorithm: alg, Size: size,
-		KeyID: kid, Name: meta.Name, State: st, Owner: meta.Owner, Created: now, Attrs: meta.Attrs,
+		KeyID: kid, Name: meta.Name, State: st, Owner: meta.owner, Created: now, Attrs: meta.Attrs,
 	}
 }
 
-// CreateKeyPair generates an RSA or EC key pair; both objects carry the same tag, the private one
-// sensitive and never extractable. It returns the private and the public rows.
-func (r *Registry) CreateKeyPair(ctx context.Context, spec KeySpec, priv, pub Meta) (keymap.Record, keymap.Record, error) {
+// CreateKeyPair generates an RSA or EC key pair for c; both objects carry the same tag, the private
+// one sensitive and never extractable. It returns the private and the public rows.
+func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, priv, pub Meta) (keymap.Record, keymap.Record, error) {
 	if err := spec.check(true); err != nil {
 		return keymap.Record{}, keymap.Record{}, err
+	}
+	priv, pub = c.own(priv), c.own(pub)
+	for _, m := range []Meta{priv, pub} {
+		if err := r.checkNew(c, keymap.Record{Name: m.Name, Attrs: m.Attrs}); err != nil {
+			return keymap.Record{}, keymap.Record{}, err
+		}
 	}
 	t, err := r.target(spec.Signer)
 	if err != nil {
@@ -251,10 +271,16 @@ func (r *Registry) CreateKeyPair(ctx context.Context, spec KeySpec, priv, pub Me
 	return privRec, pubRec, r.put(privRec, pubRec)
 }
 
-// Destroy removes the token objects of id and then its row. For a secret key this includes the
-// companion HMAC key; for a private key without a public row, the public object under its tag.
-func (r *Registry) Destroy(ctx context.Context, id string) error {
-	rec, t, err := r.resolve(id)
+// Destroy removes the token objects of id and then its row, for c, who must be allowed to manage
+// it. For a secret key this includes the companion HMAC key; for a private key without a public
+// row, the public object under its tag. KMIP Destroy and KES delete both end here and leave the
+// same record behind.
+func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
+	rec, err := r.Access(c, id, UseManage)
+	if err != nil {
+		return err
+	}
+	t, err := r.tokenOf(rec)
 	if err != nil {
 		return err
 	}

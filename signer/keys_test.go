@@ -65,7 +65,7 @@ func TestCreateSecretKeys(t *testing.T) {
 	}{{AES, 128, false}, {AES, 192, false}, {AES, 256, false}, {AES, 256, true}, {HMAC, 256, false}, {HMAC, 512, false}} {
 		t.Run(fmt.Sprintf("%s-%d-hmac=%v", c.alg, c.size, c.withHMAC), func(t *testing.T) {
 			name := fmt.Sprintf("secret-%s-%d-%v", c.alg, c.size, c.withHMAC)
-			rec, err := testReg.Create(ctx, KeySpec{Algorithm: c.alg, Size: c.size, WithHMAC: c.withHMAC}, Meta{Name: name, Owner: "tester"})
+			rec, err := testReg.Create(ctx, Caller{Identity: "tester"}, KeySpec{Algorithm: c.alg, Size: c.size, WithHMAC: c.withHMAC}, Meta{Name: name})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,12 +98,12 @@ func TestCreateSecretKeys(t *testing.T) {
 
 func TestCreateRejectsBadSpecs(t *testing.T) {
 	for _, s := range []KeySpec{{AES, 100, "", false}, {HMAC, 128, "", false}, {RSA, 2048, "", false}, {"DES", 64, "", false}, {AES, 256, "nope", false}} {
-		if _, err := testReg.Create(ctx, s, Meta{Name: "bad"}); err == nil {
+		if _, err := testReg.Create(ctx, Operator, s, Meta{Name: "bad", State: keymap.Active}); err == nil {
 			t.Errorf("Create(%+v) succeeded", s)
 		}
 	}
 	for _, s := range []KeySpec{{RSA, 1024, "", false}, {EC, 521, "", false}, {AES, 256, "", false}} {
-		if _, _, err := testReg.CreateKeyPair(ctx, s, Meta{}, Meta{}); !errors.Is(err, ErrInvalid) {
+		if _, _, err := testReg.CreateKeyPair(ctx, Operator, s, Meta{}, Meta{}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("CreateKeyPair(%+v): %v, want ErrInvalid", s, err)
 		}
 	}
@@ -145,8 +145,8 @@ func TestCreateKeyPairs(t *testing.T) {
 		size int
 	}{{RSA, 2048}, {RSA, 3072}, {RSA, 4096}, {EC, 256}, {EC, 384}} {
 		t.Run(fmt.Sprintf("%s-%d", c.alg, c.size), func(t *testing.T) {
-			priv, pub, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: c.alg, Size: c.size},
-				Meta{Name: fmt.Sprintf("pair-%d-priv", c.size)}, Meta{Name: fmt.Sprintf("pair-%d-pub", c.size)})
+			priv, pub, err := testReg.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: c.alg, Size: c.size},
+				Meta{Name: fmt.Sprintf("pair-%d-priv", c.size), State: keymap.Active}, Meta{Name: fmt.Sprintf("pair-%d-pub", c.size), State: keymap.Active})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,7 +162,7 @@ func TestCreateKeyPairs(t *testing.T) {
 			if len(pa) != 1 || !bytes.Equal(pa[0][0].Value, pub.Tag) || string(pa[0][1].Value) != pub.Name {
 				t.Fatalf("public object: %v", pa)
 			}
-			pk, err := testReg.PublicKey(ctx, pub.ID)
+			pk, err := testReg.PublicKey(ctx, Operator, pub.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,14 +178,14 @@ func TestCreateKeyPairs(t *testing.T) {
 			}
 			p := SignParams{Scheme: scheme, Hash: crypto.SHA256}
 			msg := []byte("p11bridge signs this")
-			sig, err := testReg.Sign(ctx, priv.ID, p, msg)
+			sig, err := testReg.Sign(ctx, Operator, priv.ID, p, msg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := testReg.Verify(ctx, pub.ID, p, msg, sig); err != nil {
+			if err := testReg.Verify(ctx, Operator, pub.ID, p, msg, sig); err != nil {
 				t.Fatal(err)
 			}
-			if err := testReg.Verify(ctx, pub.ID, p, []byte("something else"), sig); !errors.Is(err, ErrBadSignature) {
+			if err := testReg.Verify(ctx, Operator, pub.ID, p, []byte("something else"), sig); !errors.Is(err, ErrBadSignature) {
 				t.Fatalf("verify of other data: %v", err)
 			}
 			opensslVerify(t, pk, msg, sig)
@@ -211,34 +211,34 @@ func opensslVerify(t *testing.T, pub crypto.PublicKey, msg, sig []byte) {
 
 func TestImportAndExport(t *testing.T) {
 	aesKey := bytes.Repeat([]byte{7}, 32)
-	rec, err := testReg.Import(ctx, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: aesKey}, Meta{Name: "imp-aes"}, true, "")
+	rec, err := testReg.Import(ctx, Operator, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: aesKey}, Meta{Name: "imp-aes", State: keymap.Active}, true, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := testReg.Export(ctx, rec.ID)
+	m, err := testReg.Export(ctx, Operator, rec.ID)
 	if err != nil || !bytes.Equal(m.Secret, aesKey) {
 		t.Fatalf("export of exportable AES key: %x %v", m.Secret, err)
 	}
-	locked, err := testReg.Import(ctx, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: aesKey}, Meta{Name: "imp-aes-locked"}, false, "")
+	locked, err := testReg.Import(ctx, Operator, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: aesKey}, Meta{Name: "imp-aes-locked", State: keymap.Active}, false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkLocked(t, locked, kindAES, 1)
-	if _, err := testReg.Export(ctx, locked.ID); !errors.Is(err, ErrNotExtractable) {
+	if _, err := testReg.Export(ctx, Operator, locked.ID); !errors.Is(err, ErrNotExtractable) {
 		t.Fatalf("export of locked import: %v", err)
 	}
-	gen, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "gen"})
+	gen, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "gen", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testReg.Export(ctx, gen.ID); !errors.Is(err, ErrNotExtractable) {
+	if _, err := testReg.Export(ctx, Operator, gen.ID); !errors.Is(err, ErrNotExtractable) {
 		t.Fatalf("export of generated key: %v", err)
 	}
 
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	ecKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	for _, k := range []crypto.Signer{rsaKey, ecKey} {
-		rec, err := testReg.Import(ctx, Material{Class: keymap.PrivateKey, Private: k}, Meta{Name: fmt.Sprintf("imp-%T", k)}, true, "")
+		rec, err := testReg.Import(ctx, Operator, Material{Class: keymap.PrivateKey, Private: k}, Meta{Name: fmt.Sprintf("imp-%T", k), State: keymap.Active}, true, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,14 +247,14 @@ func TestImportAndExport(t *testing.T) {
 			scheme = ECDSA
 		}
 		p := SignParams{Scheme: scheme, Hash: crypto.SHA384}
-		sig, err := testReg.Sign(ctx, rec.ID, p, []byte("imported"))
+		sig, err := testReg.Sign(ctx, Operator, rec.ID, p, []byte("imported"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := VerifyWith(k.Public(), p, []byte("imported"), sig); err != nil {
 			t.Fatalf("signature by imported %T: %v", k, err)
 		}
-		m, err := testReg.Export(ctx, rec.ID)
+		m, err := testReg.Export(ctx, Operator, rec.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -265,32 +265,32 @@ func TestImportAndExport(t *testing.T) {
 		if !bytes.Equal(rec.KeyID, kid) {
 			t.Errorf("imported key identifier %x, want %x", rec.KeyID, kid)
 		}
-		pub, err := testReg.Import(ctx, Material{Class: keymap.PublicKey, Public: k.Public()}, Meta{Name: "imp-pub"}, true, "")
+		pub, err := testReg.Import(ctx, Operator, Material{Class: keymap.PublicKey, Public: k.Public()}, Meta{Name: "imp-pub", State: keymap.Active}, true, "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if pk, err := testReg.PublicKey(ctx, pub.ID); err != nil || !pk.(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public()) {
+		if pk, err := testReg.PublicKey(ctx, Operator, pub.ID); err != nil || !pk.(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public()) {
 			t.Fatalf("imported public key: %v", err)
 		}
-		if err := testReg.Verify(ctx, pub.ID, p, []byte("imported"), sig); err != nil {
+		if err := testReg.Verify(ctx, Operator, pub.ID, p, []byte("imported"), sig); err != nil {
 			t.Fatalf("verify with imported public key: %v", err)
 		}
 	}
 
 	for _, class := range []keymap.Class{keymap.SecretData, keymap.Opaque} {
 		data := []byte("registered " + string(class))
-		rec, err := testReg.Import(ctx, Material{Class: class, Secret: data}, Meta{Name: "imp-" + string(class)}, false, "")
+		rec, err := testReg.Import(ctx, Operator, Material{Class: class, Secret: data}, Meta{Name: "imp-" + string(class), State: keymap.Active}, false, "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m, err := testReg.Export(ctx, rec.ID); err != nil || !bytes.Equal(m.Secret, data) {
+		if m, err := testReg.Export(ctx, Operator, rec.ID); err != nil || !bytes.Equal(m.Secret, data) {
 			t.Fatalf("%s export: %q %v", class, m.Secret, err)
 		}
 	}
-	if _, err := testReg.Import(ctx, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: []byte("short")}, Meta{}, true, ""); !errors.Is(err, ErrInvalid) {
+	if _, err := testReg.Import(ctx, Operator, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: []byte("short")}, Meta{}, true, ""); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("short AES import: %v", err)
 	}
-	if _, err := testReg.Import(ctx, Material{Class: keymap.Certificate, Cert: []byte("not der")}, Meta{}, true, ""); !errors.Is(err, ErrInvalid) {
+	if _, err := testReg.Import(ctx, Operator, Material{Class: keymap.Certificate, Cert: []byte("not der")}, Meta{}, true, ""); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("bad certificate import: %v", err)
 	}
 }
@@ -298,11 +298,11 @@ func TestImportAndExport(t *testing.T) {
 func TestImportCertificate(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der := selfSigned(t, key)
-	rec, err := testReg.Import(ctx, Material{Class: keymap.Certificate, Cert: der}, Meta{Name: "cert"}, false, "")
+	rec, err := testReg.Import(ctx, Operator, Material{Class: keymap.Certificate, Cert: der}, Meta{Name: "cert", State: keymap.Active}, false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := testReg.Export(ctx, rec.ID)
+	m, err := testReg.Export(ctx, Operator, rec.ID)
 	if err != nil || !bytes.Equal(m.Cert, der) {
 		t.Fatalf("certificate export: %v", err)
 	}
@@ -320,17 +320,17 @@ func selfSigned(t *testing.T, key crypto.Signer) []byte {
 }
 
 func TestDestroy(t *testing.T) {
-	priv, pub, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "doomed"}, Meta{Name: "doomed-pub"})
+	priv, pub, err := testReg.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "doomed", State: keymap.Active}, Meta{Name: "doomed-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+	if _, err := testReg.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := testReg.Destroy(ctx, pub.ID); err != nil {
+	if err := testReg.Destroy(ctx, Operator, pub.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := testReg.Destroy(ctx, priv.ID); err != nil {
+	if err := testReg.Destroy(ctx, Operator, priv.ID); err != nil {
 		t.Fatal(err)
 	}
 	tok, _ := testReg.Signer("a")
@@ -340,20 +340,20 @@ func TestDestroy(t *testing.T) {
 	if _, err := testReg.Get(priv.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after destroy: %v", err)
 	}
-	if _, err := testReg.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); !errors.Is(err, ErrNotFound) {
+	if _, err := testReg.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Sign after destroy: %v", err)
 	}
-	if err := testReg.Destroy(ctx, priv.ID); !errors.Is(err, ErrNotFound) {
+	if err := testReg.Destroy(ctx, Operator, priv.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second destroy: %v", err)
 	}
 }
 
 func TestReKey(t *testing.T) {
-	old, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "rotating", State: keymap.Active, Attrs: map[string]string{"kes.name": "rotating"}})
+	old, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "rotating", State: keymap.Active, Attrs: map[string]string{"kes.name": "rotating"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	nu, err := testReg.ReKey(ctx, old.ID, Meta{State: keymap.Active})
+	nu, err := testReg.ReKey(ctx, Operator, old.ID, Meta{State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,18 +363,18 @@ func TestReKey(t *testing.T) {
 	if o, _ := testReg.Get(old.ID); o.Attrs[AttrReplacement] != nu.ID {
 		t.Fatalf("old version not linked: %v", o.Attrs)
 	}
-	iv, ct, err := testReg.Seal(ctx, old.ID, nil, []byte("old data"), nil)
+	iv, ct, err := testReg.Seal(ctx, Operator, old.ID, nil, []byte("old data"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := testReg.Open(ctx, old.ID, iv, ct, nil); err != nil || string(pt) != "old data" {
+	if pt, err := testReg.Open(ctx, Operator, old.ID, iv, ct, nil); err != nil || string(pt) != "old data" {
 		t.Fatalf("old version no longer decrypts: %v", err)
 	}
-	priv, _, err := testReg.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "rk"}, Meta{Name: "rk-pub"})
+	priv, _, err := testReg.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "rk", State: keymap.Active}, Meta{Name: "rk-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	np, nq, err := testReg.ReKeyKeyPair(ctx, priv.ID, Meta{}, Meta{})
+	np, nq, err := testReg.ReKeyKeyPair(ctx, Operator, priv.ID, Meta{}, Meta{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,11 +384,11 @@ func TestReKey(t *testing.T) {
 }
 
 func TestRenameReachesTheToken(t *testing.T) {
-	rec, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "before"})
+	rec, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "before", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testReg.Update(rec.ID, func(r *keymap.Record) error { r.Name = "after"; return nil }); err != nil {
+	if _, err := testReg.Update(Operator, rec.ID, func(r *keymap.Record) error { r.Name = "after"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	tok, _ := testReg.Signer("a")

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -38,9 +39,23 @@ func KeyIdentifier(pub crypto.PublicKey) ([]byte, error) {
 }
 
 // PublicKey returns the public key of a key pair half (or a registered public key), read from the
-// token once and cached: tokens hold it, the keymap does not.
-func (r *Registry) PublicKey(ctx context.Context, id string) (crypto.PublicKey, error) {
-	rec, t, err := r.resolve(id)
+// token once and cached: tokens hold it, the keymap does not. A public key may always be read by
+// whoever may know of its object.
+func (r *Registry) PublicKey(ctx context.Context, c Caller, id string) (crypto.PublicKey, error) {
+	return r.publicKeyFor(ctx, c, id, UseSee)
+}
+
+// publicKeyFor is PublicKey for a use the key model decides on (verify and encrypt on the host).
+func (r *Registry) publicKeyFor(ctx context.Context, c Caller, id string, u Use) (crypto.PublicKey, error) {
+	row, err := r.row(id)
+	if err != nil {
+		return nil, err
+	}
+	rec := row.rec
+	if err := allow(c, rec, row.f, u, time.Now()); err != nil {
+		return nil, err
+	}
+	t, err := r.tokenOf(rec)
 	if err != nil {
 		return nil, err
 	}

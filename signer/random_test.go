@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/p11bridge/p11bridge/keymap"
 )
 
 // The reserve draws from the token a kilobyte at a time, hands every byte out once, clears what
@@ -72,13 +74,13 @@ func TestRandomReserve(t *testing.T) {
 
 // Data keys from SealRandom differ and each opens with its key and AAD.
 func TestSealRandomKeysDiffer(t *testing.T) {
-	k, err := testReg.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "sealrandom"})
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "sealrandom", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]bool{}
 	for i := 0; i < 2*reserveSize/32; i++ {
-		dk, iv, ct, err := testReg.SealRandom(ctx, k.ID, 32, []byte("ad"))
+		dk, iv, ct, err := testReg.SealRandom(ctx, Operator, k.ID, 32, []byte("ad"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +88,7 @@ func TestSealRandomKeysDiffer(t *testing.T) {
 			t.Fatalf("data key %d repeats or is zero", i)
 		}
 		seen[string(dk)] = true
-		pt, err := testReg.Open(ctx, k.ID, iv, ct, []byte("ad"))
+		pt, err := testReg.Open(ctx, Operator, k.ID, iv, ct, []byte("ad"))
 		if err != nil || !bytes.Equal(pt, dk) {
 			t.Fatalf("open data key %d: %v", i, err)
 		}

@@ -21,23 +21,23 @@ func TestRebuildFromToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r1.Close()
-	priv, pub, err := r1.CreateKeyPair(ctx, KeySpec{Algorithm: RSA, Size: 2048}, Meta{Name: "rb-priv"}, Meta{Name: "rb-pub"})
+	priv, pub, err := r1.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: RSA, Size: 2048}, Meta{Name: "rb-priv", State: keymap.Active}, Meta{Name: "rb-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ecPriv, _, err := r1.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 384}, Meta{Name: "rb-ec"}, Meta{Name: "rb-ec-pub"})
+	ecPriv, _, err := r1.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 384}, Meta{Name: "rb-ec", State: keymap.Active}, Meta{Name: "rb-ec-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kesKey, err := r1.Create(ctx, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "rb-kes", State: keymap.Active})
+	kesKey, err := r1.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "rb-kes", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
-	iv, ct, err := r1.Seal(ctx, kesKey.ID, nil, []byte("before"), nil)
+	iv, ct, err := r1.Seal(ctx, Operator, kesKey.ID, nil, []byte("before"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := r1.Import(ctx, Material{Class: keymap.SecretData, Secret: []byte("s3cr3t")}, Meta{Name: "rb-data"}, true, "")
+	data, err := r1.Import(ctx, Operator, Material{Class: keymap.SecretData, Secret: []byte("s3cr3t")}, Meta{Name: "rb-data", State: keymap.Active}, true, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,20 +72,20 @@ func TestRebuildFromToken(t *testing.T) {
 			t.Errorf("rebuilt %+v\nwant      %+v", rec, want)
 		}
 	}
-	sig, err := r2.Sign(ctx, priv.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, []byte("after"))
+	sig, err := r2.Sign(ctx, Operator, priv.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, []byte("after"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r2.Verify(ctx, pub.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, []byte("after"), sig); err != nil {
+	if err := r2.Verify(ctx, Operator, pub.ID, SignParams{Scheme: PKCS1v15, Hash: crypto.SHA256}, []byte("after"), sig); err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := r2.Open(ctx, kesKey.ID, iv, ct, nil); err != nil || string(pt) != "before" {
+	if pt, err := r2.Open(ctx, Operator, kesKey.ID, iv, ct, nil); err != nil || string(pt) != "before" {
 		t.Fatalf("decrypt after rebuild: %v", err)
 	}
-	if _, err := r2.HMAC(ctx, kesKey.ID, crypto.SHA256, []byte("m")); err != nil {
+	if _, err := r2.HMAC(ctx, Operator, kesKey.ID, crypto.SHA256, []byte("m")); err != nil {
 		t.Fatalf("hmac after rebuild: %v", err)
 	}
-	if m, err := r2.Export(ctx, data.ID); err != nil || string(m.Secret) != "s3cr3t" {
+	if m, err := r2.Export(ctx, Operator, data.ID); err != nil || string(m.Secret) != "s3cr3t" {
 		t.Fatalf("data after rebuild: %v", err)
 	}
 	again, _ := r2.Rebuild(ctx, "b", false)
@@ -100,7 +100,7 @@ func TestRebuildFromToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r3.Close()
-	if _, err := r3.Sign(ctx, ecPriv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+	if _, err := r3.Sign(ctx, Operator, ecPriv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
 		t.Fatalf("sign with a key another instance made: %v", err)
 	}
 	var ids []string

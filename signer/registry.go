@@ -53,8 +53,17 @@ type Registry struct {
 	missMu sync.Mutex
 	misses map[string]time.Time // identifiers recently found on no token
 
-	// rows caches the keymap rows the cryptographic operations read (read-only: keyFor).
-	rows *keymap.Cache[keymap.Record]
+	// rows caches the keymap rows the key operations read, with their lifecycle facts (row).
+	rows *keymap.Cache[*keyRow]
+	// kesKeys caches the versions of KES key names (KESKey).
+	kesKeys *keymap.Cache[KESKey]
+}
+
+// keyRow is a row as the key model reads it: the record and its parsed lifecycle facts. Shared
+// through the cache: never modified.
+type keyRow struct {
+	rec keymap.Record
+	f   facts
 }
 
 // maxCachedRows bounds rows: the keys in use at once, not all keys.
@@ -66,7 +75,8 @@ func Open(opts Options, km *keymap.Map) (*Registry, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	r := &Registry{km: km, log: opts.Logger, rows: keymap.NewCache[keymap.Record](maxCachedRows)}
+	r := &Registry{km: km, log: opts.Logger, rows: keymap.NewCache[*keyRow](maxCachedRows),
+		kesKeys: keymap.NewCache[KESKey](maxCachedKESKeys)}
 	if err := r.Reconfigure(opts); err != nil {
 		return nil, err
 	}
@@ -223,16 +233,36 @@ func ParseObjectID(id string) (tag []byte, publicHalf bool, err error) {
 	return tag, publicHalf, nil
 }
 
-// Get returns the keymap row of id. An identifier the keymap lacks is looked for on the tokens
-// (see adopt), so instances sharing an HSM resolve each other's keys.
+// Get returns the keymap row of id, for the operator and the registry itself: front ends ask
+// Access, which decides what the caller may know. An identifier the keymap lacks is looked for on
+// the tokens (see adopt), so instances sharing an HSM resolve each other's keys.
 func (r *Registry) Get(id string) (keymap.Record, error) {
 	rec, ok := r.km.Get(id)
 	if !ok {
 		if rec, ok = r.adopt(context.Background(), id); !ok {
-			return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
+			return keymap.Record{}, notFound(id)
 		}
 	}
 	return rec, nil
+}
+
+// row is Get through the row cache, with the row's lifecycle facts.
+func (r *Registry) row(id string) (*keyRow, error) {
+	row, ok := r.rows.Get(r.km.Changes(), id, func() (*keyRow, bool) {
+		rec, ok := r.km.Get(id)
+		if !ok {
+			return nil, false
+		}
+		return &keyRow{rec: rec, f: factsOf(rec)}, true
+	})
+	if ok {
+		return row, nil
+	}
+	rec, err := r.Get(id) // an identifier the keymap lacks may be adopted
+	if err != nil {
+		return nil, err
+	}
+	return &keyRow{rec: rec, f: factsOf(rec)}, nil
 }
 
 // Changes counts the keymap's changes: a cache of rows is good while it stays the same.
@@ -259,14 +289,19 @@ func (r *Registry) List(signer string) []keymap.Record {
 	return out
 }
 
-// Update changes the metadata of id (state, names, attributes) and persists it before returning.
-// fn must not change the fields that bind the row to the token (ID, Tag, Signer, Class).
-func (r *Registry) Update(id string, fn func(*keymap.Record) error) (keymap.Record, error) {
+// Update changes the metadata of id (state, names, attributes) for c, who must be allowed to manage
+// it, and persists it before returning. fn must not change the fields that bind the row to the
+// token (ID, Tag, Signer, Class), nor, unless c is the admin, its owner or KES mark; a new name
+// must be one c may give and no KES key holds.
+func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (keymap.Record, error) {
 	r.recMu.Lock()
 	defer r.recMu.Unlock()
 	rec, ok := r.km.Get(id)
 	if !ok {
-		return keymap.Record{}, errorf(ErrNotFound, "no object with identifier %q", id)
+		return keymap.Record{}, notFound(id)
+	}
+	if err := allow(c, rec, factsOf(rec), UseManage, time.Now()); err != nil {
+		return keymap.Record{}, err
 	}
 	old := rec
 	rec = rec.Clone()
@@ -276,6 +311,14 @@ func (r *Registry) Update(id string, fn func(*keymap.Record) error) (keymap.Reco
 	}
 	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
 		return keymap.Record{}, errorf(ErrInvalid, "object %q: identity fields cannot change", id)
+	}
+	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
+		return keymap.Record{}, errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
+	}
+	if rec.Name != old.Name || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
+		if err := r.checkNew(c, rec); err != nil {
+			return keymap.Record{}, err
+		}
 	}
 	rec.Updated = time.Time{}
 	if err := r.km.Put(rec); err != nil {
@@ -311,16 +354,6 @@ func (r *Registry) put(recs ...keymap.Record) error {
 		}
 	}
 	return nil
-}
-
-// resolve finds the row and signer of id.
-func (r *Registry) resolve(id string) (keymap.Record, *Token, error) {
-	rec, err := r.Get(id)
-	if err != nil {
-		return keymap.Record{}, nil, err
-	}
-	t, err := r.tokenOf(rec)
-	return rec, t, err
 }
 
 // tokenOf is the signer that holds rec.

@@ -35,8 +35,23 @@ func inherit(old keymap.Record, over map[string]string) map[string]string {
 // key), made where new keys go now (the rollover signer while one is set). The new key takes the
 // old one's name and attributes unless meta says otherwise, and both are linked. The old key stays
 // usable: KES decrypts old ciphertexts with it while generate uses the new one.
-func (r *Registry) ReKey(ctx context.Context, id string, meta Meta) (keymap.Record, error) {
-	old, err := r.Get(id)
+//
+// Replacing a key is managing it: only its owner and the admin may. The replacement belongs to the
+// old key's owner. A version of a KES key is rotated under the KES key's name lock, as
+// RotateKESKey does.
+func (r *Registry) ReKey(ctx context.Context, c Caller, id string, meta Meta) (keymap.Record, error) {
+	old, err := r.Access(c, id, UseManage)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	if kn, ok := old.Attrs[AttrKESName]; ok {
+		defer lockName(kn)()
+	}
+	return r.reKey(ctx, c, id, meta)
+}
+
+func (r *Registry) reKey(ctx context.Context, c Caller, id string, meta Meta) (keymap.Record, error) {
+	old, err := r.Access(c, id, UseManage)
 	if err != nil {
 		return keymap.Record{}, err
 	}
@@ -46,15 +61,13 @@ func (r *Registry) ReKey(ctx context.Context, id string, meta Meta) (keymap.Reco
 	if meta.Name == "" {
 		meta.Name = old.Name
 	}
-	if meta.Owner == "" {
-		meta.Owner = old.Owner
-	}
+	meta.owner = old.Owner
 	meta.Attrs = inherit(old, meta.Attrs)
-	rec, err := r.Create(ctx, KeySpec{Algorithm: old.Algorithm, Size: old.Size, WithHMAC: old.Attrs[AttrHMACKey] != ""}, meta)
+	rec, err := r.Create(ctx, c, KeySpec{Algorithm: old.Algorithm, Size: old.Size, WithHMAC: old.Attrs[AttrHMACKey] != ""}, meta)
 	if err != nil {
 		return keymap.Record{}, err
 	}
-	_, err = r.Update(id, func(o *keymap.Record) error {
+	_, err = r.Update(c, id, func(o *keymap.Record) error {
 		o.Attrs = withAttr(o.Attrs, AttrReplacement, rec.ID)
 		return nil
 	})
@@ -63,8 +76,8 @@ func (r *Registry) ReKey(ctx context.Context, id string, meta Meta) (keymap.Reco
 
 // ReKeyKeyPair replaces the key pair of private key id with a fresh pair of the same algorithm and
 // size, linked to the old one like ReKey. It returns the new private and public rows.
-func (r *Registry) ReKeyKeyPair(ctx context.Context, id string, priv, pub Meta) (keymap.Record, keymap.Record, error) {
-	old, err := r.Get(id)
+func (r *Registry) ReKeyKeyPair(ctx context.Context, c Caller, id string, priv, pub Meta) (keymap.Record, keymap.Record, error) {
+	old, err := r.Access(c, id, UseManage)
 	if err != nil {
 		return keymap.Record{}, keymap.Record{}, err
 	}
@@ -78,28 +91,23 @@ func (r *Registry) ReKeyKeyPair(ctx context.Context, id string, priv, pub Meta) 
 	if pub.Name == "" && hasPub {
 		pub.Name = oldPub.Name
 	}
-	if priv.Owner == "" {
-		priv.Owner = old.Owner
-	}
-	if pub.Owner == "" {
-		pub.Owner = priv.Owner
-	}
+	priv.owner, pub.owner = old.Owner, old.Owner
 	priv.Attrs = inherit(old, priv.Attrs)
 	if hasPub {
 		pub.Attrs = inherit(oldPub, pub.Attrs)
 	}
-	np, nq, err := r.CreateKeyPair(ctx, KeySpec{Algorithm: old.Algorithm, Size: old.Size}, priv, pub)
+	np, nq, err := r.CreateKeyPair(ctx, c, KeySpec{Algorithm: old.Algorithm, Size: old.Size}, priv, pub)
 	if err != nil {
 		return keymap.Record{}, keymap.Record{}, err
 	}
-	if _, err := r.Update(id, func(o *keymap.Record) error {
+	if _, err := r.Update(c, id, func(o *keymap.Record) error {
 		o.Attrs = withAttr(o.Attrs, AttrReplacement, np.ID)
 		return nil
 	}); err != nil {
 		return np, nq, err
 	}
 	if hasPub {
-		_, err = r.Update(oldPub.ID, func(o *keymap.Record) error {
+		_, err = r.Update(c, oldPub.ID, func(o *keymap.Record) error {
 			o.Attrs = withAttr(o.Attrs, AttrReplacement, nq.ID)
 			return nil
 		})

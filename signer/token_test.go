@@ -115,7 +115,7 @@ func TestLoginLostIsRecovered(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	priv, _, err := r.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "relogin"}, Meta{Name: "relogin-pub"})
+	priv, _, err := r.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "relogin", State: keymap.Active}, Meta{Name: "relogin-pub", State: keymap.Active})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestLoginLostIsRecovered(t *testing.T) {
 	tok.loginMu.Lock()
 	tok.lastLogin = time.Time{}
 	tok.loginMu.Unlock()
-	if _, err := r.Sign(ctx, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+	if _, err := r.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
 		t.Fatalf("sign after the token lost the login: %v", err)
 	}
 	// The shared test registry on token A is logged in separately and unaffected.
@@ -143,7 +143,7 @@ func TestRolloverAndReconfigure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	before, _, err := r.CreateKeyPair(ctx, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "on-a"}, Meta{Name: "on-a-pub"})
+	before, _, err := r.CreateKeyPair(ctx, Operator, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "on-a", State: keymap.Active}, Meta{Name: "on-a-pub", State: keymap.Active})
 	if err != nil || before.Signer != "a" {
 		t.Fatalf("%+v %v", before, err)
 	}
@@ -154,7 +154,7 @@ func TestRolloverAndReconfigure(t *testing.T) {
 	if tokAfter, _ := r.Signer("a"); tokAfter != tokBefore {
 		t.Fatal("an unchanged signer was reopened")
 	}
-	after, err := r.Create(ctx, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "on-b"})
+	after, err := r.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "on-b", State: keymap.Active})
 	if err != nil || after.Signer != "b" {
 		t.Fatalf("new key during rollover: %+v %v", after, err)
 	}
@@ -163,7 +163,7 @@ func TestRolloverAndReconfigure(t *testing.T) {
 	if err != nil || !strings.Contains(strings.ToLower(string(out)), after.ID) {
 		t.Fatalf("pkcs11-tool does not show %s on token B: %v\n%s", after.ID, err, out)
 	}
-	if _, err := r.Sign(ctx, before.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
+	if _, err := r.Sign(ctx, Operator, before.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); err != nil {
 		t.Fatalf("old key on a: %v", err)
 	}
 	bad := Options{Signers: []Config{cfgOf("a", tokA), {Name: "c", Module: "/nonexistent.so", TokenLabel: "x"}}, Default: "a"}
@@ -173,7 +173,7 @@ func TestRolloverAndReconfigure(t *testing.T) {
 	if r.Rollover() != "b" {
 		t.Fatal("a refused configuration changed the running one")
 	}
-	if c := r.Census(); c["a"][keymap.PreActive] != 2 || c["b"][keymap.PreActive] != 1 {
+	if c := r.Census(); c["a"][keymap.Active] != 2 || c["b"][keymap.Active] != 1 {
 		t.Fatalf("census %v", c)
 	}
 }

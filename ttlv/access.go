@@ -3,26 +3,20 @@ package ttlv
 import (
 	"context"
 	"maps"
-	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
 
 	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
-// visible says whether the caller may see rec: objects belong to the identity that made them;
-// admins see everything. Objects without an owner (made outside KMIP by the CLI) are admin-only.
-func (o *op) visible(rec keymap.Record) bool {
-	return o.admin || (rec.Owner != "" && rec.Owner == o.identity)
-}
+// Who may do what with an object is the registry's key model (signer/access.go); these helpers
+// only turn a request into its questions. An object the caller may not know of answers exactly as
+// a missing one, so identifiers cannot be probed.
 
-// lookup returns the row of id when the caller may see it. Others' objects are reported exactly
-// like missing ones, so identifiers cannot be probed.
-func (o *op) lookup(id string) (keymap.Record, error) {
-	rec, err := o.s.reg.Get(id)
-	if err == nil && !o.visible(rec) {
-		err = kerr(rNotFound, "no object with identifier %q", id)
-	}
+// lookup returns the row of id when the caller may do u with it.
+func (o *op) lookup(id string, u signer.Use) (keymap.Record, error) {
+	rec, err := o.s.reg.Access(o.caller, id, u)
 	if err != nil {
 		return keymap.Record{}, err
 	}
@@ -30,13 +24,13 @@ func (o *op) lookup(id string) (keymap.Record, error) {
 	return rec, nil
 }
 
-// target resolves a request's Unique Identifier (or the ID Placeholder) and looks it up.
-func (o *op) target(u *uidRef) (keymap.Record, error) {
+// target resolves a request's Unique Identifier (or the ID Placeholder) and looks it up for u.
+func (o *op) target(u *uidRef, use signer.Use) (keymap.Record, error) {
 	id, err := o.resolve(u)
 	if err != nil {
 		return keymap.Record{}, err
 	}
-	return o.lookup(id)
+	return o.lookup(id, use)
 }
 
 // wrongState refuses an operation in the object's current lifecycle state. KMIP 2.0 has a reason
@@ -49,45 +43,18 @@ func stateName(st keymap.State) string {
 	return kmip14.State(stateEnums[st]).String()
 }
 
-// requireState checks that rec is now in one of the states.
-func (o *op) requireState(rec keymap.Record, what string, states ...keymap.State) error {
-	st := o.s.effectiveState(rec, time.Now())
-	for _, s := range states {
-		if st == s {
-			return nil
-		}
-	}
-	return wrongState(rec, st, what)
-}
-
-// requireUsage checks the Cryptographic Usage Mask when the object has one (objects made outside
-// KMIP have none and are not restricted here). any lists acceptable bits; one is enough.
-func (o *op) requireUsage(rec keymap.Record, what string, any ...kmip14.CryptographicUsageMask) error {
-	mask, ok := o.s.storedInt(rec, kmip14.TagCryptographicUsageMask)
-	if !ok {
-		return nil
-	}
-	for _, b := range any {
-		if mask&uint32(b) != 0 {
-			return nil
-		}
-	}
-	return kerr(rUsageMask, "object %s: its Cryptographic Usage Mask (%s) does not allow %s",
-		rec.ID, tagMaskName(kmip14.TagCryptographicUsageMask, mask), what)
-}
-
 // update changes a row through the registry and registers the reverse change for Undo.
 func (o *op) update(id string, fn func(*keymap.Record) error) (keymap.Record, error) {
-	before, err := o.s.reg.Get(id)
+	before, err := o.s.reg.Access(o.caller, id, signer.UseManage)
 	if err != nil {
 		return keymap.Record{}, err
 	}
-	rec, err := o.s.reg.Update(id, fn)
+	rec, err := o.s.reg.Update(o.caller, id, fn)
 	if err != nil {
 		return keymap.Record{}, err
 	}
 	o.onUndo(func(ctx context.Context) error {
-		_, err := o.s.reg.Update(id, func(r *keymap.Record) error {
+		_, err := o.s.reg.Update(o.caller, id, func(r *keymap.Record) error {
 			r.Name, r.State, r.Owner, r.Attrs = before.Name, before.State, before.Owner, maps.Clone(before.Attrs)
 			return nil
 		})
@@ -100,7 +67,7 @@ func (o *op) update(id string, fn func(*keymap.Record) error) (keymap.Record, er
 func (o *op) created(ids ...string) {
 	o.onUndo(func(ctx context.Context) error {
 		for _, id := range ids {
-			if err := o.s.reg.Destroy(ctx, id); err != nil {
+			if err := o.s.reg.Destroy(ctx, o.caller, id); err != nil {
 				return err
 			}
 		}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/gemalto/kmip-go/kmip14"
 	tt "github.com/gemalto/kmip-go/ttlv"
+
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // access says how a client may touch an attribute.
@@ -31,6 +33,18 @@ type attrDef struct {
 	// GetAttributes carries one; clients that want them name them.
 	named bool
 	key   string // where Record.Attrs keeps it (storeKey), computed once
+	// fact names the registry attribute that holds it when the registry's key model decides on it
+	// (usage mask, lifecycle dates): stored in the registry's form, not as KMIP JSON.
+	fact string
+}
+
+// facts maps the attributes the key model reads to the registry's attributes.
+var facts = map[tt.Tag]string{
+	kmip14.TagCryptographicUsageMask: signer.AttrUsageMask,
+	kmip14.TagActivationDate:         signer.AttrActivationDate,
+	kmip14.TagDeactivationDate:       signer.AttrDeactivationDate,
+	kmip14.TagProtectStopDate:        signer.AttrProtectStopDate,
+	kmip14.TagProcessStartDate:       signer.AttrProcessStartDate,
 }
 
 var v10, v11, v12, v13, v14 = ProtocolVersion{1, 0}, ProtocolVersion{1, 1}, ProtocolVersion{1, 2}, ProtocolVersion{1, 3}, ProtocolVersion{1, 4}
@@ -102,6 +116,9 @@ func init() {
 	for _, d := range attrDefs {
 		d.name = tt.DefaultRegistry.FormatTagCanonical(d.tag)
 		d.key = attrPrefix + tagName(d.tag)
+		if f := facts[d.tag]; f != "" {
+			d.fact, d.key = f, f
+		}
 		defByName[d.name] = d
 		defByTag[d.tag] = d
 	}

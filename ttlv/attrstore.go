@@ -78,6 +78,12 @@ func decodeValues(s string) ([]*node, error) {
 
 // stored returns the stored instances of an attribute (nil entries are deleted instances).
 func (s *Server) stored(rec keymap.Record, d *attrDef, name string) []*node {
+	if d != nil && d.fact != "" {
+		if n := factNode(rec, d); n != nil {
+			return []*node{n}
+		}
+		return nil
+	}
 	raw, ok := rec.Attrs[storeKey(d, name)]
 	if !ok {
 		if d == def(kmip14.TagName) && rec.Name != "" {
@@ -94,8 +100,51 @@ func (s *Server) stored(rec keymap.Record, d *attrDef, name string) []*node {
 	return vals
 }
 
+// factNode reads an attribute the registry keeps in its own form.
+func factNode(rec keymap.Record, d *attrDef) *node {
+	if d.tag == kmip14.TagCryptographicUsageMask {
+		if m, ok := signer.UsageMask(rec); ok {
+			return newInt(d.tag, int32(m))
+		}
+		return nil
+	}
+	if t, ok := signer.Date(rec, d.fact); ok {
+		return newDateTime(d.tag, t)
+	}
+	return nil
+}
+
+// setFact writes an attribute the registry keeps in its own form (single-valued: the first live
+// instance, or none).
+func setFact(rec *keymap.Record, d *attrDef, vals []*node) {
+	var v *node
+	for _, x := range vals {
+		if x != nil {
+			v = x
+			break
+		}
+	}
+	if d.tag == kmip14.TagCryptographicUsageMask {
+		var m uint32
+		if v != nil {
+			m = v.u32()
+		}
+		signer.SetUsageMask(rec, m, v != nil)
+		return
+	}
+	var t time.Time
+	if v != nil {
+		t = v.dateTime()
+	}
+	signer.SetDate(rec, d.fact, t, v != nil)
+}
+
 // setStored replaces the stored instances of an attribute in rec (a clone being updated).
 func setStored(rec *keymap.Record, d *attrDef, name string, vals []*node) error {
+	if d != nil && d.fact != "" {
+		setFact(rec, d, vals)
+		return nil
+	}
 	key := storeKey(d, name)
 	tag := kmip14.TagAttributeValue
 	if d != nil {
@@ -152,6 +201,9 @@ const firstCacheMax = 8192
 // storedFirst returns the first stored instance of a single-valued attribute, or nil.
 func (s *Server) storedFirst(rec keymap.Record, tag tt.Tag) *node {
 	d := def(tag)
+	if d.fact != "" {
+		return factNode(rec, d)
+	}
 	raw, ok := rec.Attrs[storeKey(d, "")]
 	if !ok {
 		return nil
@@ -212,26 +264,6 @@ var stateEnums = map[keymap.State]kmip14.State{
 	keymap.Compromised:          kmip14.StateCompromised,
 	keymap.Destroyed:            kmip14.StateDestroyed,
 	keymap.DestroyedCompromised: kmip14.StateDestroyedCompromised,
-}
-
-// effectiveState is the state of rec now: a Pre-Active object whose Activation Date has come is
-// Active, an Active one past its Deactivation Date is Deactivated (KMIP's date-driven transitions).
-func (s *Server) effectiveState(rec keymap.Record, now time.Time) keymap.State {
-	st := rec.State
-	if st == "" {
-		st = keymap.PreActive
-	}
-	if st == keymap.PreActive {
-		if t, ok := s.storedDate(rec, kmip14.TagActivationDate); ok && !t.After(now) {
-			st = keymap.Active
-		}
-	}
-	if st == keymap.Active {
-		if t, ok := s.storedDate(rec, kmip14.TagDeactivationDate); ok && !t.After(now) {
-			st = keymap.Deactivated
-		}
-	}
-	return st
 }
 
 // kmipAlgorithm is the Cryptographic Algorithm to report: what the client asked for when it was
@@ -312,7 +344,7 @@ func (s *Server) attributesOf(rec keymap.Record, v ProtocolVersion) []attr {
 				addStored(d, d.name)
 			}
 		case kmip14.TagState:
-			add(d.tag, newEnum(d.tag, uint32(stateEnums[s.effectiveState(rec, now)])))
+			add(d.tag, newEnum(d.tag, uint32(stateEnums[signer.EffectiveState(rec, now)])))
 		case kmip14.TagInitialDate:
 			add(d.tag, newDateTime(d.tag, rec.Created))
 		case kmip14.TagLastChangeDate:

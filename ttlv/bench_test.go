@@ -29,6 +29,7 @@ import (
 	"github.com/ovh/kmip-go/kmipclient"
 
 	"github.com/p11bridge/p11bridge/server/pki"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // The KMIP benchmarks put the whole server path next to the leanest use of the same token, at
@@ -113,7 +114,7 @@ func makeBenchKeys() error {
 		}
 		*tag = rec.Tag
 	}
-	pub, err := env.reg.PublicKey(context.Background(), k.rsaPub)
+	pub, err := env.reg.PublicKey(context.Background(), signer.Operator, k.rsaPub)
 	if err != nil {
 		return err
 	}

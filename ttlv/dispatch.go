@@ -11,6 +11,8 @@ import (
 
 	"github.com/gemalto/kmip-go/kmip14"
 	"github.com/gemalto/kmip-go/kmip20"
+
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // onPanic sees every recovered panic; the fuzz test makes it fatal, so that recovery (which keeps a
@@ -55,7 +57,7 @@ type op struct {
 	s        *Server
 	v        ProtocolVersion
 	identity string
-	admin    bool
+	caller   signer.Caller // who asks, for the registry's key model
 	b        *batch
 	name     string
 
@@ -142,12 +144,12 @@ func (s *Server) runBatch(ctx context.Context, identity string, req *RequestMess
 		onErr = kmip14.BatchErrorContinuationOption(*o)
 	}
 	b := &batch{} // last is made by the first item that produces an identifier
-	admin := s.auth.IsAdmin(identity)
+	caller := s.auth.Caller(identity)
 	resp := &ResponseMessage{Header: ResponseHeader{ProtocolVersion: v, TimeStamp: time.Now().UTC().Truncate(time.Second)}}
 	var done []doneItem
 	for i := range req.Items {
 		item := &req.Items[i]
-		o := &op{ctx: ctx, s: s, v: v, identity: identity, admin: admin, b: b, name: opName(item.Operation)}
+		o := &op{ctx: ctx, s: s, v: v, identity: identity, caller: caller, b: b, name: opName(item.Operation)}
 		res := s.runItem(o, item)
 		resp.Items = append(resp.Items, res)
 		if res.ResultStatus == uint32(kmip14.ResultStatusSuccess) {

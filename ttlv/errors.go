@@ -68,6 +68,14 @@ func resultOf(err error, v ProtocolVersion) (uint32, string) {
 			reason = rCrypto
 		case errors.Is(err, signer.ErrNotExtractable):
 			reason = rNotExtract
+		case errors.Is(err, signer.ErrDenied):
+			reason = rDenied
+		case errors.Is(err, signer.ErrWrongState):
+			reason = rWrongState
+		case errors.Is(err, signer.ErrUsage):
+			reason = rUsageMask
+		case errors.Is(err, signer.ErrExists):
+			reason = uint32(kmip14.ResultReasonObjectAlreadyExists)
 		case errors.Is(err, signer.ErrUnsupported):
 			reason = rFeature
 		case errors.Is(err, signer.ErrUnavailable):

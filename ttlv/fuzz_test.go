@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // fuzzAuth lets the fuzzer run every operation except those that make token objects, so a long
@@ -22,7 +24,7 @@ func (fuzzAuth) AllowKMIP(_, op string) bool {
 	return true
 }
 
-func (fuzzAuth) IsAdmin(string) bool { return false }
+func (fuzzAuth) Caller(id string) signer.Caller { return signer.Caller{Identity: id} }
 
 // FuzzMessage feeds arbitrary bytes to the message handler (parser, message decoder, dispatcher and
 // handlers, with the real registry) and to the payload decoders the dispatcher does not reach. A

@@ -60,6 +60,7 @@ type testAuth struct {
 	mu      sync.Mutex
 	admins  map[string]bool
 	limited map[string]bool
+	sha1    map[string]bool // identities whose policy allows SHA-1 signatures
 }
 
 func (a *testAuth) Identify(cs *tls.ConnectionState) (string, error) {
@@ -82,10 +83,10 @@ func (a *testAuth) AllowKMIP(identity, operation string) bool {
 	return true
 }
 
-func (a *testAuth) IsAdmin(identity string) bool {
+func (a *testAuth) Caller(identity string) signer.Caller {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.admins[identity]
+	return signer.Caller{Identity: identity, Admin: a.admins[identity], SHA1: a.admins[identity] || a.sha1[identity]}
 }
 
 type syncBuffer struct {
@@ -215,7 +216,7 @@ func setupPKI(dir string) error {
 	if serverCert, err = tlsPair(sc, sk, filepath.Join(certs, "server")); err != nil {
 		return err
 	}
-	env.auth = &testAuth{admins: map[string]bool{}, limited: map[string]bool{}}
+	env.auth = &testAuth{admins: map[string]bool{}, limited: map[string]bool{}, sha1: map[string]bool{}}
 	env.clients = map[string]*clientCert{}
 	for _, name := range []string{"alice", "bob", "admin", "limited", "krill", "pykmip", "ovh", "raw", "bench"} {
 		c, k, err := ca.Issue(name, nil, pki.Client)

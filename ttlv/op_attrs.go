@@ -8,6 +8,7 @@ import (
 	"github.com/gemalto/kmip-go/kmip20"
 
 	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 func init() {
@@ -37,7 +38,7 @@ func getAttributes(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseSee)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +74,7 @@ func getAttributeList(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseSee)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +152,7 @@ func (o *op) checkWritable(rec keymap.Record, a attr) error {
 	if a.def.access != clientRW {
 		return kerr(rReadOnly, "attribute %q cannot be changed by a client", a.name)
 	}
-	st := o.s.effectiveState(rec, time.Now())
+	st := signer.EffectiveState(rec, time.Now())
 	switch a.def.tag {
 	case kmip14.TagActivationDate:
 		if st != keymap.PreActive {
@@ -204,7 +205,7 @@ func addAttribute(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +248,7 @@ func modifyAttribute(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +312,7 @@ func setAttribute(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +341,7 @@ func deleteAttribute(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}

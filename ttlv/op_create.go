@@ -72,7 +72,7 @@ func create(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	meta, err := t.meta(o.identity)
+	meta, err := t.meta()
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func create(o *op, p *node) (any, error) {
 			return nil, err
 		}
 	}
-	rec, err := o.s.reg.Create(o.ctx, spec, meta)
+	rec, err := o.s.reg.Create(o.ctx, o.caller, spec, meta)
 	if err != nil {
 		return nil, err
 	}
@@ -161,11 +161,11 @@ func pairSpec(t *template) (signer.KeySpec, error) {
 
 // pairMetas builds the metadata of both halves, remembering ECDSA/ECDH when the client said so.
 func (o *op) pairMetas(priv, pub *template) (signer.Meta, signer.Meta, error) {
-	pm, err := priv.meta(o.identity)
+	pm, err := priv.meta()
 	if err != nil {
 		return signer.Meta{}, signer.Meta{}, err
 	}
-	qm, err := pub.meta(o.identity)
+	qm, err := pub.meta()
 	if err != nil {
 		return signer.Meta{}, signer.Meta{}, err
 	}
@@ -203,7 +203,7 @@ func createKeyPair(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	pr, pu, err := o.s.reg.CreateKeyPair(o.ctx, spec, pm, qm)
+	pr, pu, err := o.s.reg.CreateKeyPair(o.ctx, o.caller, spec, pm, qm)
 	if err != nil {
 		return nil, err
 	}
@@ -234,13 +234,15 @@ type reKeyResponse struct {
 func (o *op) datesAfterReKey(id string, old keymap.Record, offset *time.Duration, t *template) error {
 	now := time.Now()
 	oldAct, hasAct := o.s.storedDate(old, kmip14.TagActivationDate)
-	oldState := o.s.effectiveState(old, now)
-	_, err := o.s.reg.Update(id, func(r *keymap.Record) error {
+	oldState := signer.EffectiveState(old, now)
+	_, err := o.s.reg.Update(o.caller, id, func(r *keymap.Record) error {
 		given := func(tag tt.Tag) bool { return t != nil && t.vals[storeKey(def(tag), "")] != nil }
 		for _, tag := range []tt.Tag{kmip14.TagActivationDate, kmip14.TagDeactivationDate, kmip14.TagCompromiseDate,
 			kmip14.TagCompromiseOccurrenceDate, kmip14.TagRevocationReason, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
 			if !given(tag) {
-				delete(r.Attrs, storeKey(def(tag), ""))
+				if err := setStored(r, def(tag), "", nil); err != nil {
+					return err
+				}
 			}
 		}
 		var act *time.Time
@@ -292,7 +294,7 @@ func reKey(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	old, err := o.target(req.UID)
+	old, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +312,7 @@ func reKey(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec, err := o.s.reg.ReKey(o.ctx, old.ID, meta)
+	rec, err := o.s.reg.ReKey(o.ctx, o.caller, old.ID, meta)
 	if err != nil {
 		return nil, err
 	}
@@ -329,7 +331,7 @@ func reKeyKeyPair(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	old, err := o.target(req.PrivateKeyUID)
+	old, err := o.target(req.PrivateKeyUID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
@@ -348,16 +350,16 @@ func reKeyKeyPair(o *op, p *node) (any, error) {
 		return nil, err
 	}
 	var qm signer.Meta
-	oldPub, pubErr := o.s.reg.Get(old.Attrs[signer.AttrPublicKey])
+	oldPub, pubErr := o.s.reg.Access(o.caller, old.Attrs[signer.AttrPublicKey], signer.UseSee)
 	if pubErr == nil {
 		qm, err = o.s.reKeyMeta(oldPub, pub)
 	} else {
-		qm, err = pub.meta(old.Owner)
+		qm, err = pub.meta()
 	}
 	if err != nil {
 		return nil, err
 	}
-	np, nq, err := o.s.reg.ReKeyKeyPair(o.ctx, old.ID, pm, qm)
+	np, nq, err := o.s.reg.ReKeyKeyPair(o.ctx, o.caller, old.ID, pm, qm)
 	if err != nil {
 		return nil, err
 	}
@@ -407,5 +409,5 @@ func (s *Server) reKeyMeta(old keymap.Record, t *template) (signer.Meta, error) 
 			return signer.Meta{}, err
 		}
 	}
-	return signer.Meta{Name: rec.Name, Owner: old.Owner, Attrs: rec.Attrs}, nil
+	return signer.Meta{Name: rec.Name, Attrs: rec.Attrs}, nil
 }

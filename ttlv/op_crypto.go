@@ -3,9 +3,7 @@ package ttlv
 import (
 	"bytes"
 	"crypto"
-	"crypto/rsa"
 	"errors"
-	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
 
@@ -68,10 +66,10 @@ type macResponse struct {
 
 var rMissingIV = uint32(0x34) // KMIP 2.0 Missing Initialization Vector
 
-// prepare decodes a crypto request, resolves its key and checks lifecycle state and usage mask.
-// Protecting operations (encrypt, sign, MAC) need an Active key; processing ones (decrypt,
-// verify) may also use a Deactivated key, as KMIP allows.
-func (o *op) prepare(p *node, protect bool, what string, usage ...kmip14.CryptographicUsageMask) (*cryptoRequest, keymap.Record, cryptoParams, error) {
+// prepare decodes a crypto request and asks the registry's key model whether the caller may do u
+// with its key now (state, dates, usage mask, owner): before the parameters are looked at, so a
+// refused key is refused whatever the request says. The registry asks again when the operation runs.
+func (o *op) prepare(p *node, u signer.Use) (*cryptoRequest, keymap.Record, cryptoParams, error) {
 	var req cryptoRequest
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, keymap.Record{}, cryptoParams{}, err
@@ -81,27 +79,9 @@ func (o *op) prepare(p *node, protect bool, what string, usage ...kmip14.Cryptog
 	if req.Correlation != nil || !oneShot {
 		return nil, keymap.Record{}, cryptoParams{}, kerr(rFeature, "multi-part (streaming) cryptographic operations are not supported")
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, u)
 	if err != nil {
 		return nil, rec, cryptoParams{}, err
-	}
-	states := []keymap.State{keymap.Active}
-	if !protect {
-		states = append(states, keymap.Deactivated)
-	}
-	if err := o.requireState(rec, what+" needs an Active key", states...); err != nil {
-		return nil, rec, cryptoParams{}, err
-	}
-	if err := o.requireUsage(rec, what, usage...); err != nil {
-		return nil, rec, cryptoParams{}, err
-	}
-	// Protect Stop Date ends protecting; Process Start Date begins processing (KMIP 3.27, 3.28).
-	now := time.Now()
-	if t, set := o.s.storedDate(rec, kmip14.TagProtectStopDate); protect && set && !now.Before(t) {
-		return nil, rec, cryptoParams{}, kerr(rDenied, "object %s: its Protect Stop Date (%s) has passed; it can no longer %s", rec.ID, t.Format(time.RFC3339), what)
-	}
-	if t, set := o.s.storedDate(rec, kmip14.TagProcessStartDate); !protect && set && now.Before(t) {
-		return nil, rec, cryptoParams{}, kerr(rDenied, "object %s: its Process Start Date (%s) has not come yet", rec.ID, t.Format(time.RFC3339))
 	}
 	params := cryptoParams{}
 	if req.Params != nil {
@@ -185,7 +165,7 @@ func oaep(p cryptoParams) (crypto.Hash, []byte, error) {
 }
 
 func encrypt(o *op, p *node) (any, error) {
-	req, rec, params, err := o.prepare(p, true, "Encrypt", kmip14.CryptographicUsageMaskEncrypt)
+	req, rec, params, err := o.prepare(p, signer.UseEncrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +175,7 @@ func encrypt(o *op, p *node) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		ct, err := o.s.reg.EncryptOAEP(o.ctx, rec.ID, h, label, plain)
+		ct, err := o.s.reg.EncryptOAEP(o.ctx, o.caller, rec.ID, h, label, plain)
 		if err != nil {
 			return nil, err
 		}
@@ -214,7 +194,7 @@ func encrypt(o *op, p *node) (any, error) {
 	}
 	resp := encryptResponse{UID: rec.ID}
 	if mode == kmip14.BlockCipherModeGCM {
-		ivOut, ct, err := o.s.reg.Seal(o.ctx, rec.ID, iv, plain, req.AAD)
+		ivOut, ct, err := o.s.reg.Seal(o.ctx, o.caller, rec.ID, iv, plain, req.AAD)
 		if err != nil {
 			return nil, err
 		}
@@ -231,7 +211,7 @@ func encrypt(o *op, p *node) (any, error) {
 		}
 		return resp, nil
 	}
-	ivOut, ct, err := o.s.reg.EncryptCBC(o.ctx, rec.ID, iv, plain)
+	ivOut, ct, err := o.s.reg.EncryptCBC(o.ctx, o.caller, rec.ID, iv, plain)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +223,7 @@ func encrypt(o *op, p *node) (any, error) {
 }
 
 func decrypt(o *op, p *node) (any, error) {
-	req, rec, params, err := o.prepare(p, false, "Decrypt", kmip14.CryptographicUsageMaskDecrypt)
+	req, rec, params, err := o.prepare(p, signer.UseDecrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +233,7 @@ func decrypt(o *op, p *node) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		pt, err := o.s.reg.DecryptOAEP(o.ctx, rec.ID, h, label, ct)
+		pt, err := o.s.reg.DecryptOAEP(o.ctx, o.caller, rec.ID, h, label, ct)
 		if err != nil {
 			return nil, err
 		}
@@ -280,9 +260,9 @@ func decrypt(o *op, p *node) (any, error) {
 			}
 			ct = append(append([]byte{}, ct...), req.Tag...)
 		}
-		pt, err = o.s.reg.Open(o.ctx, rec.ID, req.IV, ct, req.AAD)
+		pt, err = o.s.reg.Open(o.ctx, o.caller, rec.ID, req.IV, ct, req.AAD)
 	} else {
-		pt, err = o.s.reg.DecryptCBC(o.ctx, rec.ID, req.IV, ct)
+		pt, err = o.s.reg.DecryptCBC(o.ctx, o.caller, rec.ID, req.IV, ct)
 	}
 	if err != nil {
 		if errors.Is(err, signer.ErrNotAuthentic) || (mode == kmip14.BlockCipherModeCBC && errors.Is(err, signer.ErrInvalid)) {
@@ -395,7 +375,7 @@ func message(req *cryptoRequest, sp *signer.SignParams) ([]byte, error) {
 }
 
 func sign(o *op, p *node) (any, error) {
-	req, rec, params, err := o.prepare(p, true, "Sign", kmip14.CryptographicUsageMaskSign)
+	req, rec, params, err := o.prepare(p, signer.UseSign)
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +387,7 @@ func sign(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, err := o.s.reg.Sign(o.ctx, rec.ID, sp, msg)
+	sig, err := o.s.reg.Sign(o.ctx, o.caller, rec.ID, sp, msg)
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +395,7 @@ func sign(o *op, p *node) (any, error) {
 }
 
 func signatureVerify(o *op, p *node) (any, error) {
-	req, rec, params, err := o.prepare(p, false, "SignatureVerify", kmip14.CryptographicUsageMaskVerify, kmip14.CryptographicUsageMaskSign)
+	req, rec, params, err := o.prepare(p, signer.UseVerify)
 	if err != nil {
 		return nil, err
 	}
@@ -430,11 +410,9 @@ func signatureVerify(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if sp.Scheme == signer.PSS && params.SaltLength == nil {
-		// Without a salt length, accept any (as verifiers do); the registry assumes the hash length.
-		return o.verifyPSSAnySalt(rec, sp, msg, req.Signature)
-	}
-	err = o.s.reg.Verify(o.ctx, rec.ID, sp, msg, req.Signature)
+	// Without a salt length, accept any (as verifiers do).
+	sp.AnySalt = sp.Scheme == signer.PSS && params.SaltLength == nil
+	err = o.s.reg.Verify(o.ctx, o.caller, rec.ID, sp, msg, req.Signature)
 	if err != nil && !errors.Is(err, signer.ErrBadSignature) {
 		return nil, err
 	}
@@ -479,7 +457,7 @@ func (o *op) macHash(rec keymap.Record, p cryptoParams) (crypto.Hash, error) {
 }
 
 func mac(o *op, p *node) (any, error) {
-	req, rec, params, err := o.prepare(p, true, "MAC", kmip14.CryptographicUsageMaskMACGenerate)
+	req, rec, params, err := o.prepare(p, signer.UseMAC)
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +468,7 @@ func mac(o *op, p *node) (any, error) {
 	if req.Data == nil {
 		return nil, kerr(rMissing, "MAC needs Data")
 	}
-	m, err := o.s.reg.HMAC(o.ctx, rec.ID, h, *req.Data)
+	m, err := o.s.reg.HMAC(o.ctx, o.caller, rec.ID, h, *req.Data)
 	if err != nil {
 		return nil, err
 	}
@@ -498,7 +476,7 @@ func mac(o *op, p *node) (any, error) {
 }
 
 func macVerify(o *op, p *node) (any, error) {
-	req, rec, params, err := o.prepare(p, false, "MACVerify", kmip14.CryptographicUsageMaskMACVerify, kmip14.CryptographicUsageMaskMACGenerate)
+	req, rec, params, err := o.prepare(p, signer.UseMACVerify)
 	if err != nil {
 		return nil, err
 	}
@@ -509,7 +487,7 @@ func macVerify(o *op, p *node) (any, error) {
 	if req.Data == nil || req.MAC == nil {
 		return nil, kerr(rMissing, "MACVerify needs Data and MACData")
 	}
-	err = o.s.reg.VerifyHMAC(o.ctx, rec.ID, h, *req.Data, req.MAC)
+	err = o.s.reg.VerifyHMAC(o.ctx, o.caller, rec.ID, h, *req.Data, req.MAC)
 	if err != nil && !errors.Is(err, signer.ErrBadSignature) {
 		return nil, err
 	}
@@ -537,30 +515,4 @@ func rngRetrieve(o *op, p *node) (any, error) {
 
 type rngResponse struct {
 	Data []byte `kmip:"Data"`
-}
-
-// verifyPSSAnySalt checks an RSA-PSS signature whatever its salt length, with the public key on the
-// host. signer.VerifyWith takes SaltLength ≤ 0 as the hash length and has no "auto" setting.
-func (o *op) verifyPSSAnySalt(rec keymap.Record, sp signer.SignParams, msg, sig []byte) (any, error) {
-	pub, err := o.s.reg.PublicKey(o.ctx, rec.ID)
-	if err != nil {
-		return nil, err
-	}
-	k, ok := pub.(*rsa.PublicKey)
-	if !ok {
-		return nil, kerr(rBadParams, "PSS needs an RSA key; %s is not one", rec.ID)
-	}
-	digest := msg
-	if !sp.Prehashed {
-		h := sp.Hash.New()
-		h.Write(msg)
-		digest = h.Sum(nil)
-	} else if len(msg) != sp.Hash.Size() {
-		return nil, kerr(rInvalidField, "a %v digest is %d bytes, got %d", sp.Hash, sp.Hash.Size(), len(msg))
-	}
-	var vErr error
-	if rsa.VerifyPSS(k, sp.Hash, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: sp.Hash}) != nil {
-		vErr = signer.ErrBadSignature
-	}
-	return verifyResponse{UID: rec.ID, Validity: validity(vErr)}, nil
 }

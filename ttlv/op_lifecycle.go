@@ -6,6 +6,7 @@ import (
 	"github.com/gemalto/kmip-go/kmip14"
 
 	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 func init() {
@@ -28,13 +29,13 @@ func activate(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	_, err = o.update(rec.ID, func(r *keymap.Record) error {
-		if st := o.s.effectiveState(*r, now); st != keymap.PreActive {
+		if st := signer.EffectiveState(*r, now); st != keymap.PreActive {
 			return wrongState(*r, st, "only Pre-Active objects can be activated")
 		}
 		r.State = keymap.Active
@@ -58,7 +59,7 @@ func revoke(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +67,7 @@ func revoke(o *op, p *node) (any, error) {
 	code := kmip14.RevocationReasonCode(req.Reason.Code)
 	compromised := code == kmip14.RevocationReasonCodeKeyCompromise || code == kmip14.RevocationReasonCodeCACompromise
 	_, err = o.update(rec.ID, func(r *keymap.Record) error {
-		st := o.s.effectiveState(*r, now)
+		st := signer.EffectiveState(*r, now)
 		store := func(n *node) error { return setStored(r, def(n.Tag), "", []*node{n}) }
 		if compromised {
 			if st == keymap.Compromised {
@@ -106,15 +107,15 @@ func destroy(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseManage)
 	if err != nil {
 		return nil, err
 	}
-	if st := o.s.effectiveState(rec, time.Now()); st == keymap.Active {
+	if st := signer.EffectiveState(rec, time.Now()); st == keymap.Active {
 		return nil, wrongState(rec, st, "revoke it before destroying it")
 	}
 	o.irreversible = true
-	if err := o.s.reg.Destroy(o.ctx, rec.ID); err != nil {
+	if err := o.s.reg.Destroy(o.ctx, o.caller, rec.ID); err != nil {
 		return nil, err
 	}
 	return uidResponse{UID: rec.ID}, nil
@@ -144,12 +145,12 @@ func check(o *op, p *node) (any, error) {
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseSee)
 	if err != nil {
 		return nil, err
 	}
 	if req.UsageMask != nil {
-		if mask, ok := o.s.storedInt(rec, kmip14.TagCryptographicUsageMask); ok && mask&*req.UsageMask != *req.UsageMask {
+		if mask, ok := signer.UsageMask(rec); ok && mask&*req.UsageMask != *req.UsageMask {
 			// A failed Check names what failed in its payload.
 			return nil, &failure{payload: checkResponse{UID: rec.ID, UsageMask: req.UsageMask},
 				error: kerr(rUsageMask, "object %s: its Cryptographic Usage Mask (%s) does not include %s", rec.ID,

@@ -9,6 +9,7 @@ import (
 	tt "github.com/gemalto/kmip-go/ttlv"
 
 	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 func init() {
@@ -65,7 +66,7 @@ func locate(o *op, p *node) (any, error) {
 	}
 	var found []keymap.Record
 	o.s.reg.Range(func(rec keymap.Record) bool {
-		if o.visible(rec) && o.matches(rec, filters) {
+		if o.caller.Sees(rec) && o.matches(rec, filters) {
 			found = append(found, rec)
 		}
 		return true
@@ -112,7 +113,7 @@ func (o *op) matches(rec keymap.Record, filters []*filter) bool {
 				}
 				continue
 			case kmip14.TagState:
-				if uint32(stateEnums[o.s.effectiveState(rec, time.Now())]) != f.vals[0].u32() {
+				if uint32(stateEnums[signer.EffectiveState(rec, time.Now())]) != f.vals[0].u32() {
 					return false
 				}
 				continue

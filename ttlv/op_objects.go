@@ -62,7 +62,7 @@ func registerObject(o *op, p *node) (any, error) {
 			return nil, err
 		}
 	}
-	meta, err := t.meta(o.identity)
+	meta, err := t.meta()
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +90,7 @@ func registerObject(o *op, p *node) (any, error) {
 			return nil, err
 		}
 	}
-	rec, err := o.s.reg.Import(o.ctx, r.m, meta, true, "")
+	rec, err := o.s.reg.Import(o.ctx, o.caller, r.m, meta, true, "")
 	if err != nil {
 		return nil, err
 	}
@@ -127,11 +127,11 @@ func get(o *op, p *node) (any, error) {
 	if req.KeyCompressionType != nil && *req.KeyCompressionType != uint32(kmip14.KeyCompressionTypeECPublicKeyTypeUncompressed) {
 		return nil, kerr(uint32(kmip14.ResultReasonKeyCompressionTypeNotSupported), "only uncompressed EC points are supported")
 	}
-	rec, err := o.target(req.UID)
+	rec, err := o.target(req.UID, signer.UseSee)
 	if err != nil {
 		return nil, err
 	}
-	m, err := o.s.reg.Export(o.ctx, rec.ID)
+	m, err := o.s.reg.Export(o.ctx, o.caller, rec.ID)
 	if err != nil {
 		if errors.Is(err, signer.ErrNotExtractable) {
 			return nil, withReason(err, rNotExtract, "Get %s: the key was generated in the token and its material never leaves it", rec.ID)

@@ -77,7 +77,7 @@ func TestPyKMIP(t *testing.T) {
 				t.Errorf("private key links to %q, want %q", priv.Attrs["link.public"], sum["rsa_pub"])
 			}
 			for k := range priv.Attrs {
-				if !strings.HasPrefix(k, "kmip.") && !strings.HasPrefix(k, "x.") && !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") {
+				if !strings.HasPrefix(k, "kmip.") && !strings.HasPrefix(k, "key.") && !strings.HasPrefix(k, "x.") && !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") {
 					t.Errorf("unexpected attribute key %q", k)
 				}
 			}

@@ -23,8 +23,9 @@ type Authorizer interface {
 	// AllowKMIP says whether identity may run operation, named as kmip14.Operation's String()
 	// ("Create", "CreateKeyPair", "SignatureVerify", …).
 	AllowKMIP(identity, operation string) bool
-	// IsAdmin says whether identity sees and may act on every object, not only its own.
-	IsAdmin(identity string) bool
+	// Caller is identity as the registry's key model sees it: admin or not, its policy's key
+	// patterns. The registry decides every question about a key with it.
+	Caller(identity string) signer.Caller
 }
 
 // Admitter is an optional part of an Authorizer: it bounds the operations one identity has running

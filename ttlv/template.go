@@ -113,8 +113,9 @@ func merge(common, specific *template) *template {
 func isClientCustom(name string) bool { return len(name) > 2 && name[:2] == "x-" }
 
 // meta turns the template into the registry's metadata of a new object: the first Name, the
-// state (Active when an Activation Date at or before now was given), the owner and the attributes.
-func (t *template) meta(owner string) (signer.Meta, error) {
+// state (Active when an Activation Date at or before now was given) and the attributes. Its owner
+// is the registry's to set.
+func (t *template) meta() (signer.Meta, error) {
 	rec := keymap.Record{State: keymap.PreActive}
 	for _, k := range t.order {
 		d := t.defs[k]
@@ -133,7 +134,7 @@ func (t *template) meta(owner string) (signer.Meta, error) {
 			}
 		}
 	}
-	return signer.Meta{Name: rec.Name, State: rec.State, Owner: owner, Attrs: rec.Attrs}, nil
+	return signer.Meta{Name: rec.Name, State: rec.State, Attrs: rec.Attrs}, nil
 }
 
 // withAttr records one more attribute in a Meta (the algorithm the client named, …).

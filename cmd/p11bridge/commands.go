@@ -124,10 +124,29 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	if failed > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d signers failed", failed, len(cfg.Signers)))
 	}
+	checkKESNames(cfg, *path, stdout)
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// checkKESNames lists the AES keys that earlier versions let KES use because their Name matched a
+// KES request, and which now need the operator to share them. Reading works while a server runs.
+func checkKESNames(cfg *conf.Config, path string, stdout io.Writer) {
+	km, err := keymap.OpenReadOnly(cfg.Keymap.Path, nil)
+	if err != nil {
+		return // no keymap yet: nothing to migrate
+	}
+	defer km.Close()
+	recs := signer.UnsharedKESCandidates(km, kes.ValidName)
+	if len(recs) == 0 {
+		return
+	}
+	fmt.Fprintf(stdout, "note: %d AES keys made through KMIP have names KES requests may use; KES serves them only once shared:\n", len(recs))
+	for _, r := range recs {
+		fmt.Fprintf(stdout, "  %s %q (owner %s): p11bridge keys share-kes --config %s %s %s\n", r.ID, r.Name, ownerOrNobody(r.Owner), path, r.ID, r.Name)
+	}
 }
 
 func indent(s string) string { return "  " + strings.ReplaceAll(s, "\n", "\n  ") }
@@ -170,7 +189,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 
 func cmdKeys(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageError("keys needs list, show or rotate")
+		return usageError("keys needs list, show, rebuild, rotate or share-kes")
 	}
 	fs := flags("keys " + args[0])
 	path := fs.String("config", "", "config file")
@@ -240,8 +259,50 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "key %q: new version %s\n", fs.Arg(0), id)
 		return nil
+	case "share-kes":
+		return keysShareKES(cfg, km, fs, stdout)
 	}
-	return usageError("keys needs list, show, rebuild or rotate")
+	return usageError("keys needs list, show, rebuild, rotate or share-kes")
+}
+
+// keysShareKES makes an AES key made through KMIP a KES key: the operator's explicit act, which
+// earlier versions did implicitly for any AES key whose Name matched. It is audited.
+func keysShareKES(cfg *conf.Config, km *keymap.Map, fs *flag.FlagSet, stdout io.Writer) error {
+	if fs.NArg() != 2 {
+		return usageError("keys share-kes ID NAME")
+	}
+	id, name := fs.Arg(0), fs.Arg(1)
+	if !kes.ValidName(name) {
+		return fmt.Errorf("KES key name %q: use 1 to %d of [0-9A-Za-z_-]", name, kes.MaxNameLen)
+	}
+	reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}, km)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	rec, err := reg.ShareKES(signer.Operator, id, name)
+	result := "success"
+	if err != nil {
+		result = "failure"
+	}
+	if aerr := server.AuditOperator(cfg, "keys/share-kes", id+" as "+name, result); aerr != nil {
+		if err == nil && cfg.Audit.Required {
+			return fmt.Errorf("object %s now serves KES key %q, but the act could not be audited: %w", id, name, aerr)
+		}
+		fmt.Fprintf(os.Stderr, "p11bridge: warning: %v\n", aerr)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "object %s (owner %s) now serves KES key %q; identities other than its owner need a policy `keys` pattern naming it\n", rec.ID, ownerOrNobody(rec.Owner), name)
+	return nil
+}
+
+func ownerOrNobody(o string) string {
+	if o == "" {
+		return "nobody: the admin's"
+	}
+	return o
 }
 
 func keysList(km *keymap.Map, only string, stdout io.Writer) error {

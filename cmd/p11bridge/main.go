@@ -30,6 +30,7 @@ Usage:
   p11bridge keys rebuild --config FILE --signer S [--dry-run]
                                             re-derive keymap rows from a token (server stopped)
   p11bridge keys rotate --config FILE NAME           add a new version of a KES key (server stopped)
+  p11bridge keys share-kes --config FILE ID NAME     let KES use a KMIP-made AES key as NAME (server stopped; audited)
   p11bridge identity CERT.pem|API-KEY       print the identity (SHA-256 of the certificate's public key)
   p11bridge apikey                          make a KES API key (kes:v1:…) for MinIO; identity API-KEY names it
   p11bridge version                         version, Go toolchain, source revision, linked modules

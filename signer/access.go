@@ -1,0 +1,368 @@
+package signer
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// This file is the key model: who may do what with a key, in which state, and with which name. Both
+// front ends ask it, through the registry's methods, which take the Caller; neither decides any of
+// it itself. docs/guarantees.md ("Who may do what") states the same rules in words.
+
+// Caller is who asks the registry to act on a key, as the server's identities and policies say.
+type Caller struct {
+	// Identity is the client's identity (hex SHA-256 of its certificate's public key); "" for the
+	// operator at the command line.
+	Identity string
+	// Admin may see, use and manage every key, whoever owns it.
+	Admin bool
+	// Keys are the name patterns of the caller's policy (exact names, or prefixes ending in '*').
+	// When set they limit the caller to keys whose names match, and grant it the use (not the
+	// management) of matching keys that others own.
+	Keys []string
+	// SHA1 lets the caller sign and verify with SHA-1, which is refused by default.
+	SHA1 bool
+}
+
+// Operator is the operator at the command line, and the server acting for itself: every key, owned
+// by nobody when it makes one.
+var Operator = Caller{Admin: true, SHA1: true}
+
+// Use is what a caller wants to do with a key.
+type Use uint8
+
+const (
+	// UseSee is learning that the key exists and reading its metadata (KMIP GetAttributes, Locate,
+	// KES describe and list).
+	UseSee Use = iota + 1
+	// UseManage is changing its metadata or life cycle, replacing or destroying it.
+	UseManage
+	// UseEncrypt, UseSign and UseMAC protect data: they need an Active key before its Protect Stop Date.
+	UseEncrypt
+	UseSign
+	UseMAC
+	// UseDecrypt, UseVerify and UseMACVerify process protected data: an Active, Deactivated or
+	// Compromised key from its Process Start Date on (KMIP 1.4, 3.22).
+	UseDecrypt
+	UseVerify
+	UseMACVerify
+	// UseExport is reading the key's material (KMIP Get).
+	UseExport
+)
+
+func (u Use) String() string {
+	switch u {
+	case UseSee:
+		return "see"
+	case UseManage:
+		return "change"
+	case UseEncrypt:
+		return "encrypt"
+	case UseSign:
+		return "sign"
+	case UseMAC:
+		return "compute MACs"
+	case UseDecrypt:
+		return "decrypt"
+	case UseVerify:
+		return "verify"
+	case UseMACVerify:
+		return "verify MACs"
+	case UseExport:
+		return "export"
+	}
+	return "use " + strconv.Itoa(int(u))
+}
+
+func (u Use) protects() bool { return u == UseEncrypt || u == UseSign || u == UseMAC }
+
+func (u Use) processes() bool { return u == UseDecrypt || u == UseVerify || u == UseMACVerify }
+
+// KMIP Cryptographic Usage Mask bits (KMIP 1.4, 9.1.3.3.1), the registry's vocabulary for usage.
+const (
+	UsageSign       uint32 = 0x1
+	UsageVerify     uint32 = 0x2
+	UsageEncrypt    uint32 = 0x4
+	UsageDecrypt    uint32 = 0x8
+	UsageWrapKey    uint32 = 0x10
+	UsageUnwrapKey  uint32 = 0x20
+	UsageExport     uint32 = 0x40
+	UsageMACGen     uint32 = 0x80
+	UsageMACVerify  uint32 = 0x100
+	UsageDeriveKey  uint32 = 0x200
+	usageAnyAllowed uint32 = 0
+)
+
+// usageBits are the mask bits of which one allows u; verifying is allowed by the bit that allows
+// making what is verified, as KMIP clients set either.
+func (u Use) usageBits() uint32 {
+	switch u {
+	case UseEncrypt:
+		return UsageEncrypt
+	case UseDecrypt:
+		return UsageDecrypt
+	case UseSign:
+		return UsageSign
+	case UseVerify:
+		return UsageVerify | UsageSign
+	case UseMAC:
+		return UsageMACGen
+	case UseMACVerify:
+		return UsageMACVerify | UsageMACGen
+	}
+	return usageAnyAllowed
+}
+
+// Lifecycle facts the key model decides on. They are the registry's own attributes (KMIP maps its
+// attributes of the same meaning to them): the usage mask as decimal, dates as RFC 3339 in UTC.
+const (
+	AttrUsageMask        = "key.usage"
+	AttrActivationDate   = "key.activation-date"
+	AttrDeactivationDate = "key.deactivation-date"
+	AttrProtectStopDate  = "key.protect-stop-date"
+	AttrProcessStartDate = "key.process-start-date"
+)
+
+// facts are a row's lifecycle facts, parsed once per row (the row cache keeps them).
+type facts struct {
+	usage                                            uint32
+	hasUsage                                         bool
+	activation, deactivation, protectStop, procStart time.Time // zero when not set
+}
+
+func factsOf(rec keymap.Record) facts {
+	var f facts
+	f.usage, f.hasUsage = UsageMask(rec)
+	f.activation, _ = Date(rec, AttrActivationDate)
+	f.deactivation, _ = Date(rec, AttrDeactivationDate)
+	f.protectStop, _ = Date(rec, AttrProtectStopDate)
+	f.procStart, _ = Date(rec, AttrProcessStartDate)
+	return f
+}
+
+// UsageMask is the row's Cryptographic Usage Mask; ok is false when it has none (no restriction).
+func UsageMask(rec keymap.Record) (mask uint32, ok bool) {
+	if s, set := rec.Attrs[AttrUsageMask]; set {
+		v, err := strconv.ParseUint(s, 10, 32)
+		return uint32(v), err == nil
+	}
+	return legacyUsageMask(rec)
+}
+
+// Date is one of the row's lifecycle dates (AttrActivationDate, …); ok is false when it is not set.
+func Date(rec keymap.Record, attr string) (t time.Time, ok bool) {
+	if s, set := rec.Attrs[attr]; set {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		return t, err == nil
+	}
+	return legacyDate(rec, attr)
+}
+
+// SetUsageMask sets (ok) or removes the usage mask of rec, a row being changed or made.
+func SetUsageMask(rec *keymap.Record, mask uint32, ok bool) {
+	setFact(rec, AttrUsageMask, strconv.FormatUint(uint64(mask), 10), ok)
+}
+
+// SetDate sets (ok) or removes a lifecycle date of rec.
+func SetDate(rec *keymap.Record, attr string, t time.Time, ok bool) {
+	setFact(rec, attr, t.UTC().Format(time.RFC3339Nano), ok)
+}
+
+func setFact(rec *keymap.Record, attr, v string, ok bool) {
+	if rec.Attrs == nil {
+		rec.Attrs = map[string]string{}
+	}
+	delete(rec.Attrs, legacyAttrs[attr]) // the registry's own form replaces an older row's
+	if ok {
+		rec.Attrs[attr] = v
+	} else {
+		delete(rec.Attrs, attr)
+	}
+}
+
+// EffectiveState is the state of rec at now: a Pre-Active key whose Activation Date has come is
+// Active, an Active one past its Deactivation Date is Deactivated (KMIP's date-driven transitions).
+func EffectiveState(rec keymap.Record, now time.Time) keymap.State {
+	return factsOf(rec).state(rec.State, now)
+}
+
+func (f facts) state(st keymap.State, now time.Time) keymap.State {
+	if st == "" {
+		st = keymap.PreActive
+	}
+	if st == keymap.PreActive && !f.activation.IsZero() && !f.activation.After(now) {
+		st = keymap.Active
+	}
+	if st == keymap.Active && !f.deactivation.IsZero() && !f.deactivation.After(now) {
+		st = keymap.Deactivated
+	}
+	return st
+}
+
+// KeyName is the name the policy `keys` patterns are matched against: a KES key version's KES name,
+// else the object's Name.
+func KeyName(rec keymap.Record) string {
+	if n, ok := rec.Attrs[AttrKESName]; ok {
+		return n
+	}
+	return rec.Name
+}
+
+// MatchKeyPattern is the rule of the `keys` patterns (and of KES path patterns): an exact name, or a
+// prefix when the pattern ends in '*'.
+func MatchKeyPattern(pattern, name string) bool {
+	if p, ok := strings.CutSuffix(pattern, "*"); ok {
+		return strings.HasPrefix(name, p)
+	}
+	return pattern == name
+}
+
+// mayName says whether the caller's patterns allow a key of that name.
+func (c Caller) mayName(name string) bool {
+	if c.Admin || len(c.Keys) == 0 {
+		return true
+	}
+	for _, p := range c.Keys {
+		if MatchKeyPattern(p, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// owns: the admin, or the identity that made the key. Keys nobody owns (made at the command line,
+// rebuilt or adopted from a token) are the admin's alone.
+func (c Caller) owns(rec keymap.Record) bool {
+	return c.Admin || (rec.Owner != "" && rec.Owner == c.Identity)
+}
+
+// reaches says whether the caller may know that rec exists: it owns it, or its patterns name it.
+// A caller whose patterns do not name a key does not reach it even when it owns it.
+func (c Caller) reaches(rec keymap.Record) bool {
+	if c.Admin {
+		return true
+	}
+	if !c.mayName(KeyName(rec)) {
+		return false
+	}
+	return c.owns(rec) || len(c.Keys) > 0
+}
+
+// Sees reports whether the caller may learn that rec exists (Locate, KES list).
+func (c Caller) Sees(rec keymap.Record) bool { return c.reaches(rec) }
+
+// notFound is the one answer for a missing object and for an object the caller may not know of,
+// so identifiers cannot be probed.
+func notFound(id string) error { return errorf(ErrNotFound, "no object with identifier %q", id) }
+
+// allow decides whether c may do u with rec at now. The checks run in an order that tells a caller
+// nothing it may not know: first whether it may know of the key at all.
+func allow(c Caller, rec keymap.Record, f facts, u Use, now time.Time) error {
+	if !c.reaches(rec) {
+		return notFound(rec.ID)
+	}
+	switch {
+	case u == UseSee:
+		return nil
+	case u == UseManage:
+		if !c.owns(rec) {
+			return errorf(ErrDenied, "object %q: only its owner or the admin may change it; this identity may only use it", rec.ID)
+		}
+		return nil
+	case u == UseExport:
+		if rec.Class != keymap.PublicKey && rec.Attrs[AttrExportable] == "" {
+			return errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", rec.ID, rec.Class)
+		}
+		return nil
+	}
+	st := f.state(rec.State, now)
+	if u.protects() && st != keymap.Active {
+		return errorf(ErrWrongState, "object %q is %s: to %s it must be Active", rec.ID, stateWord(st), u)
+	}
+	if u.processes() && st != keymap.Active && st != keymap.Deactivated && st != keymap.Compromised {
+		return errorf(ErrWrongState, "object %q is %s: to %s it must be Active, Deactivated or Compromised", rec.ID, stateWord(st), u)
+	}
+	if u.protects() && !f.protectStop.IsZero() && !now.Before(f.protectStop) {
+		return errorf(ErrWrongState, "object %q: its Protect Stop Date (%s) has passed; it can no longer %s", rec.ID, f.protectStop.UTC().Format(time.RFC3339), u)
+	}
+	if u.processes() && !f.procStart.IsZero() && now.Before(f.procStart) {
+		return errorf(ErrWrongState, "object %q: its Process Start Date (%s) has not come yet; it cannot %s before", rec.ID, f.procStart.UTC().Format(time.RFC3339), u)
+	}
+	if bits := u.usageBits(); f.hasUsage && bits != 0 && f.usage&bits == 0 {
+		return errorf(ErrUsage, "object %q: its Cryptographic Usage Mask (0x%x) does not allow it to %s", rec.ID, f.usage, u)
+	}
+	return nil
+}
+
+func stateWord(st keymap.State) string {
+	switch st {
+	case keymap.PreActive:
+		return "Pre-Active"
+	case keymap.Active:
+		return "Active"
+	case keymap.Deactivated:
+		return "Deactivated"
+	case keymap.Compromised:
+		return "Compromised"
+	case keymap.Destroyed:
+		return "Destroyed"
+	case keymap.DestroyedCompromised:
+		return "Destroyed Compromised"
+	}
+	return string(st)
+}
+
+// Access resolves id for c and decides whether c may do u with it now. Another owner's object, and
+// one outside the caller's patterns, answer exactly as a missing one.
+func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
+	row, err := r.row(id)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	if err := allow(c, row.rec, row.f, u, time.Now()); err != nil {
+		return keymap.Record{}, err
+	}
+	return row.rec, nil
+}
+
+// Allow decides whether c may do u with rec, a row the caller already holds (Locate filters with
+// UseSee).
+func (r *Registry) Allow(c Caller, rec keymap.Record, u Use) error {
+	return allow(c, rec, factsOf(rec), u, time.Now())
+}
+
+// checkNew applies the rules to a row about to be made by c: the caller's patterns must allow its
+// name, and a name that a KES key holds is that key's alone.
+func (r *Registry) checkNew(c Caller, rec keymap.Record) error {
+	name := KeyName(rec)
+	if !c.mayName(name) {
+		if name == "" {
+			return errorf(ErrDenied, "this identity's policy limits it to keys named %s: give the object a Name", strings.Join(c.Keys, ", "))
+		}
+		return errorf(ErrDenied, "this identity's policy limits it to keys named %s, not %q", strings.Join(c.Keys, ", "), name)
+	}
+	return r.checkName(rec)
+}
+
+// checkName keeps names bound: a row that is no version of a KES key may not take a name a KES key
+// holds, and a KES key version keeps its KES name as its Name.
+func (r *Registry) checkName(rec keymap.Record) error {
+	if kn, ok := rec.Attrs[AttrKESName]; ok {
+		if rec.Name != kn {
+			return errorf(ErrInvalid, "object %q is a version of KES key %q: its Name stays %q", rec.ID, kn, kn)
+		}
+		return nil
+	}
+	if rec.Name == "" {
+		return nil
+	}
+	for _, other := range r.km.ByName(rec.Name) {
+		if other.ID != rec.ID && isKESVersion(other) && other.Attrs[AttrKESName] == rec.Name {
+			return errorf(ErrInvalid, "the name %q belongs to a KES key; other objects cannot take it", rec.Name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,285 @@
+package signer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// KES keys are a kind of their own: a KES key name binds only to rows marked with AttrKESName, which
+// only the KES API (create, import), rotation (a new version inherits the mark) and the operator's
+// explicit `keys share-kes` set. A KMIP object never becomes a KES key by having the same Name, and
+// the name a KES key holds is its versions' alone (checkName).
+const (
+	// AttrKESName is the KES name of a key version.
+	AttrKESName = "kes.name"
+	// AttrKESHMAC is set on an imported key: the id of the separate, generated HMAC key that serves
+	// its hmac route (an import cannot make a companion HMAC key under the same tag).
+	AttrKESHMAC = "kes.hmac"
+	// AttrKESHMACOf marks such an HMAC key with the id of the imported key it serves.
+	AttrKESHMACOf = "kes.hmac-of"
+	// AttrKESShared records that the operator shared a KMIP object with KES (keys share-kes).
+	AttrKESShared = "kes.shared"
+)
+
+// KESKey is every live version of one KES key, oldest first.
+type KESKey struct {
+	Name     string
+	Versions []keymap.Record
+}
+
+// isKESVersion: a live AES secret key marked as a KES key version.
+func isKESVersion(rec keymap.Record) bool {
+	_, ok := rec.Attrs[AttrKESName]
+	return ok && rec.Class == keymap.SecretKey && rec.Algorithm == AES && live(rec)
+}
+
+// IsKESVersionOf reports whether rec is a version of the KES key name.
+func IsKESVersionOf(rec keymap.Record, name string) bool {
+	return isKESVersion(rec) && rec.Attrs[AttrKESName] == name
+}
+
+func live(rec keymap.Record) bool {
+	return rec.State != keymap.Destroyed && rec.State != keymap.DestroyedCompromised
+}
+
+// Current is the version generate and encrypt use: the newest one that has not been replaced, or,
+// when every version is marked replaced (its replacement was destroyed), the newest one.
+func (k KESKey) Current() keymap.Record {
+	for i := len(k.Versions) - 1; i >= 0; i-- {
+		if k.Versions[i].Attrs[AttrReplacement] == "" {
+			return k.Versions[i]
+		}
+	}
+	return k.Versions[len(k.Versions)-1]
+}
+
+// Original is the oldest live version: the key as first made. hmac uses it, so HMACs (from which
+// MinIO derives its root credentials) stay the same across rotations.
+func (k KESKey) Original() keymap.Record { return k.Versions[0] }
+
+// Version is the version whose token objects carry tag.
+func (k KESKey) Version(tag []byte) (keymap.Record, bool) {
+	for _, v := range k.Versions {
+		if bytes.Equal(v.Tag, tag) {
+			return v, true
+		}
+	}
+	return keymap.Record{}, false
+}
+
+// kesKey finds the versions of name; ok is false when no KES key has it. Who may use them is decided
+// per version, by the operation that uses one.
+func (r *Registry) kesKey(name string) (KESKey, bool) { return kesKeyIn(r.km, name) }
+
+func kesKeyIn(km *keymap.Map, name string) (KESKey, bool) {
+	var vs []keymap.Record
+	for _, rec := range km.ByName(name) {
+		if IsKESVersionOf(rec, name) {
+			vs = append(vs, rec)
+		}
+	}
+	if len(vs) == 0 {
+		return KESKey{}, false
+	}
+	slices.SortFunc(vs, func(a, b keymap.Record) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return KESKey{Name: name, Versions: vs}, true
+}
+
+// KESKey returns the KES key name as c may know it: ok is false when there is none, and when c may
+// not know of it (another identity's key answers exactly as a missing one). The answer is cached
+// until the keymap changes: the hot routes resolve the same few names on every request.
+func (r *Registry) KESKey(c Caller, name string) (KESKey, bool) {
+	k, ok := r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
+	if !ok || !c.reaches(k.Original()) {
+		return KESKey{}, false
+	}
+	return k, true
+}
+
+// KESNames returns the names of the KES keys c may know of, in no particular order.
+func (r *Registry) KESNames(c Caller) []string {
+	seen := map[string]bool{}
+	var out []string
+	r.km.Range(func(rec keymap.Record) bool {
+		if n := rec.Attrs[AttrKESName]; !seen[n] && isKESVersion(rec) && c.reaches(rec) {
+			seen[n] = true
+			out = append(out, n)
+		}
+		return true
+	})
+	return out
+}
+
+// maxCachedKESKeys bounds the KES keys whose versions the registry caches.
+const maxCachedKESKeys = 4096
+
+// nameLocks serializes the KES operations on one name (create, import, delete, rotate, share) in
+// the process, so two creates of one name cannot both see it free. Striped: a name always maps to
+// the same mutex, unrelated names rarely share one. Only the KES functions below take them, never
+// the paths they call.
+var nameLocks struct {
+	seed maphash.Seed
+	mu   [64]sync.Mutex
+}
+
+func init() { nameLocks.seed = maphash.MakeSeed() }
+
+func lockName(name string) func() {
+	m := &nameLocks.mu[maphash.String(nameLocks.seed, name)%uint64(len(nameLocks.mu))]
+	m.Lock()
+	return m.Unlock
+}
+
+// errKESExists answers create, import or share of a name that a KES key holds.
+var errKESExists = errorf(ErrExists, "a KES key of that name exists")
+
+// CreateKESKey makes the KES key name for c: an AES-256 key and its companion HMAC key where new
+// keys go, Active, owned by c. It fails with ErrExists when a KES key holds the name (whoever owns
+// it); a KMIP object of the same name does not stand in the way.
+func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (keymap.Record, error) {
+	defer lockName(name)()
+	if _, exists := r.kesKey(name); exists {
+		return keymap.Record{}, errKESExists
+	}
+	return r.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name},
+	})
+}
+
+// ImportKESKey stores 32 client bytes as the KES key name (sensitive, not extractable). An import
+// cannot add a companion HMAC key under the same tag, so a separate HMAC key is generated and linked
+// through AttrKESHMAC (KES, too, gives imported keys a fresh random HMAC key).
+func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key []byte) (keymap.Record, error) {
+	defer lockName(name)()
+	if _, exists := r.kesKey(name); exists {
+		return keymap.Record{}, errKESExists
+	}
+	// The pattern check of the key row comes first: no HMAC key is made for a name c may not have.
+	if !c.mayName(name) {
+		return keymap.Record{}, r.checkNew(c, keymap.Record{Name: name})
+	}
+	hm, err := r.Create(ctx, c, KeySpec{Algorithm: HMAC, Size: 256}, Meta{Name: name + ".hmac", State: keymap.Active})
+	if err != nil {
+		return keymap.Record{}, fmt.Errorf("import key: generate its HMAC key: %w", err)
+	}
+	rec, err := r.Import(ctx, c, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: key}, Meta{
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrKESHMAC: hm.ID},
+	}, false, "")
+	if err != nil {
+		if derr := r.Destroy(ctx, c, hm.ID); derr != nil {
+			r.log.Warn("kes: import failed and its HMAC key could not be removed", "key", name, "hmac_key", hm.ID, "err", derr)
+		}
+		return keymap.Record{}, err
+	}
+	// The back link only helps operators reading the keymap; the key works without it.
+	if _, err := r.Update(c, hm.ID, func(x *keymap.Record) error {
+		x.Attrs = withAttr(x.Attrs, AttrKESHMACOf, rec.ID)
+		return nil
+	}); err != nil {
+		r.log.Warn("kes: could not link HMAC key to imported key", "key", name, "hmac_key", hm.ID, "err", err)
+	}
+	return rec, nil
+}
+
+// DeleteKESKey destroys every version of name (and an imported key's HMAC key) in the token. Only the
+// key's owner and the admin may; others get ErrNotFound (when they may not know of it) or ErrDenied.
+// It calls done with each version before it is destroyed (for the audit record).
+func (r *Registry) DeleteKESKey(ctx context.Context, c Caller, name string, done func(keymap.Record)) error {
+	defer lockName(name)()
+	k, exists := r.kesKey(name)
+	if !exists || !c.reaches(k.Original()) {
+		return errorf(ErrNotFound, "KES key %q does not exist", name)
+	}
+	now := time.Now()
+	for _, v := range k.Versions {
+		if err := allow(c, v, factsOf(v), UseManage, now); err != nil {
+			return err
+		}
+	}
+	for i := len(k.Versions) - 1; i >= 0; i-- {
+		v := k.Versions[i]
+		if done != nil {
+			done(v)
+		}
+		if err := r.Destroy(ctx, c, v.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if hid := v.Attrs[AttrKESHMAC]; hid != "" {
+			if err := r.Destroy(ctx, c, hid); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// RotateKESKey gives the KES key name a new version: a ReKey of its current version, made where new
+// keys go now, Active. generate and encrypt use it from then on; older versions still decrypt, and
+// hmac keeps using the original version. Only the owner and the admin may rotate.
+func (r *Registry) RotateKESKey(ctx context.Context, c Caller, name string) (keymap.Record, error) {
+	defer lockName(name)()
+	k, ok := r.kesKey(name)
+	if !ok || !c.reaches(k.Original()) {
+		return keymap.Record{}, errorf(ErrNotFound, "KES key %q does not exist", name)
+	}
+	cur := k.Current()
+	// The state is ours to say, else the new version would start Pre-Active.
+	return r.reKey(ctx, c, cur.ID, Meta{State: keymap.Active})
+}
+
+// ShareKES makes the AES key id, made through KMIP, a KES key of the given name: the operator's
+// explicit act (`p11bridge keys share-kes`), never a side effect of a Name. The object keeps its
+// owner; its Name becomes name. Fails with ErrExists when a KES key holds the name.
+func (r *Registry) ShareKES(c Caller, id, name string) (keymap.Record, error) {
+	if !c.Admin {
+		return keymap.Record{}, errorf(ErrDenied, "only the operator or the admin may share a key with KES")
+	}
+	defer lockName(name)()
+	if _, exists := r.kesKey(name); exists {
+		return keymap.Record{}, errKESExists
+	}
+	return r.Update(c, id, func(x *keymap.Record) error {
+		if x.Class != keymap.SecretKey || x.Algorithm != AES {
+			return errorf(ErrInvalid, "object %q is a %s %s; only AES keys can serve KES", id, x.Algorithm, x.Class)
+		}
+		if _, ok := x.Attrs[AttrKESName]; ok {
+			return errorf(ErrInvalid, "object %q is already a version of KES key %q", id, x.Attrs[AttrKESName])
+		}
+		x.Attrs = withAttr(x.Attrs, AttrKESName, name)
+		x.Attrs[AttrKESShared] = "1"
+		x.Name = name
+		return nil
+	})
+}
+
+// UnsharedKESCandidates lists the live AES keys of km without the KES mark whose Name is a free KES
+// key name: the objects earlier versions let KES use by name, which now need `keys share-kes`.
+// valid says whether a name is a valid KES key name.
+func UnsharedKESCandidates(km *keymap.Map, valid func(string) bool) []keymap.Record {
+	var out []keymap.Record
+	km.Range(func(rec keymap.Record) bool {
+		if rec.Class == keymap.SecretKey && rec.Algorithm == AES && live(rec) && rec.Name != "" && valid(rec.Name) {
+			if _, marked := rec.Attrs[AttrKESName]; !marked {
+				if _, taken := kesKeyIn(km, rec.Name); !taken {
+					out = append(out, rec)
+				}
+			}
+		}
+		return true
+	})
+	return out
+}

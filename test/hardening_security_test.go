@@ -7,11 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -27,7 +30,8 @@ import (
 // TestRefusedClients: outside dev mode both front ends refuse a client without a certificate, a
 // client limited to TLS 1.1, and certificates whose identity is neither configured nor chained to
 // client_ca (self-signed, or from another CA). A CA-chained certificate and a configured KES API
-// key (self-signed Ed25519) are let in, as the controls.
+// key (self-signed Ed25519) are let in, as the controls. Each row asserts the answer
+// docs/guarantees.md names for it (section 3, "Who gets in").
 func TestRefusedClients(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "refuse")
 	apiKey, apiID, err := pki.APIKey()
@@ -37,20 +41,42 @@ func TestRefusedClients(t *testing.T) {
 	b.writeConfig(hcfg{signers: []string{"refuse"}, policies: fmt.Sprintf("policy \"api\" {\n  allow = [\"/v1/key/*\"]\n  identities = [%q]\n}\n", apiID)})
 	b.startBin(binary)
 
+	const (
+		forbidden    = "not authorized: insufficient permissions"
+		noIdentity   = "identity does not exist"
+		kmipDenied   = `reason="PermissionDenied"`
+		closedByPeer = "closed after the handshake" // KMIP: no TLS alert, the connection just ends
+	)
+	type kesAnswer struct {
+		status int
+		msg    string // the error answer's message; "" for a success
+	}
+	ok := kesAnswer{status: http.StatusOK}
+	// KES routes asked, in this order: a key route, the self-describe route (needs an identity,
+	// no policy) and /version (needs no identity).
+	routes := []string{"/v1/key/list/*", "/v1/identity/self/describe", "/version"}
 	apiCert := apiKeyClient(t, apiKey)
 	otherCA := selfSigned(t, "other CA client") // issued by a CA the server does not know
 	cases := []struct {
 		name   string
 		id     clientID
 		tlsMax uint16
-		admit  bool
+		kmip   string      // in the error of the first KMIP request; "" for a success
+		kesTLS string      // in the KES handshake error; "" when the handshake succeeds
+		kes    []kesAnswer // the answers on routes otherwise
 	}{
-		{"no certificate", clientID{name: "none"}, 0, false},
-		{"TLS 1.1", b.adminClient(), tls.VersionTLS11, false},
-		{"unknown certificate from another CA", otherCA, 0, false},
-		{"CA-chained certificate", b.issueClient("chained"), 0, true},
-		{"configured API key (self-signed Ed25519)", apiCert, 0, true},
-		{"admin with TLS 1.2", b.adminClient(), tls.VersionTLS12, true},
+		{name: "no certificate", id: clientID{name: "none"},
+			kmip: "remote error: tls: certificate required", kesTLS: "remote error: tls: certificate required"},
+		{name: "TLS 1.1", id: b.adminClient(), tlsMax: tls.VersionTLS11,
+			kmip: "remote error: tls: protocol version not supported", kesTLS: "remote error: tls: protocol version not supported"},
+		{name: "unknown certificate from another CA", id: otherCA,
+			kmip: closedByPeer, kes: []kesAnswer{{403, forbidden}, {403, forbidden}, ok}},
+		{name: "CA-chained certificate", id: b.issueClient("chained"),
+			kmip: kmipDenied, kes: []kesAnswer{{403, forbidden}, {404, noIdentity}, ok}},
+		{name: "configured API key (self-signed Ed25519)", id: apiCert,
+			kmip: kmipDenied, kes: []kesAnswer{ok, ok, ok}},
+		{name: "admin with TLS 1.2", id: b.adminClient(), tlsMax: tls.VersionTLS12,
+			kes: []kesAnswer{ok, ok, ok}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -64,47 +90,53 @@ func TestRefusedClients(t *testing.T) {
 				_, kerr = kc.Query().Exec()
 				closeKMIP(kc)
 			}
-			// KES: a key route and the self-describe route, which needs only an identity.
+			switch {
+			case c.kmip == "":
+				if kerr != nil {
+					t.Errorf("KMIP: %v; want an answer", kerr)
+				}
+			case c.kmip == closedByPeer:
+				if !errors.Is(kerr, io.EOF) {
+					t.Errorf("KMIP: %v; want the connection closed after the handshake (EOF)", kerr)
+				}
+			case kerr == nil || !strings.Contains(kerr.Error(), c.kmip):
+				t.Errorf("KMIP: %v; want %s", kerr, c.kmip)
+			}
+
 			tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
 			defer tr.CloseIdleConnections()
 			hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-			var statuses []int
+			var got []kesAnswer
 			var herr error
-			for _, p := range []string{"/v1/key/list/*", "/v1/identity/self/describe"} {
+			for _, p := range routes {
 				resp, err := hc.Get("https://" + b.kes + p)
 				if err != nil {
 					herr = err
 					break
 				}
-				io.Copy(io.Discard, resp.Body)
+				body, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				statuses = append(statuses, resp.StatusCode)
-			}
-			if c.admit {
-				// Let in means answered: KMIP with a result (maybe Permission Denied: rights are
-				// the policy matrix's business), KES self-describe with anything but 403.
-				if kerr != nil && !strings.Contains(kerr.Error(), "failed (status=") || herr != nil || statuses[1] == http.StatusForbidden {
-					t.Fatalf("refused: KMIP %v, KES %v %v", kerr, statuses, herr)
+				if err != nil {
+					t.Fatalf("KES %s: read answer: %v", p, err)
 				}
-				t.Logf("let in: KMIP %v; KES self-describe %d", firstLine(kerr), statuses[1])
-				return
+				a := kesAnswer{status: resp.StatusCode}
+				if a.status != http.StatusOK {
+					var e struct{ Message string }
+					if err := json.Unmarshal(body, &e); err != nil {
+						t.Fatalf("KES %s: %d with a body that is not {\"message\": …}: %q", p, a.status, body)
+					}
+					a.msg = e.Message
+				}
+				got = append(got, a)
 			}
-			if kerr == nil {
-				t.Error("KMIP answered the client")
-			} else if strings.Contains(kerr.Error(), "failed (status=") {
-				t.Errorf("KMIP let the client in and answered with a failure instead of refusing the connection: %v", kerr)
+			if c.kesTLS != "" {
+				if herr == nil || !strings.Contains(herr.Error(), c.kesTLS) {
+					t.Errorf("KES: answered %v (error %v); want the handshake refused: %s", got, herr, c.kesTLS)
+				}
+			} else if herr != nil || !slices.Equal(got, c.kes) {
+				t.Errorf("KES on %v: %v (error %v); want %v", routes, got, herr, c.kes)
 			}
-			if herr == nil && (statuses[0] != http.StatusForbidden || statuses[1] != http.StatusForbidden) {
-				t.Errorf("KES answered %v", statuses)
-			}
-			if c.tlsMax == tls.VersionTLS11 && (kerr == nil || !strings.Contains(kerr.Error(), "protocol version") || herr == nil || !strings.Contains(herr.Error(), "protocol version")) {
-				t.Errorf("TLS 1.1 not refused in the handshake: KMIP %v, KES %v", kerr, herr)
-			}
-			how := "403 on every KES route"
-			if herr != nil {
-				how = "KES handshake refused"
-			}
-			t.Logf("KMIP: %v; %s", firstLine(kerr), how)
+			t.Logf("KMIP: %s; KES: %v %v", firstLine(kerr), got, firstLine(herr))
 		})
 	}
 }

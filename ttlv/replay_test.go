@@ -1,20 +1,21 @@
 package ttlv
 
 import (
-	"path/filepath"
-
 	"bytes"
 	"encoding/hex"
 	"fmt"
-	"github.com/p11bridge/p11bridge/server/pki"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
 	tt "github.com/gemalto/kmip-go/ttlv"
+
+	"github.com/p11bridge/p11bridge/server/pki"
 )
 
 // Replaying OASIS test cases against the server: each request is sent (with the identifiers the
@@ -177,6 +178,14 @@ func valueString(n *node) string {
 	return fmt.Sprintf("%x", n.Raw)
 }
 
+// reasonName names an optional Result Reason.
+func reasonName(r *uint32) string {
+	if r == nil {
+		return "none"
+	}
+	return tagEnumName(kmip14.TagResultReason, *r)
+}
+
 // compareSet checks that every expected child (attribute name) is in the actual payload.
 func (r *replay) compareSet(where string, want, got *node) {
 	have := map[string]bool{}
@@ -221,7 +230,13 @@ func runVector(t *testing.T, msgs []vectorMessage) []string {
 		}
 		for j := range wm.Items {
 			wi, gi := wm.Items[j], gm.Items[j]
-			where := fmt.Sprintf("%s item %d %s", strings.TrimSuffix(msgs[i].name, "(RequestMessage)"), j, opName(*wi.Operation))
+			// Operation and ResultReason are optional in a response item: a missing one is a
+			// difference of this file, never a nil dereference that stops the whole package.
+			var op uint32
+			if wi.Operation != nil {
+				op = *wi.Operation
+			}
+			where := fmt.Sprintf("%s item %d %s", strings.TrimSuffix(msgs[i].name, "(RequestMessage)"), j, opName(op))
 			if wi.ResultStatus != gi.ResultStatus {
 				msg := ""
 				if gi.ResultMessage != nil {
@@ -231,13 +246,13 @@ func runVector(t *testing.T, msgs []vectorMessage) []string {
 				continue
 			}
 			if wi.ResultReason != nil && (gi.ResultReason == nil || *gi.ResultReason != *wi.ResultReason) {
-				r.problem("%s: reason %v, want %s", where, tagEnumName(kmip14.TagResultReason, *gi.ResultReason), tagEnumName(kmip14.TagResultReason, *wi.ResultReason))
+				r.problem("%s: reason %s, want %s", where, reasonName(gi.ResultReason), reasonName(wi.ResultReason))
 			}
 			wp, _ := wi.Payload.(*node)
 			gp, _ := gi.Payload.(*node)
 			if wp != nil && gp != nil {
 				r.skip = nil
-				switch kmip14.Operation(*wi.Operation) {
+				switch kmip14.Operation(op) {
 				case kmip14.OperationEncrypt:
 					if randomized(req.Kids[1:], j) {
 						// A server-chosen IV or OAEP's random padding: the ciphertext cannot match.
@@ -328,4 +343,24 @@ func randomized(items []*node, j int) bool {
 	}
 	pm := p.find(kmip14.TagCryptographicParameters).find(kmip14.TagPaddingMethod)
 	return pm != nil && pm.u32() == uint32(kmip14.PaddingMethodOAEP)
+}
+
+// A vector whose answer names a Result Reason that the server's answer lacks is a difference of
+// that one file: runVector reports it, and the other files still run (it used to dereference the
+// missing reason and panic the whole package).
+func TestReplayMissingReasonIsAProblem(t *testing.T) {
+	v := ProtocolVersion{1, 2}
+	op, reason := uint32(kmip14.OperationDiscoverVersions), uint32(kmip14.ResultReasonGeneralFailure)
+	req := request(v, kmip14.OperationDiscoverVersions, &node{Tag: kmip14.TagRequestPayload, Type: tt.TypeStructure})
+	want := &ResponseMessage{
+		Header: ResponseHeader{ProtocolVersion: v, TimeStamp: time.Now(), BatchCount: 1},
+		Items:  []ResponseBatchItem{{Operation: &op, ResultStatus: uint32(kmip14.ResultStatusSuccess), ResultReason: &reason}},
+	}
+	problems := runVector(t, []vectorMessage{
+		{name: "crafted(RequestMessage)", raw: req.encode()},
+		{name: "crafted(ResponseMessage)", raw: want.encode()},
+	})
+	if len(problems) != 1 || !strings.Contains(problems[0], "reason none, want GeneralFailure") {
+		t.Fatalf("problems %q; want one: the missing reason", problems)
+	}
 }

@@ -16,16 +16,7 @@ func TestDevModeStartsAndReuses(t *testing.T) {
 	args := []string{"dev", "--dir", dir, "--kmip", kmip, "--kes", kes, "--ops", ops}
 	p := start(t, nil, args...)
 	waitReady(t, p, ops)
-	for _, f := range []string{"tls/ca.pem", "tls/admin.pem", "tls/admin-key.pem", "tls/server.pem", "pykmip.conf", "minio.env", "p11bridge.hcl", "softhsm/p11bridge-dev.pin"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Errorf("dev mode did not write %s: %v", f, err)
-		}
-	}
-	for _, f := range []string{"tls/admin-key.pem", "tls/server-key.pem", "softhsm/p11bridge-dev.pin", "minio.env"} {
-		if st, err := os.Stat(filepath.Join(dir, f)); err == nil && st.Mode().Perm()&0o077 != 0 {
-			t.Errorf("%s is mode %v; secrets must be 0600", f, st.Mode().Perm())
-		}
-	}
+	checkDevFiles(t, dir)
 	out := p.Output()
 	for _, want := range []string{"PyKMIP", "MinIO", "pykmip.conf", "minio.env", kmip, kes} {
 		if !strings.Contains(out, want) {
@@ -52,6 +43,81 @@ func TestDevModeStartsAndReuses(t *testing.T) {
 	if ca2, _ := os.ReadFile(filepath.Join(dir, "tls/ca.pem")); string(ca2) != string(ca) {
 		t.Error("second run made a new CA")
 	}
+}
+
+// devFileModes is the mode of each file dev mode writes: secrets, and everything that names or
+// holds them, 0600; certificates 0644 (a stricter umask may take the group and others' read away);
+// directories 0700.
+var devFileModes = map[string]os.FileMode{
+	"softhsm":                   os.ModeDir | 0o700,
+	"softhsm/p11bridge-dev.pin": 0o600,
+	"tls":                       os.ModeDir | 0o700,
+	"tls/ca.pem":                0o644,
+	"tls/server.pem":            0o644,
+	"tls/server-key.pem":        0o600,
+	"tls/admin.pem":             0o644,
+	"tls/admin-key.pem":         0o600,
+	"minio.key":                 0o600,
+	"minio.env":                 0o600,
+	"pykmip.conf":               0o600,
+	"p11bridge.hcl":             0o600,
+	"keymap.csv":                0o600,
+	"audit.log":                 0o600,
+}
+
+// checkDevFiles fails for every file of the README's dev-mode table that is missing from dir,
+// and for every file whose mode is not the one devFileModes gives it (or looser, for certificates).
+func checkDevFiles(t *testing.T, dir string) {
+	t.Helper()
+	listed := readmeDevFiles(t)
+	for _, f := range listed {
+		if _, ok := devFileModes[f]; !ok {
+			t.Errorf("README's dev-mode table lists %s, for which the test knows no mode: add it to devFileModes", f)
+		}
+	}
+	for f, want := range devFileModes {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Errorf("dev mode did not write %s: %v", f, err)
+			continue
+		}
+		got := st.Mode() & (os.ModeDir | os.ModePerm)
+		cert := want == 0o644
+		if cert && (got&^0o044 != 0o600) || !cert && got != want {
+			t.Errorf("%s is mode %v; want %v", f, got, want)
+		}
+	}
+	if len(listed) < 10 {
+		t.Errorf("read only %v from the README's dev-mode table", listed)
+	}
+}
+
+// readmeDevFiles returns the files of the README's dev-mode table (the `…` names of its first
+// column; "softhsm/" is the directory).
+func readmeDevFiles(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(b), "\n| file | what |\n")
+	if !ok {
+		t.Fatal("README.md has no dev-mode file table (| file | what |)")
+	}
+	table, _, _ = strings.Cut(table, "\n\n")
+	var files []string
+	for _, row := range strings.Split(table, "\n") {
+		cells := strings.Split(row, "|")
+		if len(cells) < 3 || strings.HasPrefix(strings.TrimSpace(cells[1]), "---") {
+			continue
+		}
+		for i, part := range strings.Split(cells[1], "`") {
+			if i%2 == 1 {
+				files = append(files, strings.TrimSuffix(part, "/"))
+			}
+		}
+	}
+	return files
 }
 
 func tokenSerial(t *testing.T, dir string) string {

@@ -1,12 +1,16 @@
 package test
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ovh/kmip-go"
 )
@@ -258,4 +262,175 @@ func TestAuditRequired(t *testing.T) {
 		t.Fatalf("KMIP Create with a failing audit log that is not required: %v", err)
 	}
 	t.Logf("required: the KMIP Create whose record failed was answered General Failure, later KMIP and KES key operations were refused without creating keys, service resumed after SIGHUP; not required: operations went on")
+}
+
+// auditPipe is an audit sink that can go away and come back while the server keeps its file
+// open: a FIFO. While the test holds it open for reading (and drains it), the server's writes
+// succeed; once the test closes it, they fail with EPIPE; when the test opens it again, they
+// succeed again — without the server reopening anything.
+type auditPipe struct {
+	t     *testing.T
+	path  string
+	mu    sync.Mutex
+	r     *os.File
+	lines bytes.Buffer
+	done  chan struct{}
+}
+
+func newAuditPipe(t *testing.T, path string) *auditPipe {
+	t.Helper()
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatalf("mkfifo %s: %v", path, err)
+	}
+	p := &auditPipe{t: t, path: path}
+	p.open()
+	t.Cleanup(p.close)
+	return p
+}
+
+// open makes the sink writable again. O_RDWR: opening a FIFO that way never blocks, and the test's
+// own end keeps the drain from seeing end-of-file while the server reopens its end.
+func (p *auditPipe) open() {
+	p.t.Helper()
+	r, err := os.OpenFile(p.path, os.O_RDWR, 0)
+	if err != nil {
+		p.t.Fatalf("open %s: %v", p.path, err)
+	}
+	done := make(chan struct{})
+	p.mu.Lock()
+	p.r, p.done = r, done
+	p.mu.Unlock()
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := r.Read(buf)
+			p.mu.Lock()
+			p.lines.Write(buf[:n])
+			p.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// close takes the reader away: the server's next write fails.
+func (p *auditPipe) close() {
+	p.mu.Lock()
+	r, done := p.r, p.done
+	p.r = nil
+	p.mu.Unlock()
+	if r != nil {
+		r.Close()
+		<-done
+	}
+}
+
+func (p *auditPipe) count(s string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Count(p.lines.String(), s)
+}
+
+// waitOutput waits until the server's log holds want more than n times.
+func waitOutput(t *testing.T, b *bridge, want string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(b.proc.Output(), want) <= n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server's log does not say %q (%d times before)\n%s", want, n, b.proc.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAuditResumesWithoutSIGHUP: the audit sink fails and comes back while the server keeps it
+// open (a FIFO whose reader goes away and returns). With audit { required = true }, key operations
+// are refused while it fails and served again as soon as a line can be written — no SIGHUP: the
+// refusal itself is the line that gets through. With required = false requests go on and the
+// server's log says "audit log cannot be written" once for the whole failure, and "audit log
+// writable again" when it ends.
+func TestAuditResumesWithoutSIGHUP(t *testing.T) {
+	b := newBridge(t, t.TempDir(), "resume")
+	fifo := filepath.Join(b.dir, "audit.fifo")
+	sink := newAuditPipe(t, fifo)
+	b.writeConfig(hcfg{signers: []string{"resume"}, auditPath: fifo, auditRequired: true})
+	b.startBin(binary)
+	admin := b.adminClient()
+	c, err := b.kmipAs(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := b.kesAs(admin)
+	if err := kesWant(k, http.MethodPost, "/v1/key/create/resume-kes", nil, 200); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, msg, err := k.generate("resume-kes", nil); err != nil || st != http.StatusOK {
+		t.Fatalf("KES generate with a working audit sink: %d %s %v", st, msg, err)
+	}
+	// The line is in the pipe by the time the answer came; the drain may take a moment more.
+	for deadline := time.Now().Add(10 * time.Second); sink.count(`"operation":"key/generate"`) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no audit line came through the FIFO in 10 s")
+		}
+	}
+	reloads := strings.Count(b.proc.Output(), "configuration reloaded")
+
+	// Required: the sink goes away.
+	sink.close()
+	_, err = c.Create().AES(256, kmip.CryptographicUsageEncrypt).WithName("resume-unaudited").Exec()
+	if err == nil || !strings.Contains(err.Error(), "could not be audited") {
+		t.Fatalf("KMIP Create whose record could not be written: %v", err)
+	}
+	if _, st, msg, _ := k.generate("resume-kes", nil); st != http.StatusServiceUnavailable || !strings.Contains(msg, "audit log cannot be written") {
+		t.Fatalf("KES generate while the audit sink is gone: %d %s", st, msg)
+	}
+	// It comes back. The next request is still refused (the last write failed), but its refusal is
+	// audited, that line is written, and the one after is served.
+	sink.open()
+	if _, st, msg, _ := k.generate("resume-kes", nil); st != http.StatusServiceUnavailable {
+		t.Fatalf("first KES generate once the sink is back: %d %s; want the refusal whose record gets through", st, msg)
+	}
+	if _, st, msg, err := k.generate("resume-kes", nil); err != nil || st != http.StatusOK {
+		t.Fatalf("KES generate after a line could be written again: %d %s %v; service must resume without SIGHUP", st, msg, err)
+	}
+	if _, err := c.Create().AES(256, kmip.CryptographicUsageEncrypt).WithName("resume-audited").Exec(); err != nil {
+		t.Fatalf("KMIP Create after a line could be written again: %v", err)
+	}
+	if n := strings.Count(b.proc.Output(), "configuration reloaded"); n != reloads {
+		t.Fatalf("the server reloaded meanwhile (%d reloads, %d before): this must resume without SIGHUP", n, reloads)
+	}
+
+	// Not required: one "cannot be written" for the whole failure, then "writable again".
+	b.writeConfig(hcfg{signers: []string{"resume"}, auditPath: fifo, auditRequired: false})
+	if ok, log := b.reload(); !ok {
+		t.Fatalf("reload: %s", log)
+	}
+	failing := strings.Count(b.proc.Output(), "audit log cannot be written")
+	again := strings.Count(b.proc.Output(), "audit log writable again")
+	sink.close()
+	for i := range 3 {
+		if _, st, msg, err := k.generate("resume-kes", nil); err != nil || st != http.StatusOK {
+			t.Fatalf("KES generate %d with a failing audit sink that is not required: %d %s %v", i, st, msg, err)
+		}
+	}
+	if _, err := c.Create().AES(256, kmip.CryptographicUsageEncrypt).WithName("resume-not-required").Exec(); err != nil {
+		t.Fatalf("KMIP Create with a failing audit sink that is not required: %v", err)
+	}
+	waitOutput(t, b, "audit log cannot be written", failing)
+	if n := strings.Count(b.proc.Output(), "audit log cannot be written") - failing; n != 1 {
+		t.Fatalf("the server's log says \"audit log cannot be written\" %d times for one failure of 4 records; want once", n)
+	}
+	if strings.Count(b.proc.Output(), "audit log writable again") != again {
+		t.Fatal("\"audit log writable again\" logged while the sink was still gone")
+	}
+	sink.open()
+	if _, st, msg, err := k.generate("resume-kes", nil); err != nil || st != http.StatusOK {
+		t.Fatalf("KES generate once the sink is back: %d %s %v", st, msg, err)
+	}
+	waitOutput(t, b, "audit log writable again", again)
+	if n := strings.Count(b.proc.Output(), "audit log cannot be written") - failing; n != 1 {
+		t.Fatalf("\"audit log cannot be written\" logged %d times in all; want once", n)
+	}
 }

@@ -19,10 +19,18 @@ import (
 )
 
 // waitForBenchmarks holds a heavy test while a benchmark runs on the machine: the project's
-// benchmark figures are published, and a load test beside them would skew both.
+// benchmark figures are published, and a load test beside them would skew both. The wait is
+// bounded so that it ends well inside go test's -timeout (18 min in make test): all heavy tests of
+// a run together wait at most benchWaitBudget, and each at most a quarter of the time left before
+// the deadline; then they go ahead beside the benchmark.
 func waitForBenchmarks(t *testing.T) {
 	t.Helper()
+	limit := benchWait.take()
+	if dl, ok := t.Deadline(); ok {
+		limit = min(limit, time.Until(dl)/4)
+	}
 	start := time.Now()
+	defer func() { benchWait.spent(time.Since(start)) }()
 	for {
 		out, _ := exec.Command("pgrep", "-f", "test.*-bench").Output()
 		var others []string
@@ -37,12 +45,34 @@ func waitForBenchmarks(t *testing.T) {
 			}
 			return
 		}
-		if time.Since(start) > 20*time.Minute {
-			t.Logf("benchmarks still running after 20 min (pids %v); going ahead", others)
+		if time.Since(start) >= limit {
+			t.Logf("benchmarks still running after %s (pids %v); going ahead", limit.Round(time.Second), others)
 			return
 		}
-		time.Sleep(5 * time.Second)
+		time.Sleep(min(5*time.Second, limit-time.Since(start)))
 	}
+}
+
+// benchWaitBudget bounds the waits of waitForBenchmarks in one go test run, together.
+const benchWaitBudget = 2 * time.Minute
+
+var benchWait = waitBudget{left: benchWaitBudget}
+
+type waitBudget struct {
+	mu   sync.Mutex
+	left time.Duration
+}
+
+func (b *waitBudget) take() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return max(b.left, 0)
+}
+
+func (b *waitBudget) spent(d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.left -= d
 }
 
 // loadDuration is 60 s, or P11BRIDGE_SOAK_DURATION under make soak.

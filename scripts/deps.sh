@@ -9,7 +9,6 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${1:-}" = "test" ]; then
   /usr/bin/python3 -c 'import kmip' >/dev/null 2>&1 || need+=(python3-pykmip)
-  /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || need+=(python3-pytest)
   # The TLS-terminating proxy of the KES proxy tests, and the unit file's security review.
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

@@ -181,7 +181,8 @@ func trickle(c net.Conn, head []byte, body string) (time.Duration, string, error
 func TestInFlightCapPerIdentity(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "cap")
 	other := b.issueClient("other")
-	b.writeConfig(hcfg{signers: []string{"cap"}, policies: fmt.Sprintf("policy \"other\" {\n  allow = [\"/v1/key/*\"]\n  kmip = [\"*\"]\n  identities = [%q]\n}\n", other.id)})
+	// keys grants the other identity the use of the admin's key "cap".
+	b.writeConfig(hcfg{signers: []string{"cap"}, policies: fmt.Sprintf("policy \"other\" {\n  allow = [\"/v1/key/*\"]\n  kmip = [\"*\"]\n  keys = [\"cap\", \"cap-*\"]\n  identities = [%q]\n}\n", other.id)})
 	b.startBin(binary, "--max-in-flight", "4")
 	admin := b.adminClient()
 	ka, ko := b.kesAs(admin), b.kesAs(other)
@@ -229,7 +230,7 @@ func TestInFlightCapPerIdentity(t *testing.T) {
 	if _, st, msg, err := ko.generate("cap", nil); err != nil || st != http.StatusOK {
 		t.Fatalf("another identity's KES request: %d %s %v", st, msg, err)
 	}
-	if _, err := co.Create().AES(256, kmip.CryptographicUsageEncrypt).Exec(); err != nil {
+	if _, err := co.Create().AES(256, kmip.CryptographicUsageEncrypt).WithName("cap-other").Exec(); err != nil {
 		t.Fatalf("another identity's KMIP request: %v", err)
 	}
 	// The held requests finish; the admin is served again.

@@ -112,7 +112,8 @@ func TestKESBehindNginx(t *testing.T) {
 	}
 	b.writeProd(prodConfig{signer: "proxied",
 		kes: []string{"proxy {", fmt.Sprintf("  identities = [%q]", proxyID), `  header = "X-Tls-Client-Cert"`, "}"},
-		extra: fmt.Sprintf("policy \"minio\" {\n  allow = [\"/v1/key/create/*\", \"/v1/key/generate/*\", \"/v1/key/decrypt/*\", \"/v1/status\"]\n  identities = [%q]\n}\n", apiID) +
+		// keys grants the API key the use of the key the admin makes for it.
+		extra: fmt.Sprintf("policy \"minio\" {\n  allow = [\"/v1/key/create/*\", \"/v1/key/generate/*\", \"/v1/key/decrypt/*\", \"/v1/status\"]\n  keys = [\"through-nginx\"]\n  identities = [%q]\n}\n", apiID) +
 			fmt.Sprintf("policy \"mallory\" {\n  allow = [\"/v1/status\"]\n  identities = [%q]\n}\n", malloryID)})
 	b.start()
 	front := freeAddr(t)

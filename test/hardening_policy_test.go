@@ -28,8 +28,8 @@ import (
 //	             e.g. Get of a non-extractable key or Destroy of an active one)
 //	no           refused by policy: KES 403 "not authorized: insufficient permissions", KMIP
 //	             Permission Denied "identity … may not run …"
-//	hidden       KMIP Item Not Found for an object that exists but belongs to another identity;
-//	             Locate does not return it
+//	hidden       KMIP Item Not Found (KES 404 "key does not exist") for an object that exists but
+//	             belongs to another identity; Locate does not return it
 //	unsupported  KMIP Operation Not Supported, whoever asks
 const matrixDoc = "../docs/guarantees.md"
 
@@ -286,6 +286,8 @@ func (e *matrixEnv) runKES(r matrixRow, col string) string {
 		return "no" // a stream's body is not read: its status says it
 	case st == http.StatusForbidden:
 		return "forbidden with another message: " + string(out)
+	case st == http.StatusNotFound && kesMessage(out) == "key does not exist" && name != "":
+		return "hidden" // another identity's key answers as a missing one
 	}
 	return "yes"
 }

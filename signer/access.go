@@ -202,11 +202,15 @@ func (f facts) state(st keymap.State, now time.Time) keymap.State {
 	return st
 }
 
-// KeyName is the name the policy `keys` patterns are matched against: a KES key version's KES name,
-// else the object's Name.
+// KeyName is the name the policy `keys` patterns are matched against: a KES key version's KES name
+// (also for the separate HMAC key of an imported KES key, named "<name>.hmac"; KES names hold no
+// '.'), else the object's Name.
 func KeyName(rec keymap.Record) string {
 	if n, ok := rec.Attrs[AttrKESName]; ok {
 		return n
+	}
+	if _, ok := rec.Attrs[AttrKESHMACOf]; ok {
+		return strings.TrimSuffix(rec.Name, ".hmac")
 	}
 	return rec.Name
 }

@@ -172,7 +172,9 @@ func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key 
 	if !c.mayName(name) {
 		return keymap.Record{}, r.checkNew(c, keymap.Record{Name: name})
 	}
-	hm, err := r.Create(ctx, c, KeySpec{Algorithm: HMAC, Size: 256}, Meta{Name: name + ".hmac", State: keymap.Active})
+	// Marked at once (the key's id follows), so the caller's key patterns match it by the KES name.
+	hm, err := r.Create(ctx, c, KeySpec{Algorithm: HMAC, Size: 256}, Meta{Name: name + ".hmac", State: keymap.Active,
+		Attrs: map[string]string{AttrKESHMACOf: ""}})
 	if err != nil {
 		return keymap.Record{}, fmt.Errorf("import key: generate its HMAC key: %w", err)
 	}

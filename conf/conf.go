@@ -123,6 +123,9 @@ type Policy struct {
 	KMIP       []string // KMIP operation names, or "*"
 	Keys       []string // key-name patterns: the keys its identities may touch, and may use when others own them; empty: their own keys
 	SHA1       bool     // signatures over SHA-1 allowed
+	// ClientIVSharedKeys lets its identities choose IVs on keys others use too (docs/guarantees.md
+	// says what that risks).
+	ClientIVSharedKeys bool
 	Identities []string // lowercase hex SHA-256 of a client certificate's SubjectPublicKeyInfo
 }
 

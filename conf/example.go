@@ -105,6 +105,10 @@ policy "minio" {
 policy "rpki-ca" {
   kmip       = ["Query", "CreateKeyPair", "Get", "ModifyAttribute", "Activate", "Sign", "Revoke", "Destroy"]
   sha1       = false   # signatures over SHA-1 are refused unless true
+  # Client-chosen IVs are taken on an identity's own keys that no policy
+  # shares; true allows them on shared keys too, letting one user's
+  # encryptions reveal what others sealed (see docs/guarantees.md).
+  client_iv_shared_keys = false
   identities = ["0e6b69fbd1836bbd274587164bdbde0221901974ec4ade407e4bf4c357273eed"]
 }
 

@@ -43,6 +43,9 @@ func (d *decoder) policies(blocks []*hclsyntax.Block, cfg *Config) {
 		if a := c.attrs["sha1"]; a != nil {
 			p.SHA1, _ = d.boolean(a)
 		}
+		if a := c.attrs["client_iv_shared_keys"]; a != nil {
+			p.ClientIVSharedKeys, _ = d.boolean(a)
+		}
 		p.Identities = d.patterns(c.attrs["identities"], in, func(it item, in string) bool {
 			if !d.identity(it.s, it.at, "identity", in) {
 				return false

@@ -95,13 +95,30 @@ func (a *auth) caller(identity string) signer.Caller {
 		return signer.Caller{Identity: identity}
 	}
 	if a.isAdmin(identity) {
-		return signer.Caller{Identity: identity, Admin: true, SHA1: true}
+		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares}
 	}
-	c := signer.Caller{Identity: identity}
+	c := signer.Caller{Identity: identity, Shares: a.shares}
 	if p := a.byIdentity[identity]; p != nil {
-		c.Keys, c.SHA1 = p.Keys, p.SHA1
+		c.Keys, c.SHA1, c.ClientIVShared = p.Keys, p.SHA1, p.ClientIVSharedKeys
 	}
 	return c
+}
+
+// shares says whether a policy's keys patterns grant a key of that name to an identity other than
+// its owner: then the key has several users, and none of them may choose its IVs.
+func (a *auth) shares(name, owner string) bool {
+	for i := range a.policies {
+		p := &a.policies[i]
+		if len(p.Keys) == 0 || !slices.ContainsFunc(p.Identities, func(id string) bool { return id != owner }) {
+			continue
+		}
+		for _, k := range p.Keys {
+			if match(k, name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // allowKMIP also ends the rights of a KMIP connection opened before its identity was revoked:

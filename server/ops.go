@@ -32,6 +32,9 @@ type Status struct {
 	RolloverUnderway   bool           `json:"rollover_in_progress"`
 	Signers            []SignerStatus `json:"signers"`
 	UnconfiguredHeldBy []string       `json:"keys_on_unconfigured_signers,omitempty"`
+	// SealHeavy names the keys past 2^31 AES-GCM seals with their counts: rotate them before 2^32,
+	// where random 96-bit IVs stop being safe from repeats.
+	SealHeavy map[string]uint64 `json:"keys_to_rotate_for_seals,omitempty"`
 	// Reloads counts the SIGHUPs handled; LastReloadError is why the last one was refused ("" when
 	// it was applied). `p11bridge reload --wait` watches them.
 	Reloads         int64  `json:"reloads"`
@@ -62,20 +65,24 @@ func (s *Server) Status() Status {
 			st.UnconfiguredHeldBy = append(st.UnconfiguredHeldBy, name)
 		}
 	}
+	if h := s.reg.SealHeavy(); len(h) > 0 {
+		st.SealHeavy = h
+	}
 	return st
 }
 
 // signerCollector reports signer health and key counts at scrape time, so reloads need no
 // re-registration.
 type signerCollector struct {
-	s                *Server
-	up, keys, copies *prometheus.Desc
+	s                       *Server
+	up, keys, copies, seals *prometheus.Desc
 }
 
 func (c signerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.up
 	ch <- c.keys
 	ch <- c.copies
+	ch <- c.seals
 }
 
 func (c signerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -92,6 +99,9 @@ func (c signerCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(n), name, string(state))
 		}
 	}
+	for id, n := range c.s.reg.SealHeavy() {
+		ch <- prometheus.MustNewConstMetric(c.seals, prometheus.GaugeValue, float64(n), id)
+	}
 }
 
 func (s *Server) opsHandler() http.Handler {
@@ -101,7 +111,8 @@ func (s *Server) opsHandler() http.Handler {
 			up:   prometheus.NewDesc("p11bridge_signer_up", "Whether the signer's last token calls succeeded.", []string{"signer"}, nil),
 			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil),
 			copies: prometheus.NewDesc("p11bridge_signer_key_copies", "Session copies of keys (AES, HMAC, private) the signer holds in its token (key_copies).",
-				[]string{"signer"}, nil)})
+				[]string{"signer"}, nil),
+			seals: prometheus.NewDesc("p11bridge_key_gcm_seals", "AES-GCM seals of the keys past 2^31 of them (rotate before 2^32).", []string{"key"}, nil)})
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })

@@ -25,6 +25,11 @@ type Caller struct {
 	Keys []string
 	// SHA1 lets the caller sign and verify with SHA-1, which is refused by default.
 	SHA1 bool
+	// Shares says whether a policy's key patterns grant a key of that name and owner to another
+	// identity (nonce.go: client IVs). Nil: no key is shared.
+	Shares func(name, owner string) bool
+	// ClientIVShared lets the caller choose IVs on keys others use too (nonce.go).
+	ClientIVShared bool
 }
 
 // Operator is the operator at the command line, and the server acting for itself: every key, owned
@@ -322,7 +327,7 @@ func stateWord(st keymap.State) string {
 // Access resolves id for c and decides whether c may do u with it now. Another owner's object, and
 // one outside the caller's patterns, answer exactly as a missing one.
 func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
-	row, err := r.row(id)
+	row, err := r.row(c, id)
 	if err != nil {
 		return keymap.Record{}, err
 	}

@@ -85,7 +85,7 @@ var digestInfo = map[crypto.Hash][]byte{
 // keyFor resolves id, asks the key model (access.go) whether c may do u with it now, and checks
 // that it is of class and one of algs (none = any).
 func (r *Registry) keyFor(c Caller, id string, u Use, class keymap.Class, algs ...string) (keymap.Record, *Token, error) {
-	row, err := r.row(id)
+	row, err := r.row(c, id)
 	if err != nil {
 		return keymap.Record{}, nil, err
 	}
@@ -273,6 +273,14 @@ func (r *Registry) seal(ctx context.Context, c Caller, id string, iv, plaintext 
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if iv != nil {
+		if err := c.clientIV(rec); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	if err := r.bindMode(rec, ModeGCM); err != nil {
+		return nil, nil, nil, err
+	}
 	if iv == nil {
 		iv = make([]byte, GCMNonceSize)
 		if _, err := rand.Read(iv); err != nil {
@@ -308,6 +316,7 @@ func (r *Registry) seal(ctx context.Context, c Caller, id string, iv, plaintext 
 		}
 		return nil, nil, nil, classify(err, fmt.Sprintf("signer %q: encrypt with %s", t.cfg.Name, id))
 	}
+	r.counted(rec)
 	return plaintext, iv, ct, nil
 }
 
@@ -316,6 +325,9 @@ func (r *Registry) seal(ctx context.Context, c Caller, id string, iv, plaintext 
 func (r *Registry) Open(ctx context.Context, c Caller, id string, iv, ciphertext, aad []byte) ([]byte, error) {
 	rec, t, err := r.keyFor(c, id, UseDecrypt, keymap.SecretKey, AES)
 	if err != nil {
+		return nil, err
+	}
+	if err := r.bindMode(rec, ModeGCM); err != nil {
 		return nil, err
 	}
 	if len(ciphertext) < GCMTagSize {
@@ -353,27 +365,36 @@ func (r *Registry) Open(ctx context.Context, c Caller, id string, iv, ciphertext
 
 // EncryptCBC and DecryptCBC use AES-CBC with PKCS#7 padding inside the token (KMIP clients ask for it).
 func (r *Registry) EncryptCBC(ctx context.Context, c Caller, id string, iv, plaintext []byte) ([]byte, []byte, error) {
+	chosen := iv != nil
 	if iv == nil {
 		iv = make([]byte, 16)
 		if _, err := rand.Read(iv); err != nil {
 			return nil, nil, errorf(ErrUnavailable, "draw IV: %v", err)
 		}
 	}
-	out, err := r.cbc(ctx, c, id, true, iv, plaintext)
+	out, err := r.cbc(ctx, c, id, true, chosen, iv, plaintext)
 	return iv, out, err
 }
 
 func (r *Registry) DecryptCBC(ctx context.Context, c Caller, id string, iv, ciphertext []byte) ([]byte, error) {
-	return r.cbc(ctx, c, id, false, iv, ciphertext)
+	return r.cbc(ctx, c, id, false, false, iv, ciphertext)
 }
 
-func (r *Registry) cbc(ctx context.Context, c Caller, id string, enc bool, iv, in []byte) ([]byte, error) {
+func (r *Registry) cbc(ctx context.Context, c Caller, id string, enc, chosenIV bool, iv, in []byte) ([]byte, error) {
 	op, u := "decrypt", UseDecrypt
 	if enc {
 		op, u = "encrypt", UseEncrypt
 	}
 	rec, t, err := r.keyFor(c, id, u, keymap.SecretKey, AES)
 	if err != nil {
+		return nil, err
+	}
+	if chosenIV {
+		if err := c.clientIV(rec); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.bindMode(rec, ModeCBC); err != nil {
 		return nil, err
 	}
 	if len(iv) != 16 {

@@ -156,7 +156,7 @@ func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (key
 		return keymap.Record{}, errKESExists
 	}
 	return r.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{
-		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name},
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrBlockMode: ModeGCM},
 	})
 }
 
@@ -179,7 +179,7 @@ func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key 
 		return keymap.Record{}, fmt.Errorf("import key: generate its HMAC key: %w", err)
 	}
 	rec, err := r.Import(ctx, c, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: key}, Meta{
-		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrKESHMAC: hm.ID},
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrKESHMAC: hm.ID, AttrBlockMode: ModeGCM},
 	}, false, "")
 	if err != nil {
 		if derr := r.Destroy(ctx, c, hm.ID); derr != nil {

@@ -47,7 +47,7 @@ func (r *Registry) PublicKey(ctx context.Context, c Caller, id string) (crypto.P
 
 // publicKeyFor is PublicKey for a use the key model decides on (verify and encrypt on the host).
 func (r *Registry) publicKeyFor(ctx context.Context, c Caller, id string, u Use) (crypto.PublicKey, error) {
-	row, err := r.row(id)
+	row, err := r.row(c, id)
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,8 @@ type Registry struct {
 	rows *keymap.Cache[*keyRow]
 	// kesKeys caches the versions of KES key names (KESKey).
 	kesKeys *keymap.Cache[KESKey]
+	// seals counts GCM seals per key (nonce.go).
+	seals sealCounts
 }
 
 // keyRow is a row as the key model reads it: the record and its parsed lifecycle facts. Shared
@@ -157,8 +159,9 @@ func sameConfig(a, b Config) bool {
 		a.PIN == b.PIN && a.MaxSessions == b.MaxSessions && a.SessionTimeout == b.SessionTimeout && a.KeyCopies == b.KeyCopies
 }
 
-// Close ends all sessions of all signers.
+// Close writes the pending seal counts and ends all sessions of all signers.
 func (r *Registry) Close() {
+	r.flushAllSeals()
 	r.cfgMu.Lock()
 	defer r.cfgMu.Unlock()
 	if st := r.st.Swap(&state{tokens: map[string]*Token{}}); st != nil {
@@ -246,8 +249,11 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 	return rec, nil
 }
 
-// row is Get through the row cache, with the row's lifecycle facts.
-func (r *Registry) row(id string) (*keyRow, error) {
+// row is Get through the row cache, with the row's lifecycle facts, for c. Only the admin's lookups
+// look for an unknown identifier on the tokens (adopt): an adopted row belongs to nobody, so nobody
+// else could use it, and a token search that only a missing identifier costs would tell a prober
+// a missing object from another owner's.
+func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 	row, ok := r.rows.Get(r.km.Changes(), id, func() (*keyRow, bool) {
 		rec, ok := r.km.Get(id)
 		if !ok {
@@ -257,6 +263,9 @@ func (r *Registry) row(id string) (*keyRow, error) {
 	})
 	if ok {
 		return row, nil
+	}
+	if !c.Admin {
+		return nil, notFound(id)
 	}
 	rec, err := r.Get(id) // an identifier the keymap lacks may be adopted
 	if err != nil {

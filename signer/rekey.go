@@ -20,7 +20,8 @@ const (
 func inherit(old keymap.Record, over map[string]string) map[string]string {
 	out := map[string]string{}
 	for k, v := range old.Attrs {
-		if !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") {
+		// A new key has sealed nothing yet.
+		if !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") && k != AttrSeals {
 			out[k] = v
 		}
 	}

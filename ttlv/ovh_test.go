@@ -101,17 +101,25 @@ func TestOVHSymmetricLifecycle(t *testing.T) {
 	if string(dec.Data) != "hello" {
 		t.Fatalf("GCM decrypt: %q", dec.Data)
 	}
+	genc := enc
 	_, err := cl.Decrypt(id).WithCryptographicParameters(gcm).WithAAD([]byte("other")).
 		WithIvCounterNonce(enc.IVCounterNonce).WithAuthTag(enc.AuthenticatedEncryptionTag).Data(enc.Data).Exec()
 	kmipErr(t, err, kmip.ResultReasonCryptographicFailure)
-	// CBC with a client IV; missing IV on decrypt.
+	// One key serves one block mode family: the GCM key refuses CBC (KMIP 1.4 has no Incompatible
+	// Cryptographic Usage Mask: Permission Denied). CBC with a client IV on a key of its own;
+	// missing IV on decrypt.
 	cbc := kmip.CryptographicParameters{BlockCipherMode: kmip.BlockCipherModeCBC, PaddingMethod: kmip.PaddingMethodPKCS5}
 	iv := bytes.Repeat([]byte{7}, 16)
-	enc = must[*payloads.EncryptResponsePayload](t)(cl.Encrypt(id).WithCryptographicParameters(cbc).WithIvCounterNonce(iv).Data([]byte("sixteen bytes!!!")).Exec())
+	_, err = cl.Encrypt(id).WithCryptographicParameters(cbc).WithIvCounterNonce(iv).Data([]byte("x")).Exec()
+	kmipErr(t, err, kmip.ResultReasonPermissionDenied)
+	cbcID := must[*payloads.CreateResponsePayload](t)(cl.Create().AES(256, kmip.CryptographicUsageEncrypt|kmip.CryptographicUsageDecrypt).
+		WithName("ovh-aes-cbc").Exec()).UniqueIdentifier
+	must[*payloads.ActivateResponsePayload](t)(cl.Activate(cbcID).Exec())
+	enc = must[*payloads.EncryptResponsePayload](t)(cl.Encrypt(cbcID).WithCryptographicParameters(cbc).WithIvCounterNonce(iv).Data([]byte("sixteen bytes!!!")).Exec())
 	if len(enc.Data) != 32 || enc.IVCounterNonce != nil {
 		t.Fatalf("CBC: %d bytes, IV %x", len(enc.Data), enc.IVCounterNonce)
 	}
-	_, err = cl.Decrypt(id).WithCryptographicParameters(cbc).Data(enc.Data).Exec()
+	_, err = cl.Decrypt(cbcID).WithCryptographicParameters(cbc).Data(enc.Data).Exec()
 	kmipErr(t, err, kmip.ResultReasonInvalidMessage)
 	_, err = cl.Encrypt(id).WithCryptographicParameters(kmip.CryptographicParameters{BlockCipherMode: kmip.BlockCipherModeECB}).Data([]byte("x")).Exec()
 	kmipErr(t, err, kmip.ResultReasonInvalidField)
@@ -171,8 +179,9 @@ func TestOVHSymmetricLifecycle(t *testing.T) {
 	kmipErr(t, err, kmip.ResultReasonPermissionDenied)
 	must[*payloads.RevokeResponsePayload](t)(cl.Revoke(id).WithRevocationReasonCode(kmip.RevocationReasonCodeSuperseded).Exec())
 	// A deactivated key still decrypts (KMIP lets it process), but no longer encrypts.
-	must[*payloads.DecryptResponsePayload](t)(cl.Decrypt(id).WithCryptographicParameters(cbc).WithIvCounterNonce(iv).Data(enc.Data).Exec())
-	_, err = cl.Encrypt(id).WithCryptographicParameters(cbc).WithIvCounterNonce(iv).Data([]byte("x")).Exec()
+	must[*payloads.DecryptResponsePayload](t)(cl.Decrypt(id).WithCryptographicParameters(gcm).WithAAD([]byte("hdr")).
+		WithIvCounterNonce(genc.IVCounterNonce).WithAuthTag(genc.AuthenticatedEncryptionTag).Data(genc.Data).Exec())
+	_, err = cl.Encrypt(id).WithCryptographicParameters(gcm).Data([]byte("x")).Exec()
 	kmipErr(t, err, kmip.ResultReasonPermissionDenied)
 	for _, k := range []string{id, rk.UniqueIdentifier} {
 		must[*payloads.RevokeResponsePayload](t)(cl.Revoke(k).WithRevocationReasonCode(kmip.RevocationReasonCodeKeyCompromise).WithCompromiseOccurrenceDate(time.Now().Add(-time.Hour)).Exec())

@@ -139,11 +139,16 @@ with c:
     if not v2 and version < enums.KMIPVersion.KMIP_1_4:
         # Before 1.4 the GCM tag travels at the end of the ciphertext.
         gcm = {"cryptographic_algorithm": enums.CryptographicAlgorithm.AES, "block_cipher_mode": enums.BlockCipherMode.GCM, "tag_length": 16}
-        ct, nonce = c.encrypt(b"gcm data", uid=aes, cryptographic_parameters=gcm)
+        # A key serves one block mode family: the CBC key refuses GCM, a key of its own serves it.
+        expect_failure(lambda: c.encrypt(b"gcm data", uid=aes, cryptographic_parameters=gcm),
+                       [enums.ResultReason.PERMISSION_DENIED], "GCM with a CBC key")
+        gk = c.create(enums.CryptographicAlgorithm.AES, 256, name=aes_name + "-gcm")
+        c.activate(gk)
+        ct, nonce = c.encrypt(b"gcm data", uid=gk, cryptographic_parameters=gcm)
         check(len(ct) == 8 + 16 and len(nonce) == 12, "GCM output %d bytes, nonce %d" % (len(ct), len(nonce)))
-        check(c.decrypt(ct, uid=aes, cryptographic_parameters=gcm, iv_counter_nonce=nonce) == b"gcm data", "GCM round trip")
+        check(c.decrypt(ct, uid=gk, cryptographic_parameters=gcm, iv_counter_nonce=nonce) == b"gcm data", "GCM round trip")
         bad = ct[:-1] + bytes([ct[-1] ^ 1])
-        expect_failure(lambda: c.decrypt(bad, uid=aes, cryptographic_parameters=gcm, iv_counter_nonce=nonce),
+        expect_failure(lambda: c.decrypt(bad, uid=gk, cryptographic_parameters=gcm, iv_counter_nonce=nonce),
                        [enums.ResultReason.CRYPTOGRAPHIC_FAILURE], "GCM with a bad tag")
 
     # Attribute changes.

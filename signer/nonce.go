@@ -1,0 +1,214 @@
+package signer
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// Rules that keep one identity's encrypt permission from becoming a decrypt (or forge) of what
+// others sealed under a shared key: a client-chosen GCM IV that repeats a victim's gives its
+// keystream, and AES-CBC with a chosen IV is a raw block oracle that yields the GCM hash key. Real
+// clients do send their own IVs (OpenBao's KMIP seal, ceph-csi), so the rules limit them rather than
+// forbid them:
+//
+//   - a client IV is taken only on a key whose users are the caller alone: its own key that no
+//     policy's key patterns share with another identity (or an ownerless key, which only the admin
+//     reaches), never a KES key version; a policy may allow it on shared keys
+//     (client_iv_shared_keys = true) at the risk docs/guarantees.md states;
+//   - each AES key serves one block mode family, GCM or CBC, set by its first use (or at creation:
+//     KES keys are GCM), so a CBC oracle can never be turned against GCM ciphertexts;
+//   - GCM seals are counted per key, and a key nearing 2^32 seals with random IVs (where the chance
+//     of a repeated IV stops being negligible, NIST SP 800-38D 8.3) is reported.
+
+// AttrBlockMode is the block mode family an AES key serves: "gcm" or "cbc".
+const AttrBlockMode = "key.block-mode"
+
+// Block mode families.
+const (
+	ModeGCM = "gcm"
+	ModeCBC = "cbc"
+)
+
+// clientIV decides whether c may choose the IV of an encryption with rec.
+func (c Caller) clientIV(rec keymap.Record) error {
+	if isKESVersion(rec) {
+		return errorf(ErrDenied, "object %q is a version of a KES key: it takes no client-chosen IV; leave the IV to the server", rec.ID)
+	}
+	if c.ClientIVShared {
+		return nil
+	}
+	alone := rec.Owner == "" && c.Admin || rec.Owner != "" && rec.Owner == c.Identity
+	if alone && (c.Shares == nil || !c.Shares(KeyName(rec), rec.Owner)) {
+		return nil
+	}
+	return errorf(ErrDenied, "object %q: a client-chosen IV is taken only on the caller's own key that no policy shares with another identity; leave the IV to the server (or set client_iv_shared_keys in the policy)", rec.ID)
+}
+
+// bindMode makes rec serve mode from now on, or refuses when it serves the other family. The first
+// use writes the binding to the keymap (once per key).
+func (r *Registry) bindMode(rec keymap.Record, mode string) error {
+	switch cur := rec.Attrs[AttrBlockMode]; cur {
+	case mode:
+		return nil
+	case "":
+	default:
+		return errorf(ErrUsage, "object %q serves AES-%s only: one key serves one block mode family, so that one mode cannot be turned against the other's ciphertexts", rec.ID, upper(cur))
+	}
+	r.recMu.Lock()
+	defer r.recMu.Unlock()
+	cur, ok := r.km.Get(rec.ID)
+	if !ok {
+		return notFound(rec.ID)
+	}
+	switch m := cur.Attrs[AttrBlockMode]; m {
+	case mode:
+		return nil
+	case "":
+	default:
+		return errorf(ErrUsage, "object %q serves AES-%s only: one key serves one block mode family, so that one mode cannot be turned against the other's ciphertexts", rec.ID, upper(m))
+	}
+	cur = cur.Clone()
+	cur.Attrs = withAttr(cur.Attrs, AttrBlockMode, mode)
+	cur.Updated = time.Time{}
+	if err := r.km.Put(cur); err != nil {
+		return errorf(ErrUnavailable, "object %q: write keymap: %v", rec.ID, err)
+	}
+	return nil
+}
+
+func upper(mode string) string {
+	if mode == ModeCBC {
+		return "CBC"
+	}
+	return "GCM"
+}
+
+// AttrSeals counts the GCM seals a key has made (written every sealFlush seals and at close).
+const AttrSeals = "key.seals"
+
+const (
+	// sealFlush is how many seals of a key are counted in memory before the count is written: at
+	// most this many per key go uncounted after a crash.
+	sealFlush = 1 << 16
+	// SealWarning is where a key is reported: half of 2^32, time enough to rotate it.
+	SealWarning = 1 << 31
+)
+
+// sealCounts holds the seals not yet written, per key id, and the keys known past SealWarning.
+type sealCounts struct {
+	mu      sync.Mutex
+	pending map[string]*atomic.Uint64
+	heavy   map[string]uint64
+	scanned bool // heavy holds what the keymap held at the first SealHeavy
+}
+
+// counted notes one seal by rec and writes the count every sealFlush seals.
+func (r *Registry) counted(rec keymap.Record) {
+	sc := &r.seals
+	sc.mu.Lock()
+	n := sc.pending[rec.ID]
+	if n == nil {
+		if sc.pending == nil {
+			sc.pending = map[string]*atomic.Uint64{}
+		}
+		n = new(atomic.Uint64)
+		sc.pending[rec.ID] = n
+	}
+	sc.mu.Unlock()
+	if n.Add(1)%sealFlush == 0 {
+		go r.flushSeals(rec.ID)
+	}
+}
+
+// flushSeals adds the pending seals of id to its row, and warns once when it passes SealWarning.
+func (r *Registry) flushSeals(id string) {
+	r.seals.mu.Lock()
+	n := r.seals.pending[id]
+	r.seals.mu.Unlock()
+	if n == nil {
+		return
+	}
+	add := n.Swap(0)
+	if add == 0 {
+		return
+	}
+	rec, err := r.Update(Operator, id, func(x *keymap.Record) error {
+		total, _ := strconv.ParseUint(x.Attrs[AttrSeals], 10, 64)
+		x.Attrs = withAttr(x.Attrs, AttrSeals, strconv.FormatUint(total+add, 10))
+		return nil
+	})
+	if err != nil {
+		n.Add(add) // try again with the next flush
+		return
+	}
+	if total := Seals(rec); total >= SealWarning {
+		r.seals.mu.Lock()
+		_, known := r.seals.heavy[id]
+		if r.seals.heavy == nil {
+			r.seals.heavy = map[string]uint64{}
+		}
+		r.seals.heavy[id] = total
+		r.seals.mu.Unlock()
+		if !known {
+			r.log.Warn("key nears 2^32 AES-GCM seals with random IVs: rotate it (KES: p11bridge keys rotate; KMIP: ReKey)", "id", id, "name", rec.Name, "seals", total)
+		}
+	}
+}
+
+// flushAllSeals writes every pending count (at close).
+func (r *Registry) flushAllSeals() {
+	r.seals.mu.Lock()
+	ids := make([]string, 0, len(r.seals.pending))
+	for id := range r.seals.pending {
+		ids = append(ids, id)
+	}
+	r.seals.mu.Unlock()
+	for _, id := range ids {
+		r.flushSeals(id)
+	}
+}
+
+// Seals is the GCM seals rec has made as far as its row knows.
+func Seals(rec keymap.Record) uint64 {
+	n, _ := strconv.ParseUint(rec.Attrs[AttrSeals], 10, 64)
+	return n
+}
+
+// SealHeavy lists the keys at or past SealWarning seals, with their counts (for status and metrics).
+// The keymap is read once; later counts come from the flushes.
+func (r *Registry) SealHeavy() map[string]uint64 {
+	r.seals.mu.Lock()
+	scanned := r.seals.scanned
+	r.seals.mu.Unlock()
+	if !scanned {
+		found := map[string]uint64{}
+		r.km.Range(func(rec keymap.Record) bool {
+			if n := Seals(rec); n >= SealWarning {
+				found[rec.ID] = n
+			}
+			return true
+		})
+		r.seals.mu.Lock()
+		if r.seals.heavy == nil {
+			r.seals.heavy = map[string]uint64{}
+		}
+		for id, n := range found {
+			if n > r.seals.heavy[id] {
+				r.seals.heavy[id] = n
+			}
+		}
+		r.seals.scanned = true
+		r.seals.mu.Unlock()
+	}
+	r.seals.mu.Lock()
+	defer r.seals.mu.Unlock()
+	out := make(map[string]uint64, len(r.seals.heavy))
+	for id, n := range r.seals.heavy {
+		out[id] = n
+	}
+	return out
+}

@@ -42,7 +42,7 @@ vet:
 
 # The race detector runs on the packages with concurrency. Left out: the OASIS vector runs, which
 # decode files or replay them one at a time on one connection (a third of ttlv's time under -race).
-# Adds about 2.5 min from a cold cache (race-built packages are cached apart), 30 s from a warm one.
+# Adds 2.5-3.5 min from a cold cache (race-built packages are cached apart), 30 s from a warm one.
 RACESKIP := ^(TestOASISReplay|TestOASISVectorPayloads|TestOASISVectorsRoundTrip)$$
 
 test: deps-test vet

@@ -311,6 +311,13 @@ func (e *keyEnv) runKMIP(r matrixRow, col string) string {
 		_, err = c.Rekey(id).Exec()
 	case "Encrypt":
 		_, err = c.Encrypt(id).WithCryptographicParameters(gcm).Data([]byte("x")).Exec()
+	case "Encrypt (client IV)":
+		_, err = c.Encrypt(id).WithCryptographicParameters(gcm).WithIvCounterNonce(make([]byte, 12)).Data([]byte("x")).Exec()
+	case "Encrypt (CBC after GCM)":
+		if _, eerr := e.kmip["owner"].Encrypt(id).WithCryptographicParameters(gcm).Data([]byte("x")).Exec(); eerr != nil {
+			e.t.Fatalf("Encrypt as owner: %v", eerr)
+		}
+		_, err = c.Encrypt(id).WithCryptographicParameters(kmip.CryptographicParameters{BlockCipherMode: kmip.BlockCipherModeCBC, PaddingMethod: kmip.PaddingMethodPKCS5}).Data([]byte("x")).Exec()
 	case "Decrypt":
 		enc, eerr := e.kmip["owner"].Encrypt(id).WithCryptographicParameters(gcm).Data([]byte("matrix")).Exec()
 		if eerr != nil {
@@ -351,6 +358,10 @@ func classifyKeyModel(err error) string {
 		return "hidden"
 	case strings.Contains(s, `reason="PermissionDenied"`) && strings.Contains(s, "may not run"):
 		return "no"
+	case strings.Contains(s, `reason="PermissionDenied"`) && strings.Contains(s, "client-chosen IV"):
+		return "iv"
+	case strings.Contains(s, `reason="PermissionDenied"`) && strings.Contains(s, "one block mode family"):
+		return "mode"
 	case strings.Contains(s, `reason="PermissionDenied"`) && (strings.Contains(s, "only its owner or the admin") || strings.Contains(s, "not the caller's to change")):
 		return "denied"
 	case strings.Contains(s, `reason="PermissionDenied"`) && (strings.Contains(s, "must be Active") || strings.Contains(s, "is Active:") || strings.Contains(s, "Pre-Active objects")):

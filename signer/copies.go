@@ -50,7 +50,8 @@ func (t *Token) useKey(ctx context.Context, tag []byte, k objKind, fn func(sh pk
 	recheck := t.clock()-c.checked.Load() >= int64(copyRecheck)
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
 		if recheck {
-			if _, err := t.ctx.GetAttributeValue(sh, c.src, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)}); err != nil {
+			// The source must still be this key's object, not another that took its handle number.
+			if err := t.sameObject(sh, c.src, tag, k); err != nil {
 				return err
 			}
 			c.checked.Store(t.clock())

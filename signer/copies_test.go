@@ -227,3 +227,62 @@ func TestKeyCopiesBounded(t *testing.T) {
 		t.Fatalf("%d copies with key_copies 1", n)
 	}
 }
+
+// A module may give a destroyed object's handle number to another object. A cached handle, and
+// the token object behind a session copy, are checked to still carry the key's tag before use
+// (after copyRecheck), so an operation never runs with another key.
+func TestReusedHandleIsNotTrusted(t *testing.T) {
+	owner := Caller{Identity: "reuse"}
+	a, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "reuse-a", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "reuse-b", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := testReg.Signer("a")
+	iv, ct, err := testReg.Seal(ctx, owner, a.ID, nil, []byte("sealed under a"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, err := tok.find(ctx, b.Tag, kindAES)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyA := handleKey{string(a.Tag), kindAES}
+	for _, where := range []string{"session copy", "cached handle"} {
+		// a's handle now names b's object, as if the module had reused the number; last checked long ago.
+		if where == "session copy" {
+			if _, err := testReg.Open(ctx, owner, a.ID, iv, ct, nil); err != nil {
+				t.Fatal(err) // makes a's copy
+			}
+			v, ok := tok.copies.Load(keyA)
+			if !ok || v.(*keyCopy) == nil {
+				t.Fatal("no session copy of a")
+			}
+			c := v.(*keyCopy)
+			c.src = hb
+			c.checked.Store(tok.clock() - int64(2*copyRecheck))
+		} else {
+			tok.dropCopies(a.Tag)
+			tok.copies.Store(keyA, (*keyCopy)(nil)) // a is used as a token object from now on
+			c := &cachedHandle{h: hb}
+			c.checked.Store(tok.clock() - int64(2*copyRecheck))
+			tok.handles.Store(keyA, c)
+		}
+		pt, err := testReg.Open(ctx, owner, a.ID, iv, ct, nil)
+		if err != nil || string(pt) != "sealed under a" {
+			t.Fatalf("%s: open with a after its handle was reused: %q %v", where, pt, err)
+		}
+		if v, _ := tok.handles.Load(keyA); v.(*cachedHandle).h == hb {
+			t.Fatalf("%s: a's cached handle still names b's object", where)
+		}
+		// A copy whose source handle names another object is dropped: were a destroyed elsewhere,
+		// its copy must not keep it alive through a reused handle.
+		if v, ok := tok.copies.Load(keyA); ok && v.(*keyCopy) != nil && v.(*keyCopy).src == hb {
+			t.Fatalf("%s: a's session copy is still checked against b's object", where)
+		}
+	}
+	tok.copies.Delete(keyA)
+}

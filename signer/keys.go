@@ -254,8 +254,8 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 	if err != nil {
 		return keymap.Record{}, keymap.Record{}, classify(err, fmt.Sprintf("signer %q: generate %s-%d key pair", t.cfg.Name, spec.Algorithm, spec.Size))
 	}
-	t.handles.Store(handleKey{string(tag), kindPublic}, pubH)
-	t.handles.Store(handleKey{string(tag), kindPrivate}, privH)
+	t.remember(handleKey{string(tag), kindPublic}, pubH)
+	t.remember(handleKey{string(tag), kindPrivate}, privH)
 	pk, err := t.publicKey(ctx, tag)
 	if err != nil {
 		return keymap.Record{}, keymap.Record{}, err

@@ -1,9 +1,12 @@
 package signer
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 
@@ -32,12 +35,37 @@ type handleKey struct {
 	kind objKind
 }
 
+// cachedHandle is a handle found for a tag, and when it was last seen to still carry that tag.
+type cachedHandle struct {
+	h       pkcs11.ObjectHandle
+	checked atomic.Int64 // t.clock()
+}
+
+// remember caches h as the object of tag and kind, just seen to carry the tag.
+func (t *Token) remember(key handleKey, h pkcs11.ObjectHandle) {
+	c := &cachedHandle{h: h}
+	c.checked.Store(t.clock())
+	t.handles.Store(key, c)
+}
+
 // find returns the handle of the one object with tag and kind, from the cache when it can.
 // Handles of token objects stay valid across sessions of this process, so one lookup serves all.
 func (t *Token) find(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectHandle, error) {
+	h, _, err := t.findCached(ctx, tag, k)
+	return h, err
+}
+
+// findCached is find, also saying whether the handle came from the cache unchecked for longer than
+// copyRecheck: a module may give a destroyed object's handle number to a new object, so such a
+// handle is checked to still carry the tag before it is used (sameObject).
+func (t *Token) findCached(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectHandle, *cachedHandle, error) {
 	key := handleKey{string(tag), k}
-	if h, ok := t.handles.Load(key); ok {
-		return h.(pkcs11.ObjectHandle), nil
+	if v, ok := t.handles.Load(key); ok {
+		c := v.(*cachedHandle)
+		if t.clock()-c.checked.Load() >= int64(copyRecheck) {
+			return c.h, c, nil
+		}
+		return c.h, nil, nil
 	}
 	var hs []pkcs11.ObjectHandle
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
@@ -52,17 +80,51 @@ func (t *Token) find(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectH
 		return nil
 	})
 	if err != nil {
-		return 0, classify(err, fmt.Sprintf("signer %q: find object %s", t.cfg.Name, hex.EncodeToString(tag)))
+		return 0, nil, classify(err, fmt.Sprintf("signer %q: find object %s", t.cfg.Name, hex.EncodeToString(tag)))
 	}
 	switch len(hs) {
 	case 0:
-		return 0, errorf(ErrNotFound, "signer %q holds no %s with CKA_ID %s", t.cfg.Name, k, hex.EncodeToString(tag))
+		return 0, nil, errorf(ErrNotFound, "signer %q holds no %s with CKA_ID %s", t.cfg.Name, k, hex.EncodeToString(tag))
 	case 1:
-		t.handles.Store(key, hs[0])
-		return hs[0], nil
+		t.remember(key, hs[0])
+		return hs[0], nil, nil
 	}
 	// Tags are random 20-byte values; duplicates mean someone else wrote to the token. Refuse to guess.
-	return 0, errorf(ErrInvalid, "signer %q holds %d objects of kind %s with CKA_ID %s; refusing to pick one", t.cfg.Name, len(hs), k, hex.EncodeToString(tag))
+	return 0, nil, errorf(ErrInvalid, "signer %q holds %d objects of kind %s with CKA_ID %s; refusing to pick one", t.cfg.Name, len(hs), k, hex.EncodeToString(tag))
+}
+
+// errOtherObject says a handle now names an object other than the one it was cached for; callers
+// treat it like CKR_OBJECT_HANDLE_INVALID and look the object up again.
+var errOtherObject = pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)
+
+// sameObject checks on session sh that handle h still names tag's object of kind k: its CKA_ID
+// (CKA_APPLICATION for data objects) and class. A handle that went stale fails with the token's
+// own error; one that names another object with errOtherObject.
+func (t *Token) sameObject(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, tag []byte, k objKind) error {
+	idAttr := uint(pkcs11.CKA_ID)
+	want := tag
+	if k == kindData {
+		idAttr, want = pkcs11.CKA_APPLICATION, []byte(dataApplication(tag))
+	}
+	a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(idAttr, nil), pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)})
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(a[0].Value, want) || (k.class != ^uint(0) && ulong(a[1].Value) != k.class) {
+		return errOtherObject
+	}
+	return nil
+}
+
+// ulong reads a CK_ULONG attribute value (native byte order, as the module wrote it).
+func ulong(b []byte) uint {
+	switch len(b) {
+	case 8:
+		return uint(binary.NativeEndian.Uint64(b))
+	case 4:
+		return uint(binary.NativeEndian.Uint32(b))
+	}
+	return ^uint(0) // matches no class
 }
 
 // findAll lists the objects with tag (nil = any) and kind on session sh.
@@ -104,14 +166,23 @@ func (t *Token) forget(tag []byte, k objKind) {
 }
 
 // withKey runs fn with the handle of tag/kind, looking the handle up again once if the
-// cached one went stale (another process destroyed and re-created the object).
+// cached one went stale (another process destroyed and re-created the object) or names another
+// object now.
 func (t *Token) withKey(ctx context.Context, tag []byte, k objKind, fn func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error) error {
 	for attempt := 0; ; attempt++ {
-		h, err := t.find(ctx, tag, k)
+		h, stale, err := t.findCached(ctx, tag, k)
 		if err != nil {
 			return err
 		}
-		err = t.do(ctx, func(sh pkcs11.SessionHandle) error { return fn(sh, h) })
+		err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+			if stale != nil {
+				if err := t.sameObject(sh, h, tag, k); err != nil {
+					return err
+				}
+				stale.checked.Store(t.clock())
+			}
+			return fn(sh, h)
+		})
 		c := ckr(err)
 		if attempt == 0 && (c == pkcs11.CKR_OBJECT_HANDLE_INVALID || c == pkcs11.CKR_KEY_HANDLE_INVALID) {
 			t.forget(tag, k)

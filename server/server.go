@@ -151,6 +151,9 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.reg = reg
+	if n, err := reg.FinishDestroys(context.Background()); err != nil {
+		s.log.Warn("a destroy cut short could not be finished yet; the next start tries again", "finished", n, "err", err)
+	}
 	// After the registry: the server's key may be in one of its tokens.
 	st, err := s.prepareTLS(cfg)
 	if err != nil {

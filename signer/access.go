@@ -281,6 +281,9 @@ func allow(c Caller, rec keymap.Record, f facts, u Use, now time.Time) error {
 			return errorf(ErrDenied, "object %q: only its owner or the admin may change it; this identity may only use it", rec.ID)
 		}
 		return nil
+	case rec.Attrs[AttrDestroying] != "":
+		// Only a retry of the destroy (UseManage, above) is left to do with it.
+		return errorf(ErrWrongState, "object %q is being destroyed", rec.ID)
 	case u == UseExport:
 		if rec.Class != keymap.PublicKey && rec.Attrs[AttrExportable] == "" {
 			return errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", rec.ID, rec.Class)

@@ -223,3 +223,44 @@ func TestTokenChoosesGCMIV(t *testing.T) {
 		}
 	}
 }
+
+// Destroy writes its intent before the token objects go: a token that fails mid-destroy leaves a
+// row marked half destroyed, which no one can use, which HalfDestroyed reports, and which
+// FinishDestroys (run at every server start) completes.
+func TestDestroyIntentFirst(t *testing.T) {
+	owner := Caller{Identity: "destroyer"}
+	k, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{Name: "half", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	InjectFault(pkcs11.CKR_DEVICE_ERROR, "DestroyObject")
+	err = testReg.Destroy(ctx, owner, k.ID)
+	ClearFault()
+	if err == nil {
+		t.Fatal("destroy succeeded with DestroyObject failing")
+	}
+	rec, err := testReg.Get(k.ID)
+	if err != nil || rec.Attrs[AttrDestroying] == "" {
+		t.Fatalf("row after a failed destroy: %+v %v", rec, err)
+	}
+	if _, _, err := testReg.Seal(ctx, owner, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrWrongState) {
+		t.Fatalf("a half-destroyed key encrypts: %v", err)
+	}
+	found := false
+	for _, r := range HalfDestroyed(testKM) {
+		found = found || r.ID == k.ID
+	}
+	if !found {
+		t.Fatal("HalfDestroyed does not report the key")
+	}
+	if n, err := testReg.FinishDestroys(ctx); err != nil || n < 1 {
+		t.Fatalf("FinishDestroys: %d %v", n, err)
+	}
+	if _, err := testReg.Get(k.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("row after FinishDestroys: %v", err)
+	}
+	tok, _ := testReg.Signer("a")
+	if n := len(attrs(t, tok, k.Tag, kindAnySecet, pkcs11.CKA_ID)); n != 0 {
+		t.Fatalf("%d token objects left after FinishDestroys", n)
+	}
+}

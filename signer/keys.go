@@ -284,6 +284,13 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 	if err != nil {
 		return err
 	}
+	// The intent is on disk before the key material goes: a crash or a failed write after the
+	// token objects are gone must not leave a row that looks like a usable key (FinishDestroys).
+	if rec.Attrs[AttrDestroying] == "" {
+		if err := r.markDestroying(rec.ID); err != nil {
+			return err
+		}
+	}
 	var kinds []objKind
 	switch rec.Class {
 	case keymap.SecretKey:
@@ -326,6 +333,55 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
 	}
 	return nil
+}
+
+// AttrDestroying marks a row whose Destroy has begun (the time it did): its key may no longer be
+// used, and the destroy is finished at the next start (FinishDestroys) if it was cut short.
+const AttrDestroying = "p11.destroying"
+
+func (r *Registry) markDestroying(id string) error {
+	r.recMu.Lock()
+	defer r.recMu.Unlock()
+	rec, ok := r.km.Get(id)
+	if !ok {
+		return notFound(id)
+	}
+	rec.Attrs = withAttr(rec.Attrs, AttrDestroying, time.Now().UTC().Format(time.RFC3339Nano))
+	rec.Updated = time.Time{}
+	if err := r.km.Put(rec); err != nil {
+		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
+	}
+	return nil
+}
+
+// HalfDestroyed lists the rows of km whose Destroy began and did not finish.
+func HalfDestroyed(km *keymap.Map) []keymap.Record {
+	var out []keymap.Record
+	km.Range(func(rec keymap.Record) bool {
+		if rec.Attrs[AttrDestroying] != "" {
+			out = append(out, rec)
+		}
+		return true
+	})
+	return out
+}
+
+// FinishDestroys completes the destroys a crash or a fault cut short, as the operator. It returns
+// how many it finished and the first error (the rest stay marked, for the next start).
+func (r *Registry) FinishDestroys(ctx context.Context) (int, error) {
+	var first error
+	n := 0
+	for _, rec := range HalfDestroyed(r.km) {
+		if err := r.Destroy(ctx, Operator, rec.ID); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		n++
+		r.log.Info("finished a destroy that was cut short", "id", rec.ID, "signer", rec.Signer)
+	}
+	return n, first
 }
 
 // ecPublic builds an ECDSA public key from a curve size and an uncompressed point.

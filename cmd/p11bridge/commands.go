@@ -139,6 +139,10 @@ func checkKESNames(cfg *conf.Config, path string, stdout io.Writer) {
 		return // no keymap yet: nothing to migrate
 	}
 	defer km.Close()
+	if half := signer.HalfDestroyed(km); len(half) > 0 {
+		fmt.Fprintf(stdout, "note: %d objects are half destroyed (a crash or a token fault cut their Destroy short); the server finishes them at its next start:\n", len(half))
+		printHalfDestroyed(km, stdout)
+	}
 	recs := signer.UnsharedKESCandidates(km, kes.ValidName)
 	if len(recs) == 0 {
 		return
@@ -234,6 +238,11 @@ func cmdKeys(args []string, stdout io.Writer) error {
 			return err
 		}
 		defer reg.Close()
+		if !*dry {
+			if _, err := reg.FinishDestroys(context.Background()); err != nil {
+				return err
+			}
+		}
 		recs, err := reg.Rebuild(context.Background(), *only, *dry)
 		verb := "added"
 		if *dry {
@@ -241,6 +250,9 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		}
 		for _, r := range recs {
 			fmt.Fprintf(stdout, "%s\t%s\t%s-%d\t%q\t%s\n", r.ID, r.Class, r.Algorithm, r.Size, r.Name, verb)
+		}
+		if *dry {
+			printHalfDestroyed(km, stdout)
 		}
 		fmt.Fprintf(stdout, "signer %s: %d objects %s\n", *only, len(recs), verb)
 		return err
@@ -296,6 +308,15 @@ func keysShareKES(cfg *conf.Config, km *keymap.Map, fs *flag.FlagSet, stdout io.
 	}
 	fmt.Fprintf(stdout, "object %s (owner %s) now serves KES key %q; identities other than its owner need a policy `keys` pattern naming it\n", rec.ID, ownerOrNobody(rec.Owner), name)
 	return nil
+}
+
+// printHalfDestroyed reports the destroys a crash or a fault cut short; the server finishes them
+// at its next start (so does `keys rebuild` without --dry-run).
+func printHalfDestroyed(km *keymap.Map, stdout io.Writer) {
+	for _, r := range signer.HalfDestroyed(km) {
+		fmt.Fprintf(stdout, "%s\t%s\t%s-%d\t%q\thalf destroyed (since %s): the next start finishes it\n",
+			r.ID, r.Class, r.Algorithm, r.Size, r.Name, r.Attrs[signer.AttrDestroying])
+	}
 }
 
 func ownerOrNobody(o string) string {

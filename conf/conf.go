@@ -121,12 +121,12 @@ type Policy struct {
 	Allow      []string // KES path patterns: exact, or prefix ending in '*'
 	Deny       []string // KES path patterns, checked before Allow
 	KMIP       []string // KMIP operation names, or "*"
-	Keys       []string // key-name patterns: the keys its identities may touch, and may use when others own them; empty: their own keys
+	Keys       []string // key-name patterns: the policy's name space (signer/access.go); empty: its identities' own keys
 	SHA1       bool     // signatures over SHA-1 allowed
+	Identities []string // lowercase hex SHA-256 of a client certificate's SubjectPublicKeyInfo
 	// ClientIVSharedKeys lets its identities choose IVs on keys others use too (docs/guarantees.md
 	// says what that risks).
 	ClientIVSharedKeys bool
-	Identities []string // lowercase hex SHA-256 of a client certificate's SubjectPublicKeyInfo
 }
 
 // KMIP tunes the KMIP listener.

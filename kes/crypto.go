@@ -122,6 +122,12 @@ func (h *Handler) hmacKey(c *call) {
 	switch {
 	case orig.Attrs[signer.AttrHMACKey] != "":
 	case orig.Attrs[signer.AttrKESHMAC] != "":
+		// An imported key's HMAC key is a row of its own: the key's own state and usage decide, as
+		// they do for a created key's companion (an HMAC under a revoked key is refused either way).
+		if _, err := h.reg.Access(c.caller, orig.ID, signer.UseMAC); err != nil {
+			h.versionErr(c, err, orig, "hmac")
+			return
+		}
 		id = orig.Attrs[signer.AttrKESHMAC]
 	default:
 		// 501, not 4xx/5xx: MinIO treats 501 as "no HMAC here" instead of failing with an empty key.

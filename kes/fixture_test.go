@@ -239,11 +239,34 @@ type testAuth struct {
 	extra    []string            // identities with no policy, for listing
 }
 
-// Caller gives the registry's key model the admin flag and key patterns of id.
+// Caller gives the registry's key model the admin flag and key patterns of id, as server/auth.go
+// does: patterns grant the keys of the admin and of identities of the same policy, and name a
+// space no other policy's identities may make keys in.
 func (a *testAuth) Caller(id string) signer.Caller {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return signer.Caller{Identity: id, Admin: id == a.admin, Keys: a.keys[id]}
+	pol := a.assign[id]
+	return signer.Caller{Identity: id, Admin: id == a.admin, Keys: a.keys[id],
+		Team: func(owner string) bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return owner == a.admin || (pol != "" && a.assign[owner] == pol)
+		},
+		Reserved: func(name string) bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for other, pats := range a.keys {
+				if a.assign[other] == pol {
+					continue
+				}
+				for _, p := range pats {
+					if matchPattern(p, name) {
+						return true
+					}
+				}
+			}
+			return false
+		}}
 }
 
 func (a *testAuth) setPolicy(p Policy, ids ...string) {

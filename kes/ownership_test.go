@@ -40,8 +40,10 @@ func TestOwnership(t *testing.T) {
 	_, err = o.DescribeKey(cx, name)
 	wantErr(t, "other describe", err, kesclient.ErrKeyNotFound)
 	wantErr(t, "other delete", o.DeleteKey(cx, name), kesclient.ErrKeyNotFound)
-	// A name is one name space: create says it is taken, as KES does.
-	wantErr(t, "other create", o.CreateKey(cx, name), kesclient.ErrKeyExists)
+	// MinIO's policy here names every key (keys = ["*"]): its name space, where no other policy's
+	// identity makes keys.
+	wantErr(t, "other create", o.CreateKey(cx, name), kesclient.ErrNotAllowed)
+	wantErr(t, "other create of a fresh name", o.CreateKey(cx, uniq("own")), kesclient.ErrNotAllowed)
 	names, _, err := o.ListKeys(cx, "own-*", 0)
 	if err != nil || slices.Contains(names, name) {
 		t.Fatalf("other lists %v (%v)", names, err)
@@ -54,11 +56,10 @@ func TestOwnership(t *testing.T) {
 		t.Fatalf("admin describe: %+v %v", info, err)
 	}
 
-	// A key pattern grants use, not management: MinIO's policy here has keys = ["*"].
+	// A key pattern grants use, not management: MinIO's policy here has keys = ["*"], which grants
+	// it the admin's keys.
 	mine := uniq("own")
-	if err := o.CreateKey(cx, mine); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, mine)
 	if _, err := fx.minio.kes.GenerateKey(cx, mine, nil); err != nil {
 		t.Fatalf("granted generate: %v", err)
 	}
@@ -69,7 +70,7 @@ func TestOwnership(t *testing.T) {
 	if !errors.As(err, &ke) || ke.Status() != http.StatusForbidden {
 		t.Fatalf("granted delete: %v, want 403", err)
 	}
-	if err := o.DeleteKey(cx, mine); err != nil {
+	if err := fx.admin.kes.DeleteKey(cx, mine); err != nil {
 		t.Fatalf("owner delete: %v", err)
 	}
 }

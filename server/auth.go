@@ -98,24 +98,51 @@ func (a *auth) caller(identity string) signer.Caller {
 		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares}
 	}
 	c := signer.Caller{Identity: identity, Shares: a.shares}
-	if p := a.byIdentity[identity]; p != nil {
+	p := a.byIdentity[identity]
+	own := ""
+	if p != nil {
+		own = p.Name
+	}
+	c.Reserved = func(name string) bool { return a.reserved(name, own) }
+	if p != nil {
 		c.Keys, c.SHA1, c.ClientIVShared = p.Keys, p.SHA1, p.ClientIVSharedKeys
+		c.Team = func(owner string) bool { return owner == a.admin || slices.Contains(p.Identities, owner) }
 	}
 	return c
 }
 
-// shares says whether a policy's keys patterns grant a key of that name to an identity other than
-// its owner: then the key has several users, and none of them may choose its IVs.
+// patternsMatch says whether one of p's keys patterns names name.
+func patternsMatch(p *conf.Policy, name string) bool {
+	for _, k := range p.Keys {
+		if match(k, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// reserved says whether a policy other than the one named own names keys of that name: its name
+// space.
+func (a *auth) reserved(name, own string) bool {
+	for i := range a.policies {
+		if p := &a.policies[i]; p.Name != own && patternsMatch(p, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// shares says whether a policy's keys patterns grant a key of that name and owner to an identity
+// other than its owner: then the key has several users, and none of them may choose its IVs. A
+// pattern grants the keys of its own policy's identities and of the admin.
 func (a *auth) shares(name, owner string) bool {
 	for i := range a.policies {
 		p := &a.policies[i]
-		if len(p.Keys) == 0 || !slices.ContainsFunc(p.Identities, func(id string) bool { return id != owner }) {
+		if !patternsMatch(p, name) || !(owner == a.admin || slices.Contains(p.Identities, owner)) {
 			continue
 		}
-		for _, k := range p.Keys {
-			if match(k, name) {
-				return true
-			}
+		if slices.ContainsFunc(p.Identities, func(id string) bool { return id != owner }) {
+			return true
 		}
 	}
 	return false

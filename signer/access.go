@@ -19,10 +19,14 @@ type Caller struct {
 	Identity string
 	// Admin may see, use and manage every key, whoever owns it.
 	Admin bool
-	// Keys are the name patterns of the caller's policy (exact names, or prefixes ending in '*').
-	// When set they limit the caller to keys whose names match, and grant it the use (not the
-	// management) of matching keys that others own.
+	// Keys are the name patterns of the caller's policy (exact names, or prefixes ending in '*'):
+	// the policy's name space. When set they limit the caller to keys whose names match, and grant
+	// it the use (not the management) of matching keys that its policy's other identities or the
+	// admin own (Team).
 	Keys []string
+	// Team says whether owner is the admin or an identity of the caller's policy, whose keys the
+	// caller's patterns may grant. Nil: no one's.
+	Team func(owner string) bool
 	// SHA1 lets the caller sign and verify with SHA-1, which is refused by default.
 	SHA1 bool
 	// Shares says whether a policy's key patterns grant a key of that name and owner to another
@@ -30,6 +34,10 @@ type Caller struct {
 	Shares func(name, owner string) bool
 	// ClientIVShared lets the caller choose IVs on keys others use too (nonce.go).
 	ClientIVShared bool
+	// Reserved says whether another policy's key patterns name a key of that name: such names
+	// are that policy's (and the admin's) to give, so no one else can squat a name its identities
+	// would use.
+	Reserved func(name string) bool
 }
 
 // Operator is the operator at the command line, and the server acting for itself: every key, owned
@@ -257,7 +265,10 @@ func (c Caller) reaches(rec keymap.Record) bool {
 	if !c.mayName(KeyName(rec)) {
 		return false
 	}
-	return c.owns(rec) || len(c.Keys) > 0
+	// A pattern grants the keys of the caller's policy and of the admin; never those of identities
+	// outside it (which could otherwise plant a key under a granted name), nor a key that belongs to
+	// nobody (made at the command line, rebuilt or adopted from a token: the admin's alone).
+	return c.owns(rec) || len(c.Keys) > 0 && rec.Owner != "" && c.Team != nil && c.Team(rec.Owner)
 }
 
 // Sees reports whether the caller may learn that rec exists (Locate, KES list).
@@ -346,9 +357,10 @@ func (r *Registry) Allow(c Caller, rec keymap.Record, u Use) error {
 	return allow(c, rec, factsOf(rec), u, time.Now())
 }
 
-// checkNew applies the rules to a row about to be made by c: the caller's patterns must allow its
-// name, and a name that a KES key holds is that key's alone.
-func (r *Registry) checkNew(c Caller, rec keymap.Record) error {
+// checkNew applies the rules to a row about to be made (or renamed) by c: the caller's patterns
+// must allow its name, another policy's name space is not the caller's, and a name that a KES key
+// holds is that key's alone — also for the further names a KMIP object may have.
+func (r *Registry) checkNew(c Caller, rec keymap.Record, names ...string) error {
 	name := KeyName(rec)
 	if !c.mayName(name) {
 		if name == "" {
@@ -356,7 +368,30 @@ func (r *Registry) checkNew(c Caller, rec keymap.Record) error {
 		}
 		return errorf(ErrDenied, "this identity's policy limits it to keys named %s, not %q", strings.Join(c.Keys, ", "), name)
 	}
-	return r.checkName(rec)
+	if !c.Admin && name != "" && c.Reserved != nil && c.Reserved(name) {
+		return errorf(ErrDenied, "the name %q is reserved by another policy's keys patterns", name)
+	}
+	if err := r.checkName(rec); err != nil {
+		return err
+	}
+	return r.CheckNames(rec.ID, rec.Attrs[AttrKESName], names)
+}
+
+// CheckNames applies the name rules to every name of object id (KMIP lets an object have several
+// Name instances): none may be a name a KES key holds, but for kesName, the KES key id is (or will
+// be, for a replacement) a version of.
+func (r *Registry) CheckNames(id, kesName string, names []string) error {
+	for _, n := range names {
+		if n == "" || n == kesName {
+			continue
+		}
+		for _, other := range r.km.ByName(n) {
+			if other.ID != id && isKESVersion(other) && other.Attrs[AttrKESName] == n {
+				return errorf(ErrInvalid, "the name %q belongs to a KES key; other objects cannot take it", n)
+			}
+		}
+	}
+	return nil
 }
 
 // checkName keeps names bound: a row that is no version of a KES key may not take a name a KES key

@@ -17,7 +17,9 @@ func TestKeyModelOwnersAndPatterns(t *testing.T) {
 	alice := Caller{Identity: "alice"}
 	bob := Caller{Identity: "bob"}
 	admin := Caller{Identity: "root", Admin: true}
-	granted := Caller{Identity: "carol", Keys: []string{"shared-*"}}
+	// carol's policy names shared-* and has alice in it: its patterns grant alice's keys.
+	granted := Caller{Identity: "carol", Keys: []string{"shared-*"}, Team: func(o string) bool { return o == "alice" || o == "carol" }}
+	outsider := Caller{Identity: "dave", Keys: []string{"shared-*"}, Team: func(o string) bool { return o == "dave" }}
 	limited := Caller{Identity: "alice", Keys: []string{"other-*"}} // alice, limited to other names
 
 	shared, err := testReg.Create(ctx, alice, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "shared-km", State: keymap.Active})
@@ -44,6 +46,7 @@ func TestKeyModelOwnersAndPatterns(t *testing.T) {
 		{"granted encrypts", granted, UseEncrypt, nil},
 		{"granted may not manage", granted, UseManage, ErrDenied},
 		{"patterns hide even own keys", limited, UseSee, ErrNotFound},
+		{"patterns grant no key of another policy's identity", outsider, UseEncrypt, ErrNotFound},
 		{"no export of a generated key", alice, UseExport, ErrNotExtractable},
 	} {
 		_, err := testReg.Access(c.c, shared.ID, c.u)
@@ -78,6 +81,23 @@ func TestKeyModelOwnersAndPatterns(t *testing.T) {
 	}
 	if _, err := testReg.Create(ctx, limited, KeySpec{Algorithm: AES, Size: 256}, Meta{}); !errors.Is(err, ErrDenied) {
 		t.Errorf("create without a name under patterns: %v", err)
+	}
+	// Names another policy's patterns name are that policy's to give: nobody else plants a key there.
+	squatter := Caller{Identity: "eve", Reserved: func(n string) bool { return strings.HasPrefix(n, "shared-") }}
+	if _, err := testReg.Create(ctx, squatter, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "shared-planted"}); !errors.Is(err, ErrDenied) {
+		t.Errorf("create under another policy's name space: %v", err)
+	}
+	if _, err := testReg.CreateKESKey(ctx, squatter, "shared-planted"); !errors.Is(err, ErrDenied) {
+		t.Errorf("KES create under another policy's name space: %v", err)
+	}
+	// Keys that belong to nobody stay the admin's, patterns or not.
+	orphan, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "shared-orphan", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	every := Caller{Identity: "carol", Keys: []string{"*"}, Team: func(string) bool { return true }}
+	if _, err := testReg.Access(every, orphan.ID, UseSee); !errors.Is(err, ErrNotFound) {
+		t.Errorf("an ownerless key reached through a pattern: %v", err)
 	}
 	mine, err := testReg.Create(ctx, limited, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "other-ok"})
 	if err != nil {
@@ -228,6 +248,10 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if _, err := testReg.Update(attacker, other.ID, func(r *keymap.Record) error { r.Attrs = withAttr(r.Attrs, AttrKESName, "innocent"); return nil }); !errors.Is(err, ErrDenied) {
 		t.Errorf("a client marks its object as a KES key: %v", err)
 	}
+	// A further Name instance may not be a KES key's name either (KMIP AddAttribute of Name).
+	if err := testReg.CheckNames(other.ID, "", []string{"innocent", "minio-default"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a second name equal to a KES key's: %v", err)
+	}
 	// The owner may not rename a KES version away from its key.
 	if _, err := testReg.Update(minio, real.ID, func(r *keymap.Record) error { r.Name = "elsewhere"; return nil }); !errors.Is(err, ErrInvalid) {
 		t.Errorf("rename of a KES version: %v", err)
@@ -249,10 +273,22 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if pt, err := testReg.Open(ctx, minio, real.ID, iv, ct, nil); err != nil || string(pt) != "dk" {
 		t.Errorf("decrypt with a compromised version: %q %v", pt, err)
 	}
-	// Rotation makes an Active version of MinIO's.
+	// Rotation makes an Active version of MinIO's, which takes over none of the old version's life
+	// cycle: revoked over KMIP (a Deactivation Date and a Protect Stop Date past), the key rotates
+	// into a version that generates.
+	if _, err := testReg.Update(minio, real.ID, func(r *keymap.Record) error {
+		SetDate(r, AttrDeactivationDate, time.Now().Add(-time.Minute), true)
+		SetDate(r, AttrProtectStopDate, time.Now().Add(-time.Minute), true)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	nv, err := testReg.RotateKESKey(ctx, Operator, "minio-default")
 	if err != nil || nv.Owner != "minio" || nv.Attrs[AttrKESName] != "minio-default" || nv.State != keymap.Active {
 		t.Fatalf("rotate: %+v %v", nv, err)
+	}
+	if _, _, _, err := testReg.SealRandom(ctx, minio, nv.ID, 32, nil); err != nil {
+		t.Fatalf("generate with the version rotated in after a revoke: %v", err)
 	}
 	// The operator shares a KMIP-made key explicitly.
 	kmipKey, err := testReg.Create(ctx, attacker, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "to-share", State: keymap.Active})
@@ -265,8 +301,25 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if _, err := testReg.ShareKES(attacker, kmipKey.ID, "to-share"); !errors.Is(err, ErrDenied) {
 		t.Errorf("a client shares: %v", err)
 	}
-	if _, err := testReg.ShareKES(Operator, kmipKey.ID, "to-share"); err != nil {
+	exportable, err := testReg.Import(ctx, attacker, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: make([]byte, 32)}, Meta{Name: "exportable", State: keymap.Active}, true, "")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := testReg.ShareKES(Operator, exportable.ID, "exportable"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("share of an exportable key: %v", err)
+	}
+	if _, err := testReg.Update(attacker, kmipKey.ID, func(r *keymap.Record) error {
+		r.Attrs = withAttr(r.Attrs, "kmip.Name", `[{"tag":"Name"}]`) // a KMIP name list, as the front end keeps one
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sharedRec, err := testReg.ShareKES(Operator, kmipKey.ID, "to-share")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, stale := sharedRec.Attrs["kmip.Name"]; stale || sharedRec.Name != "to-share" {
+		t.Errorf("shared row keeps other names: %v", sharedRec.Attrs)
 	}
 	if k, ok := testReg.KESKey(attacker, "to-share"); !ok || k.Current().ID != kmipKey.ID {
 		t.Fatalf("shared key: %+v", k)
@@ -305,8 +358,27 @@ func TestSHA1IsOptIn(t *testing.T) {
 	if _, err := testReg.Sign(ctx, owner, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA1}, []byte("x")); !errors.Is(err, ErrDenied) {
 		t.Fatalf("SHA-1 without the opt-in: %v", err)
 	}
+	// ECDSA signs a digest as a number: a SHA-1 digest behind zeros, given as SHA-256, is one too.
+	padded := append(make([]byte, 12), make([]byte, 20)...)
+	padded[12] = 0xab
+	if _, err := testReg.Sign(ctx, owner, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256, Prehashed: true}, padded); !errors.Is(err, ErrDenied) {
+		t.Fatalf("SHA-1 digest passed off as SHA-256: %v", err)
+	}
 	owner.SHA1 = true
 	if _, err := testReg.Sign(ctx, owner, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA1}, []byte("x")); err != nil {
 		t.Fatalf("SHA-1 with the opt-in: %v", err)
+	}
+}
+
+// A version found on a token (rebuilt or adopted: dated when found, owned by nobody) does not
+// become the one new data keys are sealed under while a version KES made is there.
+func TestRebuiltVersionIsNotCurrent(t *testing.T) {
+	made := keymap.Record{ID: "made", Created: time.Unix(100, 0)}
+	found := keymap.Record{ID: "found", Created: time.Unix(200, 0), Attrs: map[string]string{AttrRebuilt: "x"}}
+	if c := (KESKey{Versions: []keymap.Record{made, found}}).Current(); c.ID != "made" {
+		t.Fatalf("current is %s", c.ID)
+	}
+	if c := (KESKey{Versions: []keymap.Record{found}}).Current(); c.ID != "found" {
+		t.Fatalf("current of a rebuilt key alone is %s", c.ID)
 	}
 }

@@ -52,6 +52,17 @@ type SignParams struct {
 	AnySalt bool
 }
 
+const sha1Len = 20
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // hashAllowed refuses SHA-1 signatures unless the caller's policy opts in: SHA-1 collisions are
 // practical, so a signature over SHA-1 proves little.
 func (c Caller) hashAllowed(h crypto.Hash) error {
@@ -145,6 +156,12 @@ func (r *Registry) Sign(ctx context.Context, c Caller, id string, p SignParams, 
 			mech = pkcs11.NewMechanism(hm.rsaPSS, params)
 		}
 	case rec.Algorithm == EC && p.Scheme == ECDSA:
+		// ECDSA signs a digest as a number, whatever hash made it: a SHA-1 digest behind leading
+		// zero bytes, given as a longer digest, is a SHA-1 signature. Without the opt-in, such a
+		// digest (2^-96 by chance) is refused.
+		if p.Prehashed && !c.SHA1 && len(data) > sha1Len && allZero(data[:len(data)-sha1Len]) {
+			return nil, errorf(ErrDenied, "sign: the digest is a SHA-1 digest padded with zeros; SHA-1 signatures are refused unless the identity's policy sets sha1 = true")
+		}
 		// Hash on the host: CKM_ECDSA over a digest is the one ECDSA mechanism every token has.
 		if !p.Prehashed {
 			h := p.Hash.New()

@@ -34,7 +34,7 @@ const AttrExportable = "p11.exportable"
 // public key and rebuild from the token work as for generated pairs.
 func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
 	meta = c.own(meta)
-	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
 	t, err := r.target(signer)

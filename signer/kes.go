@@ -52,11 +52,16 @@ func live(rec keymap.Record) bool {
 }
 
 // Current is the version generate and encrypt use: the newest one that has not been replaced, or,
-// when every version is marked replaced (its replacement was destroyed), the newest one.
+// when every version is marked replaced (its replacement was destroyed), the newest one. A version
+// rebuilt or adopted from a token (dated when it was found, owned by nobody) is current only when
+// no other is: finding an object on a token must not redirect new data keys.
 func (k KESKey) Current() keymap.Record {
-	for i := len(k.Versions) - 1; i >= 0; i-- {
-		if k.Versions[i].Attrs[AttrReplacement] == "" {
-			return k.Versions[i]
+	for _, rebuilt := range []bool{false, true} {
+		for i := len(k.Versions) - 1; i >= 0; i-- {
+			v := k.Versions[i]
+			if v.Attrs[AttrReplacement] == "" && (v.Attrs[AttrRebuilt] != "") == rebuilt {
+				return v
+			}
 		}
 	}
 	return k.Versions[len(k.Versions)-1]
@@ -151,6 +156,10 @@ var errKESExists = errorf(ErrExists, "a KES key of that name exists")
 // keys go, Active, owned by c. It fails with ErrExists when a KES key holds the name (whoever owns
 // it); a KMIP object of the same name does not stand in the way.
 func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (keymap.Record, error) {
+	// The caller's patterns first: "exists" would tell it of a name it may not know of.
+	if err := r.checkNew(c, keymap.Record{Name: name, Attrs: map[string]string{AttrKESName: name}}); err != nil {
+		return keymap.Record{}, err
+	}
 	defer lockName(name)()
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
@@ -164,13 +173,14 @@ func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (key
 // cannot add a companion HMAC key under the same tag, so a separate HMAC key is generated and linked
 // through AttrKESHMAC (KES, too, gives imported keys a fresh random HMAC key).
 func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key []byte) (keymap.Record, error) {
+	// The caller's patterns first: "exists" would tell it of a name it may not know of, and no
+	// HMAC key is made for a name it may not have.
+	if err := r.checkNew(c, keymap.Record{Name: name, Attrs: map[string]string{AttrKESName: name}}); err != nil {
+		return keymap.Record{}, err
+	}
 	defer lockName(name)()
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
-	}
-	// The pattern check of the key row comes first: no HMAC key is made for a name c may not have.
-	if !c.mayName(name) {
-		return keymap.Record{}, r.checkNew(c, keymap.Record{Name: name})
 	}
 	// Marked at once (the key's id follows), so the caller's key patterns match it by the KES name.
 	hm, err := r.Create(ctx, c, KeySpec{Algorithm: HMAC, Size: 256}, Meta{Name: name + ".hmac", State: keymap.Active,
@@ -261,12 +271,23 @@ func (r *Registry) ShareKES(c Caller, id, name string) (keymap.Record, error) {
 		if _, ok := x.Attrs[AttrKESName]; ok {
 			return errorf(ErrInvalid, "object %q is already a version of KES key %q", id, x.Attrs[AttrKESName])
 		}
+		if x.Attrs[AttrExportable] != "" {
+			// Its material can be read with KMIP Get: every identity KES lets use it could read
+			// the key that seals its data keys.
+			return errorf(ErrInvalid, "object %q is exportable; a KES key must never leave the token", id)
+		}
 		x.Attrs = withAttr(x.Attrs, AttrKESName, name)
 		x.Attrs[AttrKESShared] = "1"
+		// Its names become the KES name alone (a KES version's Name is its KES name).
+		delete(x.Attrs, kmipNameAttr)
 		x.Name = name
 		return nil
 	})
 }
+
+// kmipNameAttr is where the KMIP front end keeps every instance of an object's Name; without it
+// the row's Name is its one name.
+const kmipNameAttr = "kmip.Name"
 
 // UnsharedKESCandidates lists the live AES keys of km without the KES mark whose Name is a free KES
 // key name: the objects earlier versions let KES use by name, which now need `keys share-kes`.

@@ -34,7 +34,10 @@ type KeySpec struct {
 // Meta is what the caller decides about a new object. Its owner is the caller (Caller.Identity);
 // a replacement (ReKey) keeps the owner of the key it replaces.
 type Meta struct {
-	Name  string
+	Name string
+	// Names are every name the object will have when the front end keeps several (KMIP Name
+	// instances); Name is the first. The registry checks them all (checkNew).
+	Names []string
 	State keymap.State
 	Attrs map[string]string
 	owner string
@@ -116,7 +119,7 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 		return keymap.Record{}, err
 	}
 	meta = c.own(meta)
-	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
 	t, err := r.target(spec.Signer)
@@ -200,7 +203,7 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 	}
 	priv, pub = c.own(priv), c.own(pub)
 	for _, m := range []Meta{priv, pub} {
-		if err := r.checkNew(c, keymap.Record{Name: m.Name, Attrs: m.Attrs}); err != nil {
+		if err := r.checkNew(c, keymap.Record{Name: m.Name, Attrs: m.Attrs}, m.Names...); err != nil {
 			return keymap.Record{}, keymap.Record{}, err
 		}
 	}

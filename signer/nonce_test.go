@@ -26,7 +26,7 @@ func TestNonceRules(t *testing.T) {
 	if _, _, err := testReg.Seal(ctx, shared, k.ID, iv, []byte("x"), nil); !errors.Is(err, ErrDenied) {
 		t.Errorf("client IV on a shared key: %v", err)
 	}
-	grantee := Caller{Identity: "n-bob", Keys: []string{"nonce-*"}}
+	grantee := Caller{Identity: "n-bob", Keys: []string{"nonce-*"}, Team: func(o string) bool { return o == "n-alice" }}
 	if _, _, err := testReg.Seal(ctx, grantee, k.ID, iv, []byte("x"), nil); !errors.Is(err, ErrDenied) {
 		t.Errorf("client IV on another's key: %v", err)
 	}

@@ -115,9 +115,15 @@ func (r *Registry) derive(ctx context.Context, t *Token, tag []byte, objs []toke
 	case aes != nil:
 		rec := mk(false, keymap.SecretKey, AES, aes.valueLen*8, aes.label)
 		if gen != nil {
+			// Only KES create (and its rotation) makes an AES key with a companion HMAC key under
+			// one tag: no KMIP request can, and a label can be set by anyone who may rename. So that
+			// fact, not the label, marks a rebuilt KES key (an imported one needs keys share-kes).
 			rec.Attrs[AttrHMACKey] = "1"
+			if aes.label != "" {
+				rec.Attrs[AttrKESName] = aes.label
+				rec.Attrs[AttrBlockMode] = ModeGCM
+			}
 		}
-		rec.Attrs["kes.name"] = aes.label
 		recs = append(recs, rec)
 	case gen != nil:
 		recs = append(recs, mk(false, keymap.SecretKey, HMAC, gen.valueLen*8, gen.label))

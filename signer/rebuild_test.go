@@ -41,6 +41,11 @@ func TestRebuildFromToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An AES key of KMIP's, labelled like a KES key: no companion HMAC key, so no KES key after a rebuild.
+	plainAES, err := r1.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "rb-kes-lookalike", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// A second, empty keymap on the same token: the CSV was lost.
 	km2, _ := keymap.Open(filepath.Join(dir, "two.csv"), quietLog())
@@ -87,6 +92,12 @@ func TestRebuildFromToken(t *testing.T) {
 	}
 	if m, err := r2.Export(ctx, Operator, data.ID); err != nil || string(m.Secret) != "s3cr3t" {
 		t.Fatalf("data after rebuild: %v", err)
+	}
+	if rec, _ := km2.Get(kesKey.ID); rec.Attrs[AttrKESName] != "rb-kes" {
+		t.Errorf("a rebuilt AES key with a companion HMAC key is no KES key: %v", rec.Attrs)
+	}
+	if rec, _ := km2.Get(plainAES.ID); rec.Attrs[AttrKESName] != "" {
+		t.Errorf("a rebuilt AES key without a companion became KES key %q by its label", rec.Attrs[AttrKESName])
 	}
 	again, _ := r2.Rebuild(ctx, "b", false)
 	if len(again) != 0 {

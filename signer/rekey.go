@@ -15,13 +15,22 @@ const (
 	AttrPrivateKey  = "link.private"     // on a public key: its private half
 )
 
+// notInherited are the old key's facts a replacement does not take over: it has sealed nothing
+// yet, and its life cycle is its own (a replacement of a revoked key must not be born revoked;
+// KMIP's ReKey sets its dates anew).
+var notInherited = map[string]bool{
+	AttrSeals: true, AttrActivationDate: true, AttrDeactivationDate: true, AttrProtectStopDate: true,
+	AttrProcessStartDate: true, legacyAttrs[AttrActivationDate]: true, legacyAttrs[AttrDeactivationDate]: true,
+	legacyAttrs[AttrProtectStopDate]: true, legacyAttrs[AttrProcessStartDate]: true,
+	"kmip.RevocationReason": true, "kmip.CompromiseDate": true, "kmip.CompromiseOccurrenceDate": true,
+}
+
 // inherit is what a replacement's attributes are: the old object's, less links and token facts,
 // overlaid with the caller's, and linked back to the old object.
 func inherit(old keymap.Record, over map[string]string) map[string]string {
 	out := map[string]string{}
 	for k, v := range old.Attrs {
-		// A new key has sealed nothing yet.
-		if !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") && k != AttrSeals {
+		if !strings.HasPrefix(k, "link.") && !strings.HasPrefix(k, "p11.") && !notInherited[k] {
 			out[k] = v
 		}
 	}

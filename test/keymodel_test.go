@@ -76,7 +76,7 @@ type keyEnv struct {
 	n    atomic.Int64
 }
 
-// fullRights is the policy of owner and other: every KMIP operation and KES key route.
+// fullRights are the rights of owner, granted and other: every KMIP operation and KES key route.
 const fullRights = `allow = ["/v1/key/*"]
   kmip  = ["*"]`
 
@@ -84,16 +84,16 @@ func TestKeyMatrix(t *testing.T) {
 	rows := readTable(t, "key-matrix", keyMatrixColumns)
 	b := newBridge(t, t.TempDir(), "keys")
 	ids := map[string]clientID{"owner": b.issueClient("owner"), "other": b.issueClient("other"), "admin": b.adminClient(), "granted": b.issueClient("granted")}
-	b.writeConfig(hcfg{signers: []string{"keys"}, policies: fmt.Sprintf(`policy "full" {
-  %s
-  identities = [%q, %q]
-}
-policy "granted" {
+	b.writeConfig(hcfg{signers: []string{"keys"}, policies: fmt.Sprintf(`policy "team" {
   %s
   keys  = ["mx-*"]
+  identities = [%q, %q]
+}
+policy "full" {
+  %s
   identities = [%q]
 }
-`, fullRights, ids["owner"].id, ids["other"].id, fullRights, ids["granted"].id)})
+`, fullRights, ids["owner"].id, ids["granted"].id, fullRights, ids["other"].id)})
 	b.startBin(binary)
 	e := &keyEnv{t: t, b: b, kes: map[string]*kesHTTP{}, kmip: map[string]*kmipclient.Client{}}
 	for name, id := range ids {
@@ -362,7 +362,7 @@ func classifyKeyModel(err error) string {
 		return "iv"
 	case strings.Contains(s, `reason="PermissionDenied"`) && strings.Contains(s, "one block mode family"):
 		return "mode"
-	case strings.Contains(s, `reason="PermissionDenied"`) && (strings.Contains(s, "only its owner or the admin") || strings.Contains(s, "not the caller's to change")):
+	case strings.Contains(s, `reason="PermissionDenied"`) && (strings.Contains(s, "only its owner or the admin") || strings.Contains(s, "not the caller's to change") || strings.Contains(s, "reserved by another policy")):
 		return "denied"
 	case strings.Contains(s, `reason="PermissionDenied"`) && (strings.Contains(s, "must be Active") || strings.Contains(s, "is Active:") || strings.Contains(s, "Pre-Active objects")):
 		return "state"
@@ -379,16 +379,21 @@ func classifyKeyModel(err error) string {
 // the documented error and that MinIO's next data key is still sealed under MinIO's own key.
 func TestKESTakeoverRefused(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "takeover")
-	minio, attacker := b.issueClient("minio"), b.issueClient("attacker")
+	minio, attacker, named := b.issueClient("minio"), b.issueClient("attacker"), b.issueClient("minio-named")
 	b.writeConfig(hcfg{signers: []string{"takeover"}, policies: fmt.Sprintf(`policy "minio" {
   allow = ["/v1/key/create/*", "/v1/key/generate/*", "/v1/key/decrypt/*", "/v1/key/describe/*", "/v1/key/list/*", "/v1/key/hmac/*"]
+  identities = [%q]
+}
+policy "minio-named" {
+  allow = ["/v1/key/create/*", "/v1/key/generate/*", "/v1/key/decrypt/*"]
+  keys  = ["named-*"]
   identities = [%q]
 }
 policy "attacker" {
   %s
   identities = [%q]
 }
-`, minio.id, fullRights, attacker.id)})
+`, minio.id, named.id, fullRights, attacker.id)})
 	b.startBin(binary)
 	km, ka := b.kesAs(minio), b.kesAs(attacker)
 	ca, err := b.kmipAs(attacker)
@@ -481,6 +486,26 @@ policy "attacker" {
 	}
 	if got := ciphertextVersion(dk.Ciphertext); got != version {
 		t.Fatalf("data key sealed under %s, MinIO's version is %s", got, version)
+	}
+
+	// 6. A MinIO whose policy names its keys (keys = ["named-*"]): that name space is its policy's,
+	// so the attacker cannot plant a key there that the pattern would grant — over KES or KMIP.
+	for _, route := range []string{"create", "import"} {
+		st, out, err := ka.do(http.MethodPost, "/v1/key/"+route+"/named-default", map[string]any{"key": known, "cipher": "AES256"})
+		if err != nil || st != http.StatusForbidden || kesMessage(out) != "not authorized: insufficient permissions" {
+			t.Errorf("attacker KES %s in another policy's name space: %d %s %v", route, st, out, err)
+		}
+	}
+	_, err = ca.Register().SymmetricKey(kmip.CryptographicAlgorithmAES, kmip.CryptographicUsageEncrypt, known).WithName("named-default").Exec()
+	if err == nil || !strings.Contains(err.Error(), "reserved by another policy") {
+		t.Errorf("attacker KMIP Register in another policy's name space: %v", err)
+	}
+	kn := b.kesAs(named)
+	if err := kesWant(kn, http.MethodPost, "/v1/key/create/named-default", nil, http.StatusOK); err != nil {
+		t.Fatalf("the policy's own identity creates in its name space: %v", err)
+	}
+	if _, st, msg, err := kn.generate("named-default", nil); err != nil || st != http.StatusOK {
+		t.Fatalf("generate in its name space: %d %s %v", st, msg, err)
 	}
 }
 

@@ -55,6 +55,14 @@ func (o *op) update(id string, fn func(*keymap.Record) error) (keymap.Record, er
 	}
 	o.onUndo(func(ctx context.Context) error {
 		_, err := o.s.reg.Update(o.caller, id, func(r *keymap.Record) error {
+			// Only what this item wrote is undone: a change made since (another client's Revoke,
+			// say) is not overwritten with an older row, and a compromise is never taken back.
+			if !sameMeta(*r, rec) {
+				return kerr(rGeneral, "object %s changed after this item; it is not undone", id)
+			}
+			if r.State == keymap.Compromised && before.State != keymap.Compromised {
+				return kerr(rGeneral, "object %s was marked compromised; that is not undone", id)
+			}
 			r.Name, r.State, r.Owner, r.Attrs = before.Name, before.State, before.Owner, maps.Clone(before.Attrs)
 			return nil
 		})
@@ -63,10 +71,30 @@ func (o *op) update(id string, fn func(*keymap.Record) error) (keymap.Record, er
 	return rec, nil
 }
 
-// created registers the removal of a new object for Undo.
+// sameMeta says whether a and b hold the same metadata, but for the facts the registry updates by
+// itself as keys are used (seal counts, the block mode bound at first use).
+func sameMeta(a, b keymap.Record) bool {
+	if a.Name != b.Name || a.State != b.State || a.Owner != b.Owner {
+		return false
+	}
+	return maps.EqualFunc(withoutUsageFacts(a.Attrs), withoutUsageFacts(b.Attrs), func(x, y string) bool { return x == y })
+}
+
+func withoutUsageFacts(m map[string]string) map[string]string {
+	out := maps.Clone(m)
+	delete(out, signer.AttrSeals)
+	delete(out, signer.AttrBlockMode)
+	return out
+}
+
+// created registers the removal of a new object for Undo. A new version of a KES key is left in
+// place: KES may have sealed data keys with it already, and destroying it would lose them.
 func (o *op) created(ids ...string) {
 	o.onUndo(func(ctx context.Context) error {
 		for _, id := range ids {
+			if rec, err := o.s.reg.Access(o.caller, id, signer.UseSee); err == nil && rec.Attrs[signer.AttrKESName] != "" {
+				return kerr(rGeneral, "object %s is a new version of KES key %q; it is not undone", id, rec.Attrs[signer.AttrKESName])
+			}
 			if err := o.s.reg.Destroy(ctx, o.caller, id); err != nil {
 				return err
 			}

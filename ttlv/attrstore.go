@@ -115,8 +115,8 @@ func factNode(rec keymap.Record, d *attrDef) *node {
 }
 
 // setFact writes an attribute the registry keeps in its own form (single-valued: the first live
-// instance, or none).
-func setFact(rec *keymap.Record, d *attrDef, vals []*node) {
+// instance, or none). Dates are kept as RFC 3339, which has four-digit years.
+func setFact(rec *keymap.Record, d *attrDef, vals []*node) error {
 	var v *node
 	for _, x := range vals {
 		if x != nil {
@@ -130,20 +130,23 @@ func setFact(rec *keymap.Record, d *attrDef, vals []*node) {
 			m = v.u32()
 		}
 		signer.SetUsageMask(rec, m, v != nil)
-		return
+		return nil
 	}
 	var t time.Time
 	if v != nil {
 		t = v.dateTime()
+		if y := t.UTC().Year(); y < 0 || y > 9999 {
+			return kerr(rInvalidField, "attribute %q: %s is outside the years 0000 to 9999", d.name, t.UTC())
+		}
 	}
 	signer.SetDate(rec, d.fact, t, v != nil)
+	return nil
 }
 
 // setStored replaces the stored instances of an attribute in rec (a clone being updated).
 func setStored(rec *keymap.Record, d *attrDef, name string, vals []*node) error {
 	if d != nil && d.fact != "" {
-		setFact(rec, d, vals)
-		return nil
+		return setFact(rec, d, vals)
 	}
 	key := storeKey(d, name)
 	tag := kmip14.TagAttributeValue
@@ -394,6 +397,18 @@ func (s *Server) attributesOf(rec keymap.Record, v ProtocolVersion) []attr {
 			if val != nil {
 				out = append(out, attr{name: name, index: int32(i), value: val})
 			}
+		}
+	}
+	return out
+}
+
+// names lists the values of live Name instances.
+func names(vals []*node) []string {
+	var out []string
+	for _, v := range vals {
+		var nm kName
+		if v != nil && decodeStruct(v, &nm) == nil {
+			out = append(out, nm.Value)
 		}
 	}
 	return out

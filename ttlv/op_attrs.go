@@ -185,6 +185,11 @@ func (o *op) changeAttr(rec keymap.Record, a attr, fn func(vals []*node, fixed i
 		if err != nil {
 			return err
 		}
+		if a.def == def(kmip14.TagName) {
+			if err := o.s.reg.CheckNames(r.ID, r.Attrs[signer.AttrKESName], names(vals)); err != nil {
+				return err
+			}
+		}
 		if err := setStored(r, a.def, a.name, vals); err != nil {
 			return err
 		}

@@ -409,5 +409,5 @@ func (s *Server) reKeyMeta(old keymap.Record, t *template) (signer.Meta, error) 
 			return signer.Meta{}, err
 		}
 	}
-	return signer.Meta{Name: rec.Name, Attrs: rec.Attrs}, nil
+	return signer.Meta{Name: rec.Name, Names: names(s.stored(rec, nameDef, nameDef.name)), Attrs: rec.Attrs}, nil
 }

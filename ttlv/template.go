@@ -134,7 +134,8 @@ func (t *template) meta() (signer.Meta, error) {
 			}
 		}
 	}
-	return signer.Meta{Name: rec.Name, State: rec.State, Attrs: rec.Attrs}, nil
+	nd := def(kmip14.TagName)
+	return signer.Meta{Name: rec.Name, Names: names(t.vals[nd.key]), State: rec.State, Attrs: rec.Attrs}, nil
 }
 
 // withAttr records one more attribute in a Meta (the algorithm the client named, …).

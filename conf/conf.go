@@ -44,10 +44,23 @@ type Config struct {
 
 	KMIP KMIP
 	KES  KES
+	Ops  Ops
 
 	// production holds what production mode refuses in an otherwise valid file (a PIN written
 	// in it, readable secret files, a plaintext KES listener); see Production.
 	production []Diagnostic
+}
+
+// Ops says how the ops listener (health, readiness, status, metrics) is served. Without TLS it is
+// plain HTTP without authentication, which production mode accepts on a loopback address only,
+// unless Public says the operator means it.
+type Ops struct {
+	// TLS serves it with the server's certificate, and requires a client certificate: the admin,
+	// or an identity whose policy allows the path under /ops/ (e.g. allow = ["/ops/metrics"]).
+	TLS bool
+	// Public accepts plain HTTP on any address: what the listener shows (key counts per signer
+	// and state, signer names, health) is then anyone's who can reach it.
+	Public bool
 }
 
 // Listen holds the listener addresses; "" means that listener is off.

@@ -156,9 +156,11 @@ func TestFullConfig(t *testing.T) {
 		KMIP: KMIP{MaxMessageSize: 64 << 10, MaxConnections: 10, IdleTimeout: 30 * time.Second},
 		KES:  KES{MaxBody: 4096, Proxy: &Proxy{Identities: []string{id5}, Header: "X-Ssl-Client-Cert"}},
 	}
-	// Two PINs are written in the file: production mode refuses them, at their positions.
+	// An ops listener on every interface and two PINs written in the file: production mode
+	// refuses them, at their positions.
 	perr := got.Production()
-	if perr == nil || perr.Error() != file+`:30:13: the PIN of signer "hsm-c" is written in the config file; production mode reads PINs from the environment or a private file: write pin = env("P11BRIDGE_PIN_HSM_C"), or pin_file = "…" with mode 0600`+"\n"+
+	if perr == nil || perr.Error() != file+`:5:10: the ops listener ":9464" is reachable from the network without authentication; production mode serves plain ops on loopback only: listen on 127.0.0.1, or add ops { tls = true } (client certificates, the policies' "/ops/..." paths), or ops { public = true } to accept it`+"\n"+
+		file+`:30:13: the PIN of signer "hsm-c" is written in the config file; production mode reads PINs from the environment or a private file: write pin = env("P11BRIDGE_PIN_HSM_C"), or pin_file = "…" with mode 0600`+"\n"+
 		file+`:36:18: the PIN of signer "hsm-d" is written in the config file; production mode reads PINs from the environment or a private file: write pin = env("P11BRIDGE_PIN_HSM_D"), or pin_file = "…" with mode 0600` {
 		t.Errorf("production check:\n%v", perr)
 	}

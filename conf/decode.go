@@ -21,7 +21,7 @@ import (
 
 var (
 	topAttrs     = []string{"log_level", "default_signer", "rollover_signer", "retired_signers", "admin"}
-	topBlocks    = []string{"listen", "tls", "signer", "keymap", "audit", "policy", "kmip", "kes"}
+	topBlocks    = []string{"listen", "tls", "signer", "keymap", "audit", "policy", "kmip", "kes", "ops"}
 	listenAttrs  = []string{"kmip", "kes", "ops"}
 	tlsAttrs     = []string{"cert", "key", "client_ca", "min_version", "fips", "revoked", "revoked_file"}
 	kesAttrs     = []string{"max_body", "plaintext"}
@@ -75,8 +75,9 @@ func (d *decoder) decode(body *hclsyntax.Body) *Config {
 		}
 	}
 	listen := d.listen(d.single(top, "listen"), cfg)
-	// The kes block comes before tls: a plaintext KES listener needs no certificate.
+	// The kes and ops blocks come before tls: it needs a certificate for the listeners that use it.
 	d.kes(d.single(top, "kes"), cfg)
+	d.ops(d.single(top, "ops"), cfg, listen["ops"])
 	d.tls(d.single(top, "tls"), cfg, listen)
 	d.signers(top.blocks["signer"], cfg)
 	d.checkKeySigner(cfg)
@@ -245,6 +246,9 @@ func (d *decoder) tls(b *hclsyntax.Block, cfg *Config, listen map[string]*attr) 
 	}
 	if cfg.Listen.KES != "" && !cfg.KES.Plaintext {
 		need = append(need, "kes")
+	}
+	if cfg.Listen.Ops != "" && cfg.Ops.TLS {
+		need = append(need, "ops")
 	}
 	if b == nil {
 		for _, n := range need {
@@ -716,4 +720,39 @@ func (d *decoder) kes(b *hclsyntax.Block, cfg *Config) {
 			}
 		}
 	}
+}
+
+// ops reads the ops block, and refuses in production an ops listener that anyone on the network can
+// reach without a client certificate, unless the operator says so (public = true).
+func (d *decoder) ops(b *hclsyntax.Block, cfg *Config, addr *attr) {
+	if b != nil {
+		c := d.content(b.Body, " in the ops block", []string{"tls", "public"}, nil, "")
+		if a := c.attrs["tls"]; a != nil {
+			cfg.Ops.TLS, _ = d.boolean(a)
+		}
+		if a := c.attrs["public"]; a != nil {
+			cfg.Ops.Public, _ = d.boolean(a)
+		}
+		if cfg.Ops.TLS && cfg.Ops.Public {
+			d.add(b.DefRange().Start, "the ops block sets both tls and public", "tls requires client certificates; public serves plain HTTP to anyone: choose one")
+		}
+	}
+	if addr == nil || cfg.Listen.Ops == "" || cfg.Ops.TLS || cfg.Ops.Public {
+		return
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen.Ops)
+	if err != nil || loopback(host) {
+		return
+	}
+	d.prodAdd(addr.at(), fmt.Sprintf("the ops listener %q is reachable from the network without authentication", cfg.Listen.Ops),
+		`production mode serves plain ops on loopback only: listen on 127.0.0.1, or add ops { tls = true } (client certificates, the policies' "/ops/..." paths), or ops { public = true } to accept it`)
+}
+
+// loopback says whether host names only this machine.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

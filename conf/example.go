@@ -16,6 +16,15 @@ listen {
   ops  = "127.0.0.1:9464"   # /health, /ready, /status, /metrics; plain HTTP: keep it private
 }
 
+# Production mode serves plain ops on a loopback address only. Elsewhere,
+# serve it with the server certificate and client certificates (the admin,
+# or identities whose policy allows "/ops/<path>", e.g. "/ops/metrics"), or
+# declare it public.
+# ops {
+#   tls    = true
+#   public = false   # true: plain HTTP on any address, for anyone who reaches it
+# }
+
 # The server certificate for the kmip and kes listeners. Clients must present
 # a certificate; with client_ca their chain is verified against it. SIGHUP
 # reloads every file named here without dropping connections.

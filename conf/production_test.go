@@ -138,3 +138,49 @@ func TestRevokedFile(t *testing.T) {
 		t.Errorf("a wrong file gives a capped report, got:\n%v", err)
 	}
 }
+
+// The ops listener is plain HTTP without authentication: production mode takes it on loopback only,
+// unless it is served with client certificates (which needs the tls block) or declared public.
+func TestProductionOpsListener(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		body, want string
+	}{
+		{`listen { ops = "127.0.0.1:9464" }`, ""},
+		{`listen { ops = "[::1]:9464" }`, ""},
+		{`listen { ops = "localhost:9464" }`, ""},
+		{`listen { ops = "0.0.0.0:9464" }`, "reachable from the network without authentication"},
+		{`listen { ops = "10.1.2.3:9464" }`, "reachable from the network without authentication"},
+		{"listen { ops = \"0.0.0.0:9464\" }\nops { public = true }", ""},
+		{"listen { ops = \"0.0.0.0:9464\" }\nops { tls = true }\ntls {\n  cert = \"c.pem\"\n  key = \"k.pem\"\n}", ""},
+	} {
+		path := filepath.Join(dir, "c.hcl")
+		if err := os.WriteFile(path, []byte(c.body+"\nkeymap { path = \"km.csv\" }\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Load(path)
+		if err != nil {
+			t.Fatalf("%q: %v", c.body, err)
+		}
+		perr := cfg.Production()
+		switch {
+		case c.want == "" && perr != nil:
+			t.Errorf("%q: production refuses: %v", c.body, perr)
+		case c.want != "" && (perr == nil || !strings.Contains(perr.Error(), c.want)):
+			t.Errorf("%q: production says %v, want %q", c.body, perr, c.want)
+		}
+	}
+	// tls needs the certificate; tls and public together make no sense.
+	for body, want := range map[string]string{
+		"listen { ops = \"0.0.0.0:9464\" }\nops { tls = true }":                      "the ops listener needs TLS",
+		"listen { ops = \"0.0.0.0:9464\" }\nops {\n  tls = true\n  public = true\n}": "both tls and public",
+	} {
+		path := filepath.Join(dir, "bad.hcl")
+		if err := os.WriteFile(path, []byte(body+"\nkeymap { path = \"km.csv\" }\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", body, err, want)
+		}
+	}
+}

@@ -139,3 +139,17 @@ func (s *Server) opsHandler() http.Handler {
 	})
 	return mux
 }
+
+// opsAuth admits a request to the ops listener served with TLS: the admin, or an identity whose
+// policy allows "/ops" followed by the path (e.g. "/ops/metrics", or "/ops/*"). Others get 403.
+func (s *Server) opsAuth(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := s.auth.Load()
+		id, err := identify(r.TLS, a, s.clientCAs())
+		if err != nil || !a.allowPath(id, "/ops"+r.URL.Path) {
+			http.Error(w, "not authorized", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

@@ -276,7 +276,14 @@ func (s *Server) Start() error {
 		}
 		s.OpsAddr = l.Addr().String()
 		s.ops = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		s.goServe("ops", func() error { return s.ops.Serve(l) })
+		if cfg.Ops.TLS {
+			// Client certificates, and the policies' "/ops/..." paths, as for the KES API.
+			s.ops.Handler = s.opsAuth(s.ops.Handler)
+			s.ops.TLSConfig = s.tlsConfig("http/1.1")
+			s.goServe("ops", func() error { return s.ops.ServeTLS(l, "", "") })
+		} else {
+			s.goServe("ops", func() error { return s.ops.Serve(l) })
+		}
 	}
 	s.log.Info("p11bridge serving", "version", s.opts.Version, "kmip", s.KMIPAddr, "kes", s.KESAddr, "ops", s.OpsAddr,
 		"default_signer", s.reg.Default(), "rollover_signer", s.reg.Rollover())

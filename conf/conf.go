@@ -41,6 +41,9 @@ type Config struct {
 
 	Admin    string // identity allowed everything; "" for none
 	Policies []Policy
+	// NotAfter ends configured identities at a time (identity blocks): they are taken without a
+	// chain or expiry check otherwise.
+	NotAfter map[string]time.Time
 
 	KMIP KMIP
 	KES  KES

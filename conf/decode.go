@@ -21,7 +21,7 @@ import (
 
 var (
 	topAttrs     = []string{"log_level", "default_signer", "rollover_signer", "retired_signers", "admin"}
-	topBlocks    = []string{"listen", "tls", "signer", "keymap", "audit", "policy", "kmip", "kes", "ops"}
+	topBlocks    = []string{"listen", "tls", "signer", "keymap", "audit", "policy", "identity", "kmip", "kes", "ops"}
 	listenAttrs  = []string{"kmip", "kes", "ops"}
 	tlsAttrs     = []string{"cert", "key", "client_ca", "min_version", "fips", "revoked", "revoked_file"}
 	kesAttrs     = []string{"max_body", "plaintext"}
@@ -93,6 +93,7 @@ func (d *decoder) decode(body *hclsyntax.Body) *Config {
 		}
 	}
 	d.policies(top.blocks["policy"], cfg)
+	d.identities(top.blocks["identity"], cfg)
 	d.checkProxyIdentities(cfg)
 	d.kmip(d.single(top, "kmip"), cfg)
 	d.keymapMode(cfg)
@@ -755,4 +756,43 @@ func loopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// identities reads identity "<hex>" { not_after = "RFC 3339 time" } blocks: identities configured
+// exactly (admin, policies: KES API keys among them) are taken without a chain or expiry check, as
+// KES takes them; not_after gives one an end.
+func (d *decoder) identities(blocks []*hclsyntax.Block, cfg *Config) {
+	for _, b := range blocks {
+		id, ok := d.named(b)
+		if !ok {
+			continue
+		}
+		at := b.LabelRanges[0].Start
+		if !d.identity(id, at, "identity", "") {
+			continue
+		}
+		if cfg.NotAfter[id] != (time.Time{}) {
+			d.add(at, fmt.Sprintf("identity %q is configured twice", id), "merge the identity blocks")
+			continue
+		}
+		c := d.content(b.Body, fmt.Sprintf(" in identity %q", id), []string{"not_after"}, nil, "")
+		a := c.attrs["not_after"]
+		if a == nil {
+			d.add(at, fmt.Sprintf("identity %q sets nothing", id), `write not_after = "2027-06-30T00:00:00Z"`)
+			continue
+		}
+		s, ok := d.str(a)
+		if !ok {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			d.add(a.at(), fmt.Sprintf("bad not_after %q for identity %q", s, id), `write an RFC 3339 time, e.g. "2027-06-30T00:00:00Z"`)
+			continue
+		}
+		if cfg.NotAfter == nil {
+			cfg.NotAfter = map[string]time.Time{}
+		}
+		cfg.NotAfter[id] = t
+	}
 }

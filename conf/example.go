@@ -110,6 +110,14 @@ policy "minio" {
   identities = ["5791b6226743c56f44f8274cc67b8beb9751b6403e697243ad00fd37af5635e3"]
 }
 
+# Identities configured exactly (the admin, a policy's identities: KES API
+# keys among them) are taken without a chain or expiry check, as KES takes
+# them; /status warns of one whose certificate has expired. An identity
+# block gives one an end:
+# identity "5791b6226743c56f44f8274cc67b8beb9751b6403e697243ad00fd37af5635e3" {
+#   not_after = "2027-06-30T00:00:00Z"
+# }
+
 # What a KMIP client may do: KMIP operation names, or ["*"].
 policy "rpki-ca" {
   kmip       = ["Query", "CreateKeyPair", "Get", "ModifyAttribute", "Activate", "Sign", "Revoke", "Destroy"]

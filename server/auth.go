@@ -4,10 +4,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/p11bridge/p11bridge/conf"
@@ -29,11 +31,40 @@ type auth struct {
 	proxyHeader string
 	plaintext   bool
 	loaded      time.Time
+	// notAfter ends configured identities (identity blocks).
+	notAfter  map[string]time.Time
+	onExpired func(id string, notAfter time.Time) // logs the first sighting
+	// expired records configured identities seen with an expired certificate (they are taken
+	// anyway, as KES takes them), for /status; shared by every auth of the process.
+	expired *expiredCerts
+}
+
+// expiredCerts remembers, per identity, the expiry of the last expired certificate it presented.
+type expiredCerts struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+func (e *expiredCerts) note(id string, notAfter time.Time) (first bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.m == nil {
+		e.m = map[string]time.Time{}
+	}
+	_, seen := e.m[id]
+	e.m[id] = notAfter
+	return !seen
+}
+
+func (e *expiredCerts) snapshot() map[string]time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.m)
 }
 
 func newAuth(cfg *conf.Config) *auth {
 	a := &auth{admin: cfg.Admin, policies: cfg.Policies, byIdentity: map[string]*conf.Policy{}, revoked: map[string]bool{},
-		proxies: map[string]bool{}, plaintext: cfg.KES.Plaintext, loaded: time.Now().UTC()}
+		proxies: map[string]bool{}, plaintext: cfg.KES.Plaintext, loaded: time.Now().UTC(), notAfter: cfg.NotAfter}
 	for i := range a.policies {
 		for _, id := range a.policies[i].Identities {
 			a.byIdentity[id] = &a.policies[i]
@@ -180,6 +211,13 @@ func (a *auth) identifyCert(leaf *x509.Certificate, chain []*x509.Certificate, p
 		return "", errors.New("client certificate identity " + id + " is revoked")
 	}
 	if a.known(id) {
+		now := time.Now()
+		if t, ok := a.notAfter[id]; ok && now.After(t) {
+			return "", errors.New("identity " + id + " is past its not_after (" + t.Format(time.RFC3339) + ")")
+		}
+		if now.After(leaf.NotAfter) && a.expired != nil && a.expired.note(id, leaf.NotAfter) && a.onExpired != nil {
+			a.onExpired(id, leaf.NotAfter)
+		}
 		return id, nil
 	}
 	if pool == nil {
@@ -329,4 +367,16 @@ func (k kesAuth) Identities() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// newAuth is the auth of cfg for this server: configured identities seen with expired
+// certificates are remembered across reloads and logged once.
+func (s *Server) newAuth(cfg *conf.Config) *auth {
+	a := newAuth(cfg)
+	a.expired = &s.expired
+	a.onExpired = func(id string, notAfter time.Time) {
+		s.log.Warn("a configured identity presented an expired certificate; it is accepted, as KES accepts it: renew it, or end it with identity { not_after }",
+			"identity", id, "not_after", notAfter.UTC().Format(time.RFC3339))
+	}
+	return a
 }

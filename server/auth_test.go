@@ -1,16 +1,21 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/p11bridge/p11bridge/conf"
 	"github.com/p11bridge/p11bridge/server/pki"
@@ -200,5 +205,36 @@ func TestPolicyKeys(t *testing.T) {
 	}
 	if !a.allowPath("m", "/v1/key/generate/other") {
 		t.Error("the path policy looks at key names; the key model does")
+	}
+}
+
+// Configured identities are taken without a chain or expiry check (as KES takes API keys); an
+// identity block's not_after ends one, and an expired certificate of one is remembered for /status.
+func TestConfiguredIdentityExpiry(t *testing.T) {
+	mk := func(notAfter time.Time) *x509.Certificate {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: notAfter.Add(-48 * time.Hour), NotAfter: notAfter}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return c
+	}
+	expired, ended := mk(time.Now().Add(-time.Hour)), mk(time.Now().Add(time.Hour))
+	idExpired, idEnded := pki.Identity(expired), pki.Identity(ended)
+	s := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	a := s.newAuth(&conf.Config{
+		Policies: []conf.Policy{{Name: "p", Identities: []string{idExpired, idEnded}}},
+		NotAfter: map[string]time.Time{idEnded: time.Now().Add(-time.Minute)},
+	})
+	if id, err := a.identifyCert(expired, nil, nil); err != nil || id != idExpired {
+		t.Fatalf("a configured identity with an expired certificate: %q %v", id, err)
+	}
+	if got := s.expired.snapshot(); !got[idExpired].Equal(expired.NotAfter) {
+		t.Fatalf("expired certificates remembered: %v", got)
+	}
+	if _, err := a.identifyCert(ended, nil, nil); err == nil || !strings.Contains(err.Error(), "past its not_after") {
+		t.Fatalf("an identity past its not_after: %v", err)
 	}
 }

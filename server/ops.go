@@ -35,6 +35,9 @@ type Status struct {
 	// SealHeavy names the keys past 2^31 AES-GCM seals with their counts: rotate them before 2^32,
 	// where random 96-bit IVs stop being safe from repeats.
 	SealHeavy map[string]uint64 `json:"keys_to_rotate_for_seals,omitempty"`
+	// ExpiredCertificates names the configured identities that presented an expired certificate
+	// (accepted, as KES accepts them), with its expiry.
+	ExpiredCertificates map[string]time.Time `json:"identities_with_expired_certificates,omitempty"`
 	// Reloads counts the SIGHUPs handled; LastReloadError is why the last one was refused ("" when
 	// it was applied). `p11bridge reload --wait` watches them.
 	Reloads         int64  `json:"reloads"`
@@ -67,6 +70,9 @@ func (s *Server) Status() Status {
 	}
 	if h := s.reg.SealHeavy(); len(h) > 0 {
 		st.SealHeavy = h
+	}
+	if e := s.expired.snapshot(); len(e) > 0 {
+		st.ExpiredCertificates = e
 	}
 	return st
 }

@@ -50,8 +50,10 @@ type Server struct {
 	log    *slog.Logger
 	audit  *slog.Logger
 	auditW *auditWriter
-	errors *broadcast
-	audits *broadcast
+	// expired: configured identities seen with an expired certificate (auth.go).
+	expired expiredCerts
+	errors  *broadcast
+	audits  *broadcast
 
 	km  *keymap.Map
 	reg *signer.Registry
@@ -164,7 +166,7 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 	}
 	s.tls.Store(st)
 	s.cfg.Store(cfg)
-	s.auth.Store(newAuth(cfg))
+	s.auth.Store(s.newAuth(cfg))
 	return s, nil
 }
 
@@ -333,7 +335,7 @@ func (s *Server) Reload(cfg *conf.Config) error {
 	s.tls.Store(st)
 	s.relaxed = relaxed
 	s.cfg.Store(cfg)
-	s.auth.Store(newAuth(cfg))
+	s.auth.Store(s.newAuth(cfg))
 	s.auditW.required.Store(cfg.Audit.Required)
 	s.log.Info("configuration reloaded", "default_signer", s.reg.Default(), "rollover_signer", s.reg.Rollover(),
 		"revoked_identities", len(cfg.TLS.Revoked))

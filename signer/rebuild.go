@@ -224,10 +224,14 @@ func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
 	if err != nil || len(tag) != TagSize {
 		return keymap.Record{}, false
 	}
-	// A recent miss is not looked for again: clients sending unknown identifiers (or forged
-	// ciphertexts naming random versions) must not turn into a token scan each.
+	// A recent miss is not looked for again, and searches are rate-limited: unknown identifiers
+	// (or forged ciphertexts naming random versions) must not turn into a token search each.
 	r.missMu.Lock()
 	if at, ok := r.misses[id]; ok && time.Since(at) < missTTL {
+		r.missMu.Unlock()
+		return keymap.Record{}, false
+	}
+	if !r.searchAllowed(time.Now()) {
 		r.missMu.Unlock()
 		return keymap.Record{}, false
 	}
@@ -238,10 +242,7 @@ func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
 		if _, ok := r.km.Get(id); ok {
 			return
 		}
-		if r.misses == nil || len(r.misses) >= maxMisses {
-			r.misses = map[string]time.Time{}
-		}
-		r.misses[id] = time.Now()
+		r.rememberMiss(id, time.Now())
 	}()
 	for _, t := range r.Signers() {
 		objs, err := t.scanTokenObjects(ctx, tag)
@@ -270,8 +271,41 @@ func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
 	return keymap.Record{}, false
 }
 
-// missTTL and maxMisses bound the memory of identifiers found on no token.
+// missTTL and maxMisses bound the memory of identifiers found on no token; searchRate bounds the
+// token searches for unknown identifiers per second.
 const (
-	missTTL   = 30 * time.Second
-	maxMisses = 10000
+	missTTL    = 30 * time.Second
+	maxMisses  = 10000
+	searchRate = 20
 )
+
+// rememberMiss records a miss; past maxMisses the oldest goes first, so a flood of made-up
+// identifiers does not wipe the memory of the others. Needs missMu.
+func (r *Registry) rememberMiss(id string, now time.Time) {
+	if r.misses == nil {
+		r.misses = map[string]time.Time{}
+	}
+	if _, ok := r.misses[id]; !ok {
+		r.missOrder = append(r.missOrder, id)
+	}
+	r.misses[id] = now
+	for len(r.misses) > maxMisses && len(r.missOrder) > 0 {
+		delete(r.misses, r.missOrder[0])
+		r.missOrder = r.missOrder[1:]
+	}
+	if cap(r.missOrder) > 4*maxMisses {
+		r.missOrder = append([]string(nil), r.missOrder...) // let the consumed front go
+	}
+}
+
+// searchAllowed takes one of searchRate token searches per second. Needs missMu.
+func (r *Registry) searchAllowed(now time.Time) bool {
+	if now.Sub(r.searchWindow) >= time.Second {
+		r.searchWindow, r.searches = now, 0
+	}
+	if r.searches >= searchRate {
+		return false
+	}
+	r.searches++
+	return true
+}

@@ -3,9 +3,12 @@ package signer
 import (
 	"bytes"
 	"crypto"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"sort"
 	"testing"
+	"time"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -122,5 +125,58 @@ func TestRebuildFromToken(t *testing.T) {
 	}
 	if _, err := r3.Get("00112233445566778899aabbccddeeff00112233"); err == nil {
 		t.Fatal("an unknown tag was adopted")
+	}
+}
+
+// Only the admin's lookups search the tokens for identifiers the keymap lacks (an adopted row
+// belongs to nobody); a non-admin's unknown identifier costs no search, like another owner's
+// object. Searches are rate-limited, and the memory of misses keeps the newest.
+func TestAdoptionAdminOnlyAndBounded(t *testing.T) {
+	dir := t.TempDir()
+	km1, _ := keymap.Open(filepath.Join(dir, "made.csv"), quietLog())
+	r1, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Close()
+	k, err := r1.Create(ctx, Caller{Identity: "elsewhere"}, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "adopt-me", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	km2, _ := keymap.Open(filepath.Join(dir, "other.csv"), quietLog())
+	r2, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if _, err := r2.Access(Caller{Identity: "elsewhere"}, k.ID, UseSee); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a non-admin's lookup of another instance's key: %v", err)
+	}
+	if km2.Len() != 0 {
+		t.Fatal("a non-admin's lookup adopted a key")
+	}
+	if rec, err := r2.Access(Operator, k.ID, UseSee); err != nil || rec.Owner != "" {
+		t.Fatalf("the admin's lookup: %+v %v", rec, err)
+	}
+
+	r := &Registry{}
+	now := time.Now()
+	allowed := 0
+	for i := 0; i < 3*searchRate; i++ {
+		if r.searchAllowed(now) {
+			allowed++
+		}
+	}
+	if allowed != searchRate || !r.searchAllowed(now.Add(time.Second)) {
+		t.Fatalf("%d searches allowed in a second, want %d, and more the next second", allowed, searchRate)
+	}
+	for i := 0; i < maxMisses+10; i++ {
+		r.rememberMiss(fmt.Sprint(i), now)
+	}
+	if _, ok := r.misses["0"]; ok || len(r.misses) != maxMisses {
+		t.Fatalf("%d misses kept, oldest kept: %v", len(r.misses), ok)
+	}
+	if _, ok := r.misses[fmt.Sprint(maxMisses+9)]; !ok {
+		t.Fatal("the newest miss was dropped")
 	}
 }

@@ -50,8 +50,11 @@ type Registry struct {
 	cfgMu sync.Mutex // serializes Reconfigure and Close
 	recMu sync.Mutex // serializes read-modify-write of keymap rows
 
-	missMu sync.Mutex
-	misses map[string]time.Time // identifiers recently found on no token
+	missMu       sync.Mutex
+	misses       map[string]time.Time // identifiers recently found on no token
+	missOrder    []string             // misses, oldest first
+	searchWindow time.Time            // the second searches counts in
+	searches     int
 
 	// rows caches the keymap rows the key operations read, with their lifecycle facts (row).
 	rows *keymap.Cache[*keyRow]

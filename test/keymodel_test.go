@@ -460,6 +460,12 @@ policy "attacker" {
 	wantKMIPHidden(t, "Destroy of MinIO's version", err)
 	_, err = ca.GetAttributes(version).Exec()
 	wantKMIPHidden(t, "GetAttributes of MinIO's version", err)
+	// Another owner's object answers the very bytes of a missing one (but for the identifier).
+	missing := strings.Repeat("5a", 20)
+	_, errMissing := ca.GetAttributes(missing).Exec()
+	if err == nil || errMissing == nil || strings.ReplaceAll(err.Error(), version, missing) != errMissing.Error() {
+		t.Errorf("another owner's object: %v\na missing one:        %v", err, errMissing)
+	}
 	// The attacker's own object goes away; MinIO's key is not touched.
 	if _, err := ca.Revoke(squat.UniqueIdentifier).WithRevocationReasonCode(kmip.RevocationReasonCodeCessationOfOperation).Exec(); err != nil {
 		t.Fatal(err)

@@ -51,12 +51,8 @@ func (c Caller) clientIV(rec keymap.Record) error {
 // bindMode makes rec serve mode from now on, or refuses when it serves the other family. The first
 // use writes the binding to the keymap (once per key).
 func (r *Registry) bindMode(rec keymap.Record, mode string) error {
-	switch cur := rec.Attrs[AttrBlockMode]; cur {
-	case mode:
-		return nil
-	case "":
-	default:
-		return errorf(ErrUsage, "object %q serves AES-%s only: one key serves one block mode family, so that one mode cannot be turned against the other's ciphertexts", rec.ID, upper(cur))
+	if bound, err := boundTo(rec, mode); bound || err != nil {
+		return err
 	}
 	r.recMu.Lock()
 	defer r.recMu.Unlock()
@@ -64,12 +60,8 @@ func (r *Registry) bindMode(rec keymap.Record, mode string) error {
 	if !ok {
 		return notFound(rec.ID)
 	}
-	switch m := cur.Attrs[AttrBlockMode]; m {
-	case mode:
-		return nil
-	case "":
-	default:
-		return errorf(ErrUsage, "object %q serves AES-%s only: one key serves one block mode family, so that one mode cannot be turned against the other's ciphertexts", rec.ID, upper(m))
+	if bound, err := boundTo(cur, mode); bound || err != nil {
+		return err // bound meanwhile
 	}
 	cur = cur.Clone()
 	cur.Attrs = withAttr(cur.Attrs, AttrBlockMode, mode)
@@ -78,6 +70,18 @@ func (r *Registry) bindMode(rec keymap.Record, mode string) error {
 		return errorf(ErrUnavailable, "object %q: write keymap: %v", rec.ID, err)
 	}
 	return nil
+}
+
+// boundTo says whether rec serves mode already, or (an error) the other family.
+func boundTo(rec keymap.Record, mode string) (bool, error) {
+	switch cur := rec.Attrs[AttrBlockMode]; cur {
+	case mode:
+		return true, nil
+	case "":
+		return false, nil
+	default:
+		return false, errorf(ErrUsage, "object %q serves AES-%s only: one key serves one block mode family, so that one mode cannot be turned against the other's ciphertexts", rec.ID, upper(cur))
+	}
 }
 
 func upper(mode string) string {

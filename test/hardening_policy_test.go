@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -51,45 +50,7 @@ type matrixRow struct {
 }
 
 // readMatrix parses the table between the policy-matrix markers.
-func readMatrix(t *testing.T) []matrixRow {
-	t.Helper()
-	data, err := os.ReadFile(matrixDoc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(data), "\n")
-	var rows []matrixRow
-	in := false
-	for i, l := range lines {
-		switch strings.TrimSpace(l) {
-		case "<!-- policy-matrix:start -->":
-			in = true
-			continue
-		case "<!-- policy-matrix:end -->":
-			in = false
-			continue
-		}
-		if !in || !strings.HasPrefix(l, "|") || strings.HasPrefix(l, "|---") || strings.Contains(l, "| front end |") {
-			continue
-		}
-		cells := strings.Split(strings.Trim(strings.TrimSpace(l), "|"), "|")
-		for j := range cells {
-			cells[j] = strings.Trim(strings.TrimSpace(cells[j]), "`")
-		}
-		if len(cells) != 3+len(matrixColumns) {
-			t.Fatalf("%s:%d: %d cells, want %d", matrixDoc, i+1, len(cells), 3+len(matrixColumns))
-		}
-		r := matrixRow{line: i + 1, frontEnd: cells[0], req: cells[1], object: cells[2], want: map[string]string{}}
-		for j, col := range matrixColumns {
-			r.want[col] = cells[3+j]
-		}
-		rows = append(rows, r)
-	}
-	if len(rows) == 0 {
-		t.Fatalf("%s has no policy matrix between <!-- policy-matrix:start --> and <!-- policy-matrix:end -->", matrixDoc)
-	}
-	return rows
-}
+func readMatrix(t *testing.T) []matrixRow { return readTable(t, "policy-matrix", matrixColumns) }
 
 // matrixEnv is the running server and the four identities of the matrix.
 type matrixEnv struct {

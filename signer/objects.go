@@ -3,7 +3,6 @@ package signer
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"sync/atomic"
@@ -110,22 +109,12 @@ func (t *Token) sameObject(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, tag [
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(a[0].Value, want) || (k.class != ^uint(0) && ulong(a[1].Value) != k.class) {
+	if !bytes.Equal(a[0].Value, want) || (k.class != ^uint(0) && keyType(a[1].Value) != k.class) {
 		return errOtherObject
 	}
 	return nil
 }
 
-// ulong reads a CK_ULONG attribute value (native byte order, as the module wrote it).
-func ulong(b []byte) uint {
-	switch len(b) {
-	case 8:
-		return uint(binary.NativeEndian.Uint64(b))
-	case 4:
-		return uint(binary.NativeEndian.Uint32(b))
-	}
-	return ^uint(0) // matches no class
-}
 
 // findAll lists the objects with tag (nil = any) and kind on session sh.
 func (t *Token) findAll(sh pkcs11.SessionHandle, tag []byte, k objKind) ([]pkcs11.ObjectHandle, error) {

@@ -63,8 +63,10 @@ type Token struct {
 	slots   chan struct{}
 	timeout time.Duration
 
-	handles sync.Map // handleKey -> pkcs11.ObjectHandle
-	pubs    sync.Map // string(tag) -> crypto.PublicKey; public keys never change
+	handles    sync.Map                   // handleKey -> *cachedHandle
+	indexDone  chan struct{}              // closed when the index pass has ended (index.go)
+	indexStats atomic.Pointer[IndexStats] // what it did
+	pubs       sync.Map                   // string(tag) -> crypto.PublicKey; public keys never change
 
 	opened    time.Time
 	copies    sync.Map     // handleKey -> *keyCopy (nil: the token refused to copy that key)
@@ -135,6 +137,7 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 	}
 	t.healthy.Store(true)
 	ok = true
+	t.startIndex()
 	return t, nil
 }
 

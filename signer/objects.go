@@ -115,7 +115,6 @@ func (t *Token) sameObject(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, tag [
 	return nil
 }
 
-
 // findAll lists the objects with tag (nil = any) and kind on session sh.
 func (t *Token) findAll(sh pkcs11.SessionHandle, tag []byte, k objKind) ([]pkcs11.ObjectHandle, error) {
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}

@@ -2,6 +2,7 @@ package signer
 
 import (
 	"context"
+	"errors"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/asn1"
@@ -333,7 +334,7 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 		return classify(err, fmt.Sprintf("signer %q: destroy %s", t.cfg.Name, id))
 	}
 	if err := r.km.Delete(id); err != nil {
-		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
+		return storeErr(err, "object %q: write keymap", id)
 	}
 	return nil
 }
@@ -343,22 +344,19 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 const AttrDestroying = "p11.destroying"
 
 func (r *Registry) markDestroying(id string) error {
-	r.recMu.Lock()
-	defer r.recMu.Unlock()
-	rec, ok := r.km.Get(id)
-	if !ok {
+	_, err := r.km.Update(id, func(rec *keymap.Record) error {
+		rec.Attrs = withAttr(rec.Attrs, AttrDestroying, time.Now().UTC().Format(time.RFC3339Nano))
+		rec.Updated = time.Time{}
+		return nil
+	})
+	if errors.Is(err, keymap.ErrNotFound) {
 		return notFound(id)
 	}
-	rec.Attrs = withAttr(rec.Attrs, AttrDestroying, time.Now().UTC().Format(time.RFC3339Nano))
-	rec.Updated = time.Time{}
-	if err := r.km.Put(rec); err != nil {
-		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
-	}
-	return nil
+	return storeErr(err, "object %q: write keymap", id)
 }
 
 // HalfDestroyed lists the rows of km whose Destroy began and did not finish.
-func HalfDestroyed(km *keymap.Map) []keymap.Record {
+func HalfDestroyed(km interface{ Range(func(keymap.Record) bool) }) []keymap.Record {
 	var out []keymap.Record
 	km.Range(func(rec keymap.Record) bool {
 		if rec.Attrs[AttrDestroying] != "" {

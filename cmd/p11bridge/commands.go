@@ -124,6 +124,10 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	if failed > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d signers failed", failed, len(cfg.Signers)))
 	}
+	if err := checkStore(cfg, stdout); err != nil {
+		fmt.Fprintf(stdout, "FAIL keymap: %v\n", err)
+		problems = append(problems, "keymap store unusable")
+	}
 	checkKESNames(cfg, *path, stdout)
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
@@ -134,7 +138,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 // checkKESNames lists the AES keys that earlier versions let KES use because their Name matched a
 // KES request, and which now need the operator to share them. Reading works while a server runs.
 func checkKESNames(cfg *conf.Config, path string, stdout io.Writer) {
-	km, err := keymap.OpenReadOnly(cfg.Keymap.Path, nil)
+	km, err := server.OpenStore(cfg, server.StoreRead, nil, version)
 	if err != nil {
 		return // no keymap yet: nothing to migrate
 	}
@@ -203,16 +207,14 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var km *keymap.Map
+	mode := server.StoreWrite
 	if args[0] == "list" || args[0] == "show" {
 		// Reading works while a server holds the keymap.
-		km, err = keymap.OpenReadOnly(cfg.Keymap.Path, nil)
-	} else {
-		km, err = keymap.Open(cfg.Keymap.Path, nil)
-		if err != nil {
-			err = fmt.Errorf("%w (is a p11bridge serving with this keymap? stop it first)", err)
-		}
+		mode = server.StoreRead
+	} else if args[0] == "rebuild" && *dry {
+		mode = server.StoreRead
 	}
+	km, err := server.OpenStore(cfg, mode, nil, version)
 	if err != nil {
 		return err
 	}
@@ -279,7 +281,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 
 // keysShareKES makes an AES key made through KMIP a KES key: the operator's explicit act, which
 // earlier versions did implicitly for any AES key whose Name matched. It is audited.
-func keysShareKES(cfg *conf.Config, km *keymap.Map, fs *flag.FlagSet, stdout io.Writer) error {
+func keysShareKES(cfg *conf.Config, km signer.Store, fs *flag.FlagSet, stdout io.Writer) error {
 	if fs.NArg() != 2 {
 		return usageError("keys share-kes ID NAME")
 	}
@@ -312,7 +314,7 @@ func keysShareKES(cfg *conf.Config, km *keymap.Map, fs *flag.FlagSet, stdout io.
 
 // printHalfDestroyed reports the destroys a crash or a fault cut short; the server finishes them
 // at its next start (so does `keys rebuild` without --dry-run).
-func printHalfDestroyed(km *keymap.Map, stdout io.Writer) {
+func printHalfDestroyed(km signer.Store, stdout io.Writer) {
 	for _, r := range signer.HalfDestroyed(km) {
 		fmt.Fprintf(stdout, "%s\t%s\t%s-%d\t%q\thalf destroyed (since %s): the next start finishes it\n",
 			r.ID, r.Class, r.Algorithm, r.Size, r.Name, r.Attrs[signer.AttrDestroying])
@@ -326,7 +328,7 @@ func ownerOrNobody(o string) string {
 	return o
 }
 
-func keysList(km *keymap.Map, only string, stdout io.Writer) error {
+func keysList(km signer.Store, only string, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSIGNER\tCLASS\tALGORITHM\tSTATE\tNAME")
 	counts := map[string]map[keymap.State]int{}

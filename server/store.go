@@ -145,8 +145,8 @@ type storeCollector struct {
 
 func newStoreCollector(s *Server) storeCollector {
 	return storeCollector{s: s,
-		age: prometheus.NewDesc("p11bridge_keymap_age_seconds", "Time since this instance last confirmed that its keymap rows are current (PostgreSQL; keys are refused above the staleness bound).", nil, nil),
-		up:  prometheus.NewDesc("p11bridge_keymap_feed_up", "Whether the PostgreSQL change feed is connected.", nil, nil),
+		age:        prometheus.NewDesc("p11bridge_keymap_age_seconds", "Time since this instance last confirmed that its keymap rows are current (PostgreSQL; keys are refused above the staleness bound).", nil, nil),
+		up:         prometheus.NewDesc("p11bridge_keymap_feed_up", "Whether the PostgreSQL change feed is connected.", nil, nil),
 		reconnects: prometheus.NewDesc("p11bridge_keymap_reconnects_total", "Times the PostgreSQL change feed reconnected.", nil, nil),
 		n:          prometheus.NewDesc("p11bridge_keymap_instances", "Instances whose heartbeat was seen in the last minute.", nil, nil),
 	}

@@ -529,6 +529,23 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", s.Name, role, s.Healthy, s.Copies, strings.Join(states, ", "))
 	}
 	tw.Flush()
+	k := st.Keymap
+	fmt.Fprintf(stdout, "keymap: %s %s, %d rows", k.Kind, k.Location, k.Rows)
+	if k.FeedUp != nil {
+		feed := "change feed up"
+		if !*k.FeedUp {
+			feed = "CHANGE FEED LOST"
+		}
+		fmt.Fprintf(stdout, "; instance %s, %s, confirmed current %.3fs ago (limit %gs), %d reconnects", k.Instance, feed, k.LagSeconds, k.StalenessLimit, k.Reconnects)
+		if k.LastError != "" {
+			fmt.Fprintf(stdout, ", last error: %s", k.LastError)
+		}
+		for _, in := range k.Instances {
+			fmt.Fprintf(stdout, "\n  instance %s on %s (pid %d, %s), seen %s ago, %d changes behind", in.Instance, in.Host, in.PID, in.Version,
+				time.Since(in.Seen).Round(time.Millisecond), in.Behind)
+		}
+	}
+	fmt.Fprintln(stdout)
 	for _, name := range st.UnconfiguredHeldBy {
 		fmt.Fprintf(stdout, "keys recorded on signer %q, which is no longer configured\n", name)
 	}

@@ -133,6 +133,7 @@ func (r *Registry) LookupKESKey(c Caller, name string) (KESKey, bool, error) {
 
 // KESNames returns the names of the KES keys c may know of, in no particular order.
 func (r *Registry) KESNames(c Caller) []string {
+	r.km.Sync(context.Background()) // best effort: a list may lag, a use may not (LookupKESKey)
 	seen := map[string]bool{}
 	var out []string
 	r.km.Range(func(rec keymap.Record) bool {

@@ -335,37 +335,19 @@ func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (k
 		return keymap.Record{}, errorf(ErrUnavailable, "object %q: %v", id, err)
 	}
 	var renamed bool
+	// ruled is the closure's own refusal (the rules', or fn's, in the caller's vocabulary), which
+	// goes back as it is; anything else is the store's.
+	var ruled error
 	rec, err := r.km.Update(id, func(rec *keymap.Record) error {
-		if err := allow(c, *rec, factsOf(*rec), UseManage, time.Now()); err != nil {
-			return err
-		}
-		old := rec.Clone()
-		fixed := [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)}
-		if err := fn(rec); err != nil {
-			return err
-		}
-		if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
-			return errorf(ErrInvalid, "object %q: identity fields cannot change", id)
-		}
-		if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
-			return errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
-		}
-		renamed = rec.Name != old.Name
-		if renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
-			if err := r.checkNew(c, *rec); err != nil {
-				return err
-			}
-		}
-		rec.Updated = time.Time{}
-		return nil
+		ruled = r.changeRow(c, id, rec, fn, &renamed)
+		return ruled
 	})
-	if errors.Is(err, keymap.ErrNotFound) {
+	switch {
+	case err != nil && err == ruled:
+		return keymap.Record{}, err
+	case errors.Is(err, keymap.ErrNotFound):
 		return keymap.Record{}, notFound(id)
-	}
-	if err != nil {
-		if isRegistryErr(err) {
-			return keymap.Record{}, err
-		}
+	case err != nil:
 		return keymap.Record{}, storeErr(err, "object %q: write keymap", id)
 	}
 	if renamed {
@@ -374,15 +356,30 @@ func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (k
 	return rec, nil
 }
 
-// isRegistryErr says err already wraps one of the registry's sentinels (made by fn or the rules).
-func isRegistryErr(err error) bool {
-	for _, s := range []error{ErrNotFound, ErrInvalid, ErrNotAuthentic, ErrBadSignature, ErrNotExtractable, ErrDenied,
-		ErrWrongState, ErrUsage, ErrExists, ErrUnsupported, ErrUnavailable, ErrConfig} {
-		if errors.Is(err, s) {
-			return true
+// changeRow applies fn to rec for c under the rules of Update.
+func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*keymap.Record) error, renamed *bool) error {
+	if err := allow(c, *rec, factsOf(*rec), UseManage, time.Now()); err != nil {
+		return err
+	}
+	old := rec.Clone()
+	fixed := [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)}
+	if err := fn(rec); err != nil {
+		return err
+	}
+	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
+		return errorf(ErrInvalid, "object %q: identity fields cannot change", id)
+	}
+	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
+		return errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
+	}
+	*renamed = rec.Name != old.Name
+	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
+		if err := r.checkNew(c, *rec); err != nil {
+			return err
 		}
 	}
-	return false
+	rec.Updated = time.Time{}
+	return nil
 }
 
 // relabel carries a new name to CKA_LABEL, so the token (and a rebuild from it) shows the current

@@ -348,6 +348,13 @@ func stateWord(st keymap.State) string {
 // Sign here). Only refusals pay for that; what is allowed is decided from memory, which the store
 // keeps within its staleness bound.
 func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
+	if u == UseManage {
+		// Management (Destroy, Revoke, attribute changes, ReKey) decides from the row as committed
+		// anywhere in the cluster: it is rare, and a front end checks the state it reads here.
+		if err := r.km.Sync(context.Background()); err != nil {
+			return keymap.Record{}, storeErr(err, "object %q", id)
+		}
+	}
 	row, err := r.row(c, id)
 	if err != nil {
 		return keymap.Record{}, err

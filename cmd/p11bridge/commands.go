@@ -99,6 +99,10 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	} else {
 		fmt.Fprintln(stdout, "production checks: ok")
 	}
+	if err := checkStore(cfg, stdout); err != nil {
+		fmt.Fprintf(stdout, "FAIL keymap: %v\n", err)
+		problems = append(problems, "keymap store unusable")
+	}
 	km, err := keymap.Open(filepath.Join(os.TempDir(), fmt.Sprintf("p11bridge-check-%d.csv", os.Getpid())), nil)
 	if err != nil {
 		return err
@@ -123,10 +127,6 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	}
 	if failed > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d signers failed", failed, len(cfg.Signers)))
-	}
-	if err := checkStore(cfg, stdout); err != nil {
-		fmt.Fprintf(stdout, "FAIL keymap: %v\n", err)
-		problems = append(problems, "keymap store unusable")
 	}
 	checkKESNames(cfg, *path, stdout)
 	if len(problems) > 0 {
@@ -211,7 +211,8 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	if args[0] == "list" || args[0] == "show" {
 		// Reading works while a server holds the keymap.
 		mode = server.StoreRead
-	} else if args[0] == "rebuild" && *dry {
+	} else if args[0] == "rebuild" && *dry && cfg.Keymap.Postgres.Reveal() != "" {
+		// Beside the running servers; a CSV keymap is opened as before (it may not exist yet).
 		mode = server.StoreRead
 	}
 	km, err := server.OpenStore(cfg, mode, nil, version)

@@ -57,6 +57,9 @@ type PG struct {
 	applied   atomic.Int64 // the change feed's cursor: every seq up to it is applied
 	confirmed atomic.Int64 // unix ns: every change committed before it is applied
 
+	// syncFailed is when a catch-up asked for by Fresh last failed (unix ns).
+	syncFailed atomic.Int64
+
 	closed    atomic.Bool
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -92,6 +95,9 @@ type PGOptions struct {
 // database or host does not make instances refuse keys, short enough that a revocation cannot be
 // ignored for long by an instance that lost its feed.
 const DefaultStaleness = 2 * time.Second
+
+// freshRetry is how long after a failed catch-up Fresh refuses without trying again.
+const freshRetry = 500 * time.Millisecond
 
 // Timeouts of database calls, so that an unreachable database fails requests instead of holding them.
 const (
@@ -252,6 +258,20 @@ func (s *PG) Fresh() error {
 	if age <= s.opts.Staleness {
 		return nil
 	}
+	// The feed may only be late (a loaded host starves its loop): one catch-up settles that, and
+	// proves the rows current just as well. When one failed a moment ago the database is taken to
+	// be away, and the refusal is at once.
+	now := time.Now().UnixNano()
+	if last := s.syncFailed.Load(); now-last > int64(freshRetry) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := s.Sync(ctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		s.syncFailed.Store(time.Now().UnixNano())
+	}
+	age = time.Duration(time.Now().UnixNano() - s.confirmed.Load())
 	return merry.Prependf(ErrUnavailable, "the key store (PostgreSQL) has not been reached for %.1fs, so the current state of keys cannot be confirmed; retry in a few seconds",
 		age.Seconds())
 }

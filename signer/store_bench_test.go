@@ -72,10 +72,18 @@ func storeSubjects(b *testing.B) map[string]*storeSubject {
 	return storeBench.subj
 }
 
+// storeOrder alternates which store runs first, so that a machine getting busier or quieter
+// during a run favours neither.
+var storeOrder int
+
 func benchStores(b *testing.B, concs []int, op func(s *storeSubject) func() error) {
 	subj := storeSubjects(b)
 	for _, n := range concs {
-		for _, name := range []string{"csv", "pg"} {
+		order := []string{"csv", "pg"}
+		if storeOrder++; storeOrder%2 == 0 {
+			order = []string{"pg", "csv"}
+		}
+		for _, name := range order {
 			s := subj[name]
 			b.Run(fmt.Sprintf("%s/c%d", name, n), func(b *testing.B) {
 				parallel(b, n, func() func() error { return op(s) })

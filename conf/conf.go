@@ -118,9 +118,20 @@ type Signer struct {
 	Range string // "file:line:col" of the signer block, for later diagnostics
 }
 
-// Keymap says where the key map CSV lives.
+// Keymap says where the key map lives: a CSV file (Path), or PostgreSQL (Postgres) for several
+// instances sharing one store. Exactly one is set.
 type Keymap struct {
 	Path string
+	// Postgres is the libpq connection string or postgres:// URI; it may hold a password.
+	Postgres Secret
+	// PostgresSource says where it came from, for messages: "postgres", "env:NAME" or
+	// "file:/path". It never holds the string.
+	PostgresSource string
+	// Instance names this instance in the store's heartbeat table; "" lets the server choose.
+	Instance string
+	// Staleness is how long an instance may go without confirming that its copy of the store
+	// is current before it refuses to use keys; 0 means the store's default.
+	Staleness time.Duration
 }
 
 // Audit configures the audit log; Path is "" when there is none.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/url"
+	"os"
 	"regexp"
 	"runtime"
 	"sort"
@@ -639,14 +641,131 @@ func (d *decoder) retired(top content, cfg *Config) {
 	}
 }
 
+var keymapAttrs = []string{"path", "postgres", "postgres_file", "instance", "staleness"}
+
 func (d *decoder) keymap(b *hclsyntax.Block, cfg *Config) {
 	if b == nil {
 		d.add(hcl.InitialPos, "there is no keymap block", `add keymap { path = "keymap.csv" }; p11bridge keeps its key map there`)
 		return
 	}
-	c := d.content(b.Body, " in the keymap block", []string{"path"}, nil, "")
-	cfg.Keymap.Path = d.requiredPath(b, c, "keymap.csv")
-	d.keymapAttr = c.attrs["path"]
+	c := d.content(b.Body, " in the keymap block", keymapAttrs, nil, "postgres")
+	pg := present(c, "postgres", "postgres_file")
+	if len(pg) == 0 {
+		cfg.Keymap.Path = d.requiredPath(b, c, "keymap.csv")
+		d.keymapAttr = c.attrs["path"]
+		for _, n := range []string{"instance", "staleness"} {
+			if a := c.attrs[n]; a != nil {
+				d.add(a.NameRange.Start, n+" in the keymap block applies to a PostgreSQL keymap only",
+					`remove it, or keep the keymap in PostgreSQL: postgres = env("P11BRIDGE_KEYMAP_DSN")`)
+			}
+		}
+		return
+	}
+	if a := c.attrs["path"]; a != nil {
+		d.add(a.NameRange.Start, "the keymap block has both a path and "+pg[0].Name,
+			"keep one: path for a CSV file (one instance), postgres for a store that several instances share")
+	}
+	if len(pg) > 1 {
+		d.add(pg[1].NameRange.Start, "the keymap block has both postgres and postgres_file", "keep exactly one of them")
+	}
+	if a := c.attrs["postgres"]; a != nil {
+		if v, ok := d.str(a); ok {
+			cfg.Keymap.PostgresSource = "postgres"
+			if env, ok := envCallName(a.Expr); ok {
+				cfg.Keymap.PostgresSource = "env:" + env
+			}
+			if d.dsn(a, v, cfg.Keymap.PostgresSource) && cfg.Keymap.PostgresSource == "postgres" && dsnHasPassword(v) {
+				d.prodAdd(a.at(), "the keymap's PostgreSQL password is written in the config file",
+					`production mode reads it from the environment or a private file: postgres = env("P11BRIDGE_KEYMAP_DSN"), or postgres_file = "…" with mode 0600 (or leave the password to ~/.pgpass)`)
+			}
+			cfg.Keymap.Postgres = Secret(v)
+		}
+	}
+	if a := c.attrs["postgres_file"]; a != nil {
+		if p, ok := d.str(a); ok {
+			path := d.path(p)
+			b, err := readLimited(path, maxPINFile, true)
+			switch {
+			case p == "":
+				d.add(a.at(), a.what()+" is empty", "give the path of a file holding the connection string")
+			case err != nil:
+				d.add(a.at(), "cannot read the keymap's postgres_file", err.Error())
+			default:
+				v := strings.TrimRight(string(b), "\r\n")
+				d.secrets = append(d.secrets, v)
+				cfg.Keymap.PostgresSource = "file:" + path
+				if d.dsn(a, v, cfg.Keymap.PostgresSource) {
+					cfg.Keymap.Postgres = Secret(v)
+				}
+				if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+					d.prodAdd(a.at(), fmt.Sprintf("the keymap's postgres_file is open to other users (mode %04o)", st.Mode().Perm()),
+						fmt.Sprintf("production mode needs mode 0600 or stricter: chmod 600 %s", path))
+				}
+			}
+		}
+	}
+	if a := c.attrs["instance"]; a != nil {
+		if v, ok := d.str(a); ok {
+			if nameRE.MatchString(v) {
+				cfg.Keymap.Instance = v
+			} else {
+				d.add(a.at(), fmt.Sprintf("bad instance name %q", v), "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+			}
+		}
+	}
+	if a := c.attrs["staleness"]; a != nil {
+		if v, ok := d.duration(a, 100*time.Millisecond, time.Hour); ok {
+			cfg.Keymap.Staleness = v
+		}
+	}
+}
+
+// dsn checks the form of a PostgreSQL connection string. Nothing it reports quotes the string:
+// it may hold a password.
+func (d *decoder) dsn(a *attr, v, source string) bool {
+	d.secrets = append(d.secrets, v)
+	if u, err := url.Parse(v); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			d.secrets = append(d.secrets, pw)
+		}
+	}
+	where := "the keymap's postgres connection string"
+	if strings.HasPrefix(source, "env:") {
+		where += fmt.Sprintf(" (environment variable %q)", strings.TrimPrefix(source, "env:"))
+	} else if strings.HasPrefix(source, "file:") {
+		where += " (in " + strings.TrimPrefix(source, "file:") + ")"
+	}
+	switch {
+	case v == "":
+		d.add(a.at(), where+" is empty", `give a URI such as "postgres://p11bridge@db.example:5432/p11bridge"`)
+		return false
+	case strings.HasPrefix(v, "postgres://") || strings.HasPrefix(v, "postgresql://"):
+		if _, err := url.Parse(v); err != nil {
+			d.add(a.at(), where+" is not a valid URI", "check its quoting: characters such as '@', ':' and '/' in a password must be percent-encoded")
+			return false
+		}
+	case strings.Contains(v, "="):
+	default:
+		d.add(a.at(), where+" is neither a postgres:// URI nor key=value pairs", `e.g. "postgres://p11bridge@db.example:5432/p11bridge" or "host=db.example dbname=p11bridge user=p11bridge"`)
+		return false
+	}
+	return true
+}
+
+// dsnHasPassword says whether a connection string carries a password itself.
+func dsnHasPassword(v string) bool {
+	if u, err := url.Parse(v); err == nil && u.Scheme != "" {
+		if _, ok := u.User.Password(); ok {
+			return true
+		}
+		return u.Query().Has("password")
+	}
+	for _, f := range strings.Fields(v) {
+		if strings.HasPrefix(strings.ToLower(f), "password=") {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *decoder) audit(b *hclsyntax.Block, cfg *Config) {

@@ -77,9 +77,17 @@ default_signer = "hsm-a"
 # keys are given up.
 # retired_signers = ["hsm-old"]
 
-# The key map: which key lives on which token, and its KMIP state.
+# The key map: which key lives on which token, and its KMIP state. One
+# instance keeps it in a CSV file (path). Several instances in front of one
+# HSM share it in PostgreSQL instead (docs/howto-cluster.md): replace path
+# with postgres = env("NAME") or postgres_file (mode 0600), a libpq
+# connection string or postgres:// URI; the schema is created at start.
 keymap {
   path = "keymap.csv"
+  # postgres  = env("P11BRIDGE_KEYMAP_DSN")
+  # instance  = "bridge-1"  # this instance in /status; default host/pid
+  # staleness = "2s"        # an instance that cannot confirm for this long
+  #                         # that its rows are current refuses keys
 }
 
 # One line per request. With required = true a request fails when its audit

@@ -248,7 +248,7 @@ func (d *decoder) scan(src []byte, filename string) {
 		}
 	}
 	for i := 0; i < len(toks); i++ {
-		if toks[i].Type != hclsyntax.TokenIdent || string(toks[i].Bytes) != "pin" {
+		if toks[i].Type != hclsyntax.TokenIdent || (string(toks[i].Bytes) != "pin" && string(toks[i].Bytes) != "postgres") {
 			continue
 		}
 		start, end := toks[i].Range.Start.Byte, len(src)

@@ -22,7 +22,11 @@ func (h *Handler) keyCall(c *call, req any, optionalBody bool) (string, signer.K
 		writeError(c.w, e)
 		return "", signer.KESKey{}, false
 	}
-	k, exists := h.reg.KESKey(c.caller, name)
+	k, exists, err := h.reg.LookupKESKey(c.caller, name)
+	if err != nil {
+		writeError(c.w, fromSigner(err, "look up key"))
+		return "", signer.KESKey{}, false
+	}
 	if !exists {
 		writeError(c.w, errKeyNotFound)
 		return "", signer.KESKey{}, false

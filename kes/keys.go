@@ -123,7 +123,11 @@ func (h *Handler) describeKey(c *call) {
 	if !ok {
 		return
 	}
-	k, exists := h.reg.KESKey(c.caller, name)
+	k, exists, err := h.reg.LookupKESKey(c.caller, name)
+	if err != nil {
+		writeError(c.w, fromSigner(err, "describe key"))
+		return
+	}
 	if !exists {
 		writeError(c.w, errKeyNotFound)
 		return

@@ -23,6 +23,15 @@
 // waits for queued writes; afterwards writes fail with ErrClosed and reads
 // keep answering from memory.
 //
+// # Two stores
+//
+// Map is the CSV log described below, for one process. PG (pg.go) keeps the same rows in
+// PostgreSQL for several instances of a cluster: each holds them in memory in a Map of its own and
+// follows the database through a change feed; its writes are transactions (compare-and-set for
+// Update), its named locks are advisory locks, and Fresh tells when it cannot confirm that its
+// copy is current. Both offer Update, PutNew, Lock, Sync and Fresh (store.go), which the
+// registry's Store interface names.
+//
 // # File format, version 1
 //
 // UTF-8 text, "\n" line ends, one row per physical line. Line 1 names the

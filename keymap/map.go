@@ -85,6 +85,9 @@ type Map struct {
 	compactMu sync.Mutex
 
 	fsyncs atomic.Int64 // batches made durable, to see group commit at work
+
+	// rowLocks serialize Update and PutNew per id, nameLocks the named locks (store.go).
+	rowLocks, nameLocks *stripes
 }
 
 type inflight struct {
@@ -113,6 +116,7 @@ func open(d disk, path string, log *slog.Logger) (*Map, error) {
 		inflight: make(map[string]inflight),
 		flushSem: make(chan struct{}, 1),
 		disk:     d,
+		rowLocks: newStripes(), nameLocks: newStripes(),
 	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -557,7 +561,8 @@ func OpenReadOnly(path string, log *slog.Logger) (*Map, error) {
 		return nil, merry.Prependf(err, "keymap %s", path)
 	}
 	defer f.Close()
-	m := &Map{path: path, log: log, readOnly: true, inflight: make(map[string]inflight), flushSem: make(chan struct{}, 1)}
+	m := &Map{path: path, log: log, readOnly: true, inflight: make(map[string]inflight), flushSem: make(chan struct{}, 1),
+		rowLocks: newStripes(), nameLocks: newStripes()}
 	res, err := m.load(f)
 	if err != nil {
 		return nil, err
@@ -566,4 +571,28 @@ func OpenReadOnly(path string, log *slog.Logger) (*Map, error) {
 	m.buildIndexes(res.entries, res.kids)
 	m.closed = true
 	return m, nil
+}
+
+// newMemory returns an empty map that lives in memory only, for a store that keeps its rows
+// elsewhere (pg.go) and changes it through set. Its own writes fail with ErrClosed.
+func newMemory(name string, log *slog.Logger) *Map {
+	m := &Map{path: name, log: log, readOnly: true, inflight: make(map[string]inflight), flushSem: make(chan struct{}, 1),
+		recs: map[string]*entry{}, rowLocks: newStripes(), nameLocks: newStripes(), closed: true}
+	m.buildIndexes(nil, 0)
+	return m
+}
+
+// set makes r (or, when r is nil, the deletion of id) visible, as a committed write does.
+func (m *Map) set(id string, r *Record) error {
+	var st *stored
+	if r != nil {
+		var err error
+		if st, err = prepare(*r, time.Now()); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	m.apply(id, st)
+	m.mu.Unlock()
+	return nil
 }

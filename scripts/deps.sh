@@ -15,6 +15,8 @@ if [ "${1:-}" = "test" ]; then
   command -v curl >/dev/null 2>&1 || need+=(curl)
   # The how-tos (docs/howto-*.md) run as written in the tests: JSON on the command line.
   command -v jq >/dev/null 2>&1 || need+=(jq)
+  # The PostgreSQL keymap's tests run a real server (initdb in a temporary directory).
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fi
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 

@@ -43,6 +43,8 @@ type Status struct {
 	Reloads         int64  `json:"reloads"`
 	LastReload      string `json:"last_reload,omitempty"`
 	LastReloadError string `json:"last_reload_error,omitempty"`
+	// Keymap is the store: CSV or PostgreSQL, and for PostgreSQL its change feed and the cluster.
+	Keymap StoreStatus `json:"keymap"`
 }
 
 // Status collects the status view.
@@ -50,6 +52,7 @@ func (s *Server) Status() Status {
 	census := s.reg.Census()
 	st := Status{Version: s.opts.Version, Uptime: time.Since(s.start).Seconds(), Default: s.reg.Default(), Rollover: s.reg.Rollover()}
 	st.RolloverUnderway = st.Rollover != ""
+	st.Keymap = storeStatus(context.Background(), s.km)
 	if o := s.reloads.Load(); o != nil {
 		st.Reloads, st.LastReload, st.LastReloadError = o.count, o.at.Format(time.RFC3339), o.err
 	}
@@ -118,13 +121,19 @@ func (s *Server) opsHandler() http.Handler {
 			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil),
 			copies: prometheus.NewDesc("p11bridge_signer_key_copies", "Session copies of keys (AES, HMAC, private) the signer holds in its token (key_copies).",
 				[]string{"signer"}, nil),
-			seals: prometheus.NewDesc("p11bridge_key_gcm_seals", "AES-GCM seals of the keys past 2^31 of them (rotate before 2^32).", []string{"key"}, nil)})
+			seals: prometheus.NewDesc("p11bridge_key_gcm_seals", "AES-GCM seals of the keys past 2^31 of them (rotate before 2^32).", []string{"key"}, nil)},
+		newStoreCollector(s), s.metrics.write, s.metrics.lag)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
+		// An instance that cannot confirm its keymap is current refuses keys: take it out of rotation.
+		if err := s.km.Fresh(); err != nil {
+			http.Error(w, "keymap: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		for _, t := range s.reg.Signers() {
 			if _, err := t.Ping(ctx); err != nil {
 				http.Error(w, "signer "+t.Name()+" unavailable", http.StatusServiceUnavailable)

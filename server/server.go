@@ -55,8 +55,9 @@ type Server struct {
 	errors  *broadcast
 	audits  *broadcast
 
-	km  *keymap.Map
-	reg *signer.Registry
+	km      signer.Store
+	reg     *signer.Registry
+	metrics *storeMetrics
 
 	auth  atomic.Pointer[auth]
 	tls   atomic.Pointer[tlsState]
@@ -140,7 +141,8 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		s.auditW.file = f
 	}
 	s.audit = slog.New(slog.NewJSONHandler(s.auditW, nil))
-	km, err := keymap.Open(cfg.Keymap.Path, s.log)
+	s.metrics = newStoreMetrics()
+	km, err := openStore(cfg, StoreServe, s.log, opts.Version, s.metrics)
 	if err != nil {
 		s.closeLogs()
 		return nil, fmt.Errorf("keymap: %w", err)
@@ -307,8 +309,9 @@ func (s *Server) goServe(name string, serve func() error) {
 // the audit log on SIGHUP before reloading, whether or not the new configuration is accepted.)
 func (s *Server) Reload(cfg *conf.Config) error {
 	old := s.cfg.Load()
-	if cfg.Keymap.Path != old.Keymap.Path {
-		return fmt.Errorf("reload: the keymap path cannot change while running (restart instead)")
+	if cfg.Keymap.Path != old.Keymap.Path || cfg.Keymap.Postgres != old.Keymap.Postgres || cfg.Keymap.Instance != old.Keymap.Instance ||
+		cfg.Keymap.Staleness != old.Keymap.Staleness {
+		return fmt.Errorf("reload: the keymap settings cannot change while running (restart instead)")
 	}
 	if cfg.Listen != old.Listen {
 		return fmt.Errorf("reload: listener addresses cannot change while running (restart instead)")
@@ -412,9 +415,15 @@ func (s *Server) noteReload(err error) {
 	s.reloads.Store(o)
 }
 
-// PIDFile is where a serving p11bridge writes its process id: next to its keymap, which only one
-// process may hold. `p11bridge reload` reads it.
-func PIDFile(cfg *conf.Config) string { return cfg.Keymap.Path + ".pid" }
+// PIDFile is where a serving p11bridge writes its process id: next to its CSV keymap, which only one
+// process may hold, or, with a PostgreSQL keymap that several share, next to its config file.
+// `p11bridge reload` reads it.
+func PIDFile(cfg *conf.Config) string {
+	if cfg.Keymap.Path == "" {
+		return cfg.File + ".pid"
+	}
+	return cfg.Keymap.Path + ".pid"
+}
 
 // Run starts a server from the config file and serves until SIGINT or SIGTERM; SIGHUP reloads.
 func Run(path string, opts Options) error {

@@ -1,6 +1,8 @@
 package signer
 
 import (
+	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -340,15 +342,45 @@ func stateWord(st keymap.State) string {
 
 // Access resolves id for c and decides whether c may do u with it now. Another owner's object, and
 // one outside the caller's patterns, answer exactly as a missing one.
+//
+// A refusal is confirmed against the store before it is answered: in a cluster, another instance
+// may have just made the change that allows it (an Activate through another instance, then a
+// Sign here). Only refusals pay for that; what is allowed is decided from memory, which the store
+// keeps within its staleness bound.
 func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
+	if u == UseManage {
+		// Management (Destroy, Revoke, attribute changes, ReKey) decides from the row as committed
+		// anywhere in the cluster: it is rare, and a front end checks the state it reads here.
+		if err := r.km.Sync(context.Background()); err != nil {
+			return keymap.Record{}, storeErr(err, "object %q", id)
+		}
+	}
 	row, err := r.row(c, id)
 	if err != nil {
 		return keymap.Record{}, err
 	}
 	if err := allow(c, row.rec, row.f, u, time.Now()); err != nil {
-		return keymap.Record{}, err
+		if !errors.Is(err, ErrWrongState) && !errors.Is(err, ErrUsage) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDenied) ||
+			r.km.Sync(context.Background()) != nil {
+			return keymap.Record{}, err
+		}
+		if row, err = r.row(c, id); err != nil {
+			return keymap.Record{}, err
+		}
+		if err := allow(c, row.rec, row.f, u, time.Now()); err != nil {
+			return keymap.Record{}, err
+		}
 	}
 	return row.rec, nil
+}
+
+// Sync brings the registry's view of the keymap up to every change committed before the call:
+// for management reads (Locate, KES list) that must see what another instance just did.
+func (r *Registry) Sync(ctx context.Context) error {
+	if err := r.km.Sync(ctx); err != nil {
+		return storeErr(err, "read keymap")
+	}
+	return nil
 }
 
 // Allow decides whether c may do u with rec, a row the caller already holds (Locate filters with

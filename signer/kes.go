@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/p11bridge/p11bridge/keymap"
@@ -85,7 +83,7 @@ func (k KESKey) Version(tag []byte) (keymap.Record, bool) {
 // per version, by the operation that uses one.
 func (r *Registry) kesKey(name string) (KESKey, bool) { return kesKeyIn(r.km, name) }
 
-func kesKeyIn(km *keymap.Map, name string) (KESKey, bool) {
+func kesKeyIn(km interface{ ByName(string) []keymap.Record }, name string) (KESKey, bool) {
 	var vs []keymap.Record
 	for _, rec := range km.ByName(name) {
 		if IsKESVersionOf(rec, name) {
@@ -104,19 +102,38 @@ func kesKeyIn(km *keymap.Map, name string) (KESKey, bool) {
 	return KESKey{Name: name, Versions: vs}, true
 }
 
-// KESKey returns the KES key name as c may know it: ok is false when there is none, and when c may
+// KESKey is LookupKESKey for callers that need no reason for a miss (tests, tools).
+func (r *Registry) KESKey(c Caller, name string) (KESKey, bool) {
+	k, ok, err := r.LookupKESKey(c, name)
+	return k, ok && err == nil
+}
+
+// LookupKESKey returns the KES key name as c may know it: ok is false when there is none, and when c may
 // not know of it (another identity's key answers exactly as a missing one). The answer is cached
 // until the keymap changes: the hot routes resolve the same few names on every request.
-func (r *Registry) KESKey(c Caller, name string) (KESKey, bool) {
-	k, ok := r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
-	if !ok || !c.reaches(k.Original()) {
-		return KESKey{}, false
+// A name no KES key holds here is looked up again once the store has caught up, as another instance
+// may have made it a moment ago. It fails (ErrUnavailable) while the store cannot confirm that its
+// rows are current.
+func (r *Registry) LookupKESKey(c Caller, name string) (KESKey, bool, error) {
+	if err := r.km.Fresh(); err != nil {
+		return KESKey{}, false, errorf(ErrUnavailable, "KES key %q: %v", name, err)
 	}
-	return k, true
+	k, ok := r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
+	if !ok {
+		if err := r.km.Sync(context.Background()); err != nil {
+			return KESKey{}, false, storeErr(err, "KES key %q", name)
+		}
+		k, ok = r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
+	}
+	if !ok || !c.reaches(k.Original()) {
+		return KESKey{}, false, nil
+	}
+	return k, true, nil
 }
 
 // KESNames returns the names of the KES keys c may know of, in no particular order.
 func (r *Registry) KESNames(c Caller) []string {
+	r.km.Sync(context.Background()) // best effort: a list may lag, a use may not (LookupKESKey)
 	seen := map[string]bool{}
 	var out []string
 	r.km.Range(func(rec keymap.Record) bool {
@@ -132,21 +149,16 @@ func (r *Registry) KESNames(c Caller) []string {
 // maxCachedKESKeys bounds the KES keys whose versions the registry caches.
 const maxCachedKESKeys = 4096
 
-// nameLocks serializes the KES operations on one name (create, import, delete, rotate, share) in
-// the process, so two creates of one name cannot both see it free. Striped: a name always maps to
-// the same mutex, unrelated names rarely share one. Only the KES functions below take them, never
-// the paths they call.
-var nameLocks struct {
-	seed maphash.Seed
-	mu   [64]sync.Mutex
-}
-
-func init() { nameLocks.seed = maphash.MakeSeed() }
-
-func lockName(name string) func() {
-	m := &nameLocks.mu[maphash.String(nameLocks.seed, name)%uint64(len(nameLocks.mu))]
-	m.Lock()
-	return m.Unlock
+// lockName serializes the KES operations on one name (create, import, delete, rotate, share) across
+// the store's users — the process for the CSV map, every instance of a cluster for PostgreSQL — so
+// two creates of one name cannot both see it free. Once held, the store reflects every change made
+// under it before. Only the KES functions below take it, never the paths they call.
+func (r *Registry) lockName(ctx context.Context, name string) (func(), error) {
+	unlock, err := r.km.Lock(ctx, "kes:"+name)
+	if err != nil {
+		return nil, storeErr(err, "KES key %q: lock its name", name)
+	}
+	return unlock, nil
 }
 
 // errKESExists answers create, import or share of a name that a KES key holds.
@@ -160,7 +172,11 @@ func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (key
 	if err := r.checkNew(c, keymap.Record{Name: name, Attrs: map[string]string{AttrKESName: name}}); err != nil {
 		return keymap.Record{}, err
 	}
-	defer lockName(name)()
+	unlock, err := r.lockName(ctx, name)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	defer unlock()
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
 	}
@@ -178,7 +194,11 @@ func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key 
 	if err := r.checkNew(c, keymap.Record{Name: name, Attrs: map[string]string{AttrKESName: name}}); err != nil {
 		return keymap.Record{}, err
 	}
-	defer lockName(name)()
+	unlock, err := r.lockName(ctx, name)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	defer unlock()
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
 	}
@@ -211,7 +231,11 @@ func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key 
 // key's owner and the admin may; others get ErrNotFound (when they may not know of it) or ErrDenied.
 // It calls done with each version before it is destroyed (for the audit record).
 func (r *Registry) DeleteKESKey(ctx context.Context, c Caller, name string, done func(keymap.Record)) error {
-	defer lockName(name)()
+	unlock, err := r.lockName(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	k, exists := r.kesKey(name)
 	if !exists || !c.reaches(k.Original()) {
 		return errorf(ErrNotFound, "KES key %q does not exist", name)
@@ -243,7 +267,11 @@ func (r *Registry) DeleteKESKey(ctx context.Context, c Caller, name string, done
 // keys go now, Active. generate and encrypt use it from then on; older versions still decrypt, and
 // hmac keeps using the original version. Only the owner and the admin may rotate.
 func (r *Registry) RotateKESKey(ctx context.Context, c Caller, name string) (keymap.Record, error) {
-	defer lockName(name)()
+	unlock, err := r.lockName(ctx, name)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	defer unlock()
 	k, ok := r.kesKey(name)
 	if !ok || !c.reaches(k.Original()) {
 		return keymap.Record{}, errorf(ErrNotFound, "KES key %q does not exist", name)
@@ -260,7 +288,11 @@ func (r *Registry) ShareKES(c Caller, id, name string) (keymap.Record, error) {
 	if !c.Admin {
 		return keymap.Record{}, errorf(ErrDenied, "only the operator or the admin may share a key with KES")
 	}
-	defer lockName(name)()
+	unlock, err := r.lockName(context.Background(), name)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	defer unlock()
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
 	}
@@ -292,7 +324,10 @@ const kmipNameAttr = "kmip.Name"
 // UnsharedKESCandidates lists the live AES keys of km without the KES mark whose Name is a free KES
 // key name: the objects earlier versions let KES use by name, which now need `keys share-kes`.
 // valid says whether a name is a valid KES key name.
-func UnsharedKESCandidates(km *keymap.Map, valid func(string) bool) []keymap.Record {
+func UnsharedKESCandidates(km interface {
+	Range(func(keymap.Record) bool)
+	ByName(string) []keymap.Record
+}, valid func(string) bool) []keymap.Record {
 	var out []keymap.Record
 	km.Range(func(rec keymap.Record) bool {
 		if rec.Class == keymap.SecretKey && rec.Algorithm == AES && live(rec) && rec.Name != "" && valid(rec.Name) {

@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/asn1"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -131,7 +133,15 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 		return keymap.Record{}, err
 	}
 	label := meta.Name
+	tries := 0
 	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		if tries++; tries > 1 {
+			// A retry on a new session after a failure part way (the HMAC half, say): objects the
+			// first try left under this fresh tag would make a second key with the same CKA_ID.
+			if err := t.destroyTag(sh, tag); err != nil {
+				return err
+			}
+		}
 		var mech uint = pkcs11.CKM_AES_KEY_GEN
 		var kt uint = pkcs11.CKK_AES
 		if spec.Algorithm == HMAC {
@@ -146,7 +156,9 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 				secretTemplate(tag, label, pkcs11.CKK_GENERIC_SECRET, 32))
 			if err != nil {
 				// Half a KES key is no key: leave no orphan behind.
-				_ = t.ctx.DestroyObject(sh, h)
+				if derr := t.ctx.DestroyObject(sh, h); derr != nil {
+					t.log.Warn("generate: the HMAC half failed and the AES half could not be removed; a retry removes it", "tag", hex.EncodeToString(tag), "err", err, "destroy_err", derr)
+				}
 			}
 			return err
 		}
@@ -333,7 +345,7 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 		return classify(err, fmt.Sprintf("signer %q: destroy %s", t.cfg.Name, id))
 	}
 	if err := r.km.Delete(id); err != nil {
-		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
+		return storeErr(err, "object %q: write keymap", id)
 	}
 	return nil
 }
@@ -343,22 +355,21 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 const AttrDestroying = "p11.destroying"
 
 func (r *Registry) markDestroying(id string) error {
-	r.recMu.Lock()
-	defer r.recMu.Unlock()
-	rec, ok := r.km.Get(id)
-	if !ok {
+	_, err := r.km.Update(id, func(rec *keymap.Record) error {
+		rec.Attrs = withAttr(rec.Attrs, AttrDestroying, time.Now().UTC().Format(time.RFC3339Nano))
+		rec.Updated = time.Time{}
+		return nil
+	})
+	if errors.Is(err, keymap.ErrNotFound) {
 		return notFound(id)
 	}
-	rec.Attrs = withAttr(rec.Attrs, AttrDestroying, time.Now().UTC().Format(time.RFC3339Nano))
-	rec.Updated = time.Time{}
-	if err := r.km.Put(rec); err != nil {
-		return errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
-	}
-	return nil
+	return storeErr(err, "object %q: write keymap", id)
 }
 
 // HalfDestroyed lists the rows of km whose Destroy began and did not finish.
-func HalfDestroyed(km *keymap.Map) []keymap.Record {
+func HalfDestroyed(km interface {
+	Range(func(keymap.Record) bool)
+}) []keymap.Record {
 	var out []keymap.Record
 	km.Range(func(rec keymap.Record) bool {
 		if rec.Attrs[AttrDestroying] != "" {
@@ -385,6 +396,24 @@ func (r *Registry) FinishDestroys(ctx context.Context) (int, error) {
 		r.log.Info("finished a destroy that was cut short", "id", rec.ID, "signer", rec.Signer)
 	}
 	return n, first
+}
+
+// destroyTag removes every token object under tag: what a failed generation left of a key nobody
+// was told about.
+func (t *Token) destroyTag(sh pkcs11.SessionHandle, tag []byte) error {
+	hs, err := t.findAll(sh, tag, objKind{class: ^uint(0)})
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if err := t.ctx.DestroyObject(sh, h); err != nil && ckr(err) != pkcs11.CKR_OBJECT_HANDLE_INVALID {
+			return err
+		}
+	}
+	if len(hs) > 0 {
+		t.log.Warn("generate: removed what a failed try left under a fresh tag before trying again", "tag", hex.EncodeToString(tag), "objects", len(hs))
+	}
+	return nil
 }
 
 // ecPublic builds an ECDSA public key from a curve size and an uncompressed point.

@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/keymap/pgtest"
 	"github.com/p11bridge/p11bridge/signer/softhsm"
 )
 
@@ -59,6 +60,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer testReg.Close()
+	defer pgtest.StopShared() // started by the store benchmarks, if they ran
 	return m.Run()
 }
 

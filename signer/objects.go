@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync/atomic"
 
@@ -88,7 +89,14 @@ func (t *Token) findCached(ctx context.Context, tag []byte, k objKind) (pkcs11.O
 		t.remember(key, hs[0])
 		return hs[0], nil, nil
 	}
-	// Tags are random 20-byte values; duplicates mean someone else wrote to the token. Refuse to guess.
+	// Tags are random 20-byte values; duplicates mean someone else wrote to the token. Refuse to
+	// guess — unless the handles are one secret key seen twice: SoftHSM2's file store, written by
+	// several processes at once (a cluster on one token), can index an object this process made
+	// a second time. Equal key check values (the same fixed input processed by each) show that.
+	if h, ok := t.sameSecret(ctx, hs, k); ok {
+		t.remember(key, h)
+		return h, nil, nil
+	}
 	return 0, nil, errorf(ErrInvalid, "signer %q holds %d objects of kind %s with CKA_ID %s; refusing to pick one", t.cfg.Name, len(hs), k, hex.EncodeToString(tag))
 }
 
@@ -221,3 +229,48 @@ func kindForClass(rec keymap.Record) objKind {
 	}
 	return kindData
 }
+
+// sameSecret reports whether the AES or HMAC key handles hs all hold the same key, by comparing
+// key check values: AES-ECB of a zero block, HMAC-SHA-256 of a fixed message. Keys whose usage
+// forbids that are never taken for equal.
+func (t *Token) sameSecret(ctx context.Context, hs []pkcs11.ObjectHandle, k objKind) (pkcs11.ObjectHandle, bool) {
+	var mech *pkcs11.Mechanism
+	switch k {
+	case kindAES:
+		mech = pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)
+	case kindHMAC:
+		mech = pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)
+	default:
+		return 0, false
+	}
+	var first []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		for i, h := range hs {
+			var kcv []byte
+			var err error
+			if k == kindAES {
+				if err = t.ctx.EncryptInit(sh, []*pkcs11.Mechanism{mech}, h); err == nil {
+					kcv, err = t.ctx.Encrypt(sh, make([]byte, 16))
+				}
+			} else if err = t.ctx.SignInit(sh, []*pkcs11.Mechanism{mech}, h); err == nil {
+				kcv, err = t.ctx.Sign(sh, []byte("p11bridge key check value"))
+			}
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				first = kcv
+			} else if !bytes.Equal(kcv, first) {
+				return errNotSame
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false
+	}
+	t.log.Debug("the token lists one key twice under its tag; key check values are equal, using the first", "objects", len(hs))
+	return hs[0], true
+}
+
+var errNotSame = errors.New("different keys")

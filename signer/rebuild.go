@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -201,14 +202,21 @@ func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]k
 	var out []keymap.Record
 	r.recMu.Lock()
 	defer r.recMu.Unlock()
+	// Rows other instances committed count as present.
+	if err := r.km.Sync(ctx); err != nil {
+		return nil, storeErr(err, "rebuild: read keymap")
+	}
 	for _, tag := range tags {
 		for _, rec := range r.derive(ctx, t, []byte(tag), byTag[tag]) {
 			if _, ok := r.km.Get(rec.ID); ok {
 				continue
 			}
 			if !dryRun {
-				if err := r.km.Put(rec); err != nil {
-					return out, errorf(ErrUnavailable, "rebuild: write keymap: %v", err)
+				// PutNew: a row another instance writes meanwhile is kept, not overwritten.
+				if err := r.km.PutNew(rec); errors.Is(err, keymap.ErrExists) {
+					continue
+				} else if err != nil {
+					return out, storeErr(err, "rebuild: write keymap")
 				}
 			}
 			out = append(out, rec)
@@ -254,9 +262,15 @@ func (r *Registry) adopt(ctx context.Context, id string) (keymap.Record, bool) {
 		ok := false
 		for _, rec := range r.derive(ctx, t, tag, objs) {
 			if _, have := r.km.Get(rec.ID); !have {
-				if err := r.km.Put(rec); err != nil {
+				// Another instance may adopt the same object at the same moment: its row wins.
+				if err := r.km.PutNew(rec); errors.Is(err, keymap.ErrExists) {
+					r.km.Sync(ctx)
+				} else if err != nil {
 					continue
 				}
+			}
+			if got, have := r.km.Get(rec.ID); have {
+				rec = got
 			}
 			if rec.ID == id {
 				found, ok = rec, true

@@ -44,11 +44,11 @@ type state struct {
 // Registry is safe for concurrent use. Its configuration is an immutable snapshot replaced
 // atomically, so requests in flight finish on the signers they started with.
 type Registry struct {
-	km    *keymap.Map
+	km    Store
 	log   *slog.Logger
 	st    atomic.Pointer[state]
 	cfgMu sync.Mutex // serializes Reconfigure and Close
-	recMu sync.Mutex // serializes read-modify-write of keymap rows
+	recMu sync.Mutex // serializes Rebuild and adoption in this process
 
 	missMu       sync.Mutex
 	misses       map[string]time.Time // identifiers recently found on no token
@@ -74,9 +74,9 @@ type keyRow struct {
 // maxCachedRows bounds rows: the keys in use at once, not all keys.
 const maxCachedRows = 4096
 
-// Open opens every configured signer. It fails, naming each signer that could not be opened,
-// unless all open; nothing stays open on failure.
-func Open(opts Options, km *keymap.Map) (*Registry, error) {
+// Open opens every configured signer on the keymap store km. It fails, naming each signer that
+// could not be opened, unless all open; nothing stays open on failure.
+func Open(opts Options, km Store) (*Registry, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -245,6 +245,13 @@ func ParseObjectID(id string) (tag []byte, publicHalf bool, err error) {
 func (r *Registry) Get(id string) (keymap.Record, error) {
 	rec, ok := r.km.Get(id)
 	if !ok {
+		// Made a moment ago by another instance, and not yet here through the change feed?
+		if err := r.km.Sync(context.Background()); err != nil {
+			return keymap.Record{}, storeErr(err, "object %q", id)
+		}
+		rec, ok = r.km.Get(id)
+	}
+	if !ok {
 		if rec, ok = r.adopt(context.Background(), id); !ok {
 			return keymap.Record{}, notFound(id)
 		}
@@ -255,8 +262,13 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 // row is Get through the row cache, with the row's lifecycle facts, for c. Only the admin's lookups
 // look for an unknown identifier on the tokens (adopt): an adopted row belongs to nobody, so nobody
 // else could use it, and a token search that only a missing identifier costs would tell a prober
-// a missing object from another owner's.
+// a missing object from another owner's. It fails while the store cannot confirm that its rows are
+// current (a cluster instance that lost its change feed), so that a key revoked elsewhere is not
+// used here.
 func (r *Registry) row(c Caller, id string) (*keyRow, error) {
+	if err := r.km.Fresh(); err != nil {
+		return nil, errorf(ErrUnavailable, "object %q: %v", id, err)
+	}
 	row, ok := r.rows.Get(r.km.Changes(), id, func() (*keyRow, bool) {
 		rec, ok := r.km.Get(id)
 		if !ok {
@@ -268,6 +280,14 @@ func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 		return row, nil
 	}
 	if !c.Admin {
+		// Made a moment ago through another instance of a cluster? One catch-up, as a refusal of
+		// another owner's object costs one too (Access), so the two still cost the same.
+		if err := r.km.Sync(context.Background()); err != nil {
+			return nil, storeErr(err, "object %q", id)
+		}
+		if rec, ok := r.km.Get(id); ok {
+			return &keyRow{rec: rec, f: factsOf(rec)}, nil
+		}
 		return nil, notFound(id)
 	}
 	rec, err := r.Get(id) // an identifier the keymap lacks may be adopted
@@ -305,41 +325,61 @@ func (r *Registry) List(signer string) []keymap.Record {
 // it, and persists it before returning. fn must not change the fields that bind the row to the
 // token (ID, Tag, Signer, Class), nor, unless c is the admin, its owner or KES mark; a new name
 // must be one c may give and no KES key holds.
+//
+// The change is atomic across the cluster: the store runs it on the row as last committed (and,
+// when another change of the row commits first, again on the newer row), so no change is lost and
+// the rules are decided on the row the change is made to. fn must therefore decide from the row it
+// is given alone.
 func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (keymap.Record, error) {
-	r.recMu.Lock()
-	defer r.recMu.Unlock()
-	rec, ok := r.km.Get(id)
-	if !ok {
+	if err := r.km.Fresh(); err != nil {
+		return keymap.Record{}, errorf(ErrUnavailable, "object %q: %v", id, err)
+	}
+	var renamed bool
+	// ruled is the closure's own refusal (the rules', or fn's, in the caller's vocabulary), which
+	// goes back as it is; anything else is the store's.
+	var ruled error
+	rec, err := r.km.Update(id, func(rec *keymap.Record) error {
+		ruled = r.changeRow(c, id, rec, fn, &renamed)
+		return ruled
+	})
+	switch {
+	case err != nil && err == ruled:
+		return keymap.Record{}, err
+	case errors.Is(err, keymap.ErrNotFound):
 		return keymap.Record{}, notFound(id)
+	case err != nil:
+		return keymap.Record{}, storeErr(err, "object %q: write keymap", id)
 	}
-	if err := allow(c, rec, factsOf(rec), UseManage, time.Now()); err != nil {
-		return keymap.Record{}, err
-	}
-	old := rec
-	rec = rec.Clone()
-	fixed := [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)}
-	if err := fn(&rec); err != nil {
-		return keymap.Record{}, err
-	}
-	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
-		return keymap.Record{}, errorf(ErrInvalid, "object %q: identity fields cannot change", id)
-	}
-	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
-		return keymap.Record{}, errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
-	}
-	if rec.Name != old.Name || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
-		if err := r.checkNew(c, rec); err != nil {
-			return keymap.Record{}, err
-		}
-	}
-	rec.Updated = time.Time{}
-	if err := r.km.Put(rec); err != nil {
-		return keymap.Record{}, errorf(ErrUnavailable, "object %q: write keymap: %v", id, err)
-	}
-	if rec.Name != old.Name {
+	if renamed {
 		r.relabel(rec)
 	}
 	return rec, nil
+}
+
+// changeRow applies fn to rec for c under the rules of Update.
+func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*keymap.Record) error, renamed *bool) error {
+	if err := allow(c, *rec, factsOf(*rec), UseManage, time.Now()); err != nil {
+		return err
+	}
+	old := rec.Clone()
+	fixed := [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)}
+	if err := fn(rec); err != nil {
+		return err
+	}
+	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
+		return errorf(ErrInvalid, "object %q: identity fields cannot change", id)
+	}
+	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
+		return errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
+	}
+	*renamed = rec.Name != old.Name
+	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
+		if err := r.checkNew(c, *rec); err != nil {
+			return err
+		}
+	}
+	rec.Updated = time.Time{}
+	return nil
 }
 
 // relabel carries a new name to CKA_LABEL, so the token (and a rebuild from it) shows the current
@@ -362,7 +402,7 @@ func (r *Registry) relabel(rec keymap.Record) {
 func (r *Registry) put(recs ...keymap.Record) error {
 	for _, rec := range recs {
 		if err := r.km.Put(rec); err != nil {
-			return errorf(ErrUnavailable, "object %q: write keymap: %v", rec.ID, err)
+			return storeErr(err, "object %q: write keymap", rec.ID)
 		}
 	}
 	return nil

@@ -55,7 +55,11 @@ func (r *Registry) ReKey(ctx context.Context, c Caller, id string, meta Meta) (k
 		return keymap.Record{}, err
 	}
 	if kn, ok := old.Attrs[AttrKESName]; ok {
-		defer lockName(kn)()
+		unlock, err := r.lockName(ctx, kn)
+		if err != nil {
+			return keymap.Record{}, err
+		}
+		defer unlock()
 	}
 	return r.reKey(ctx, c, id, meta)
 }

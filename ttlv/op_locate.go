@@ -1,6 +1,7 @@
 package ttlv
 
 import (
+	"context"
 	"sort"
 	"time"
 
@@ -65,6 +66,10 @@ func locate(o *op, p *node) (any, error) {
 		f.vals = append(f.vals, a.value)
 	}
 	var found []keymap.Record
+	// What another instance of a cluster just made, renamed or destroyed is found (or not) here too.
+	if err := o.s.reg.Sync(context.Background()); err != nil {
+		return nil, err
+	}
 	o.s.reg.Range(func(rec keymap.Record) bool {
 		if o.caller.Sees(rec) && o.matches(rec, filters) {
 			found = append(found, rec)

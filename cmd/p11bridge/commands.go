@@ -99,6 +99,10 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	} else {
 		fmt.Fprintln(stdout, "production checks: ok")
 	}
+	if err := checkStore(cfg, stdout); err != nil {
+		fmt.Fprintf(stdout, "FAIL keymap: %v\n", err)
+		problems = append(problems, "keymap store unusable")
+	}
 	km, err := keymap.Open(filepath.Join(os.TempDir(), fmt.Sprintf("p11bridge-check-%d.csv", os.Getpid())), nil)
 	if err != nil {
 		return err
@@ -134,7 +138,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 // checkKESNames lists the AES keys that earlier versions let KES use because their Name matched a
 // KES request, and which now need the operator to share them. Reading works while a server runs.
 func checkKESNames(cfg *conf.Config, path string, stdout io.Writer) {
-	km, err := keymap.OpenReadOnly(cfg.Keymap.Path, nil)
+	km, err := server.OpenStore(cfg, server.StoreRead, nil, version)
 	if err != nil {
 		return // no keymap yet: nothing to migrate
 	}
@@ -203,16 +207,15 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var km *keymap.Map
+	mode := server.StoreWrite
 	if args[0] == "list" || args[0] == "show" {
 		// Reading works while a server holds the keymap.
-		km, err = keymap.OpenReadOnly(cfg.Keymap.Path, nil)
-	} else {
-		km, err = keymap.Open(cfg.Keymap.Path, nil)
-		if err != nil {
-			err = fmt.Errorf("%w (is a p11bridge serving with this keymap? stop it first)", err)
-		}
+		mode = server.StoreRead
+	} else if args[0] == "rebuild" && *dry && cfg.Keymap.Postgres.Reveal() != "" {
+		// Beside the running servers; a CSV keymap is opened as before (it may not exist yet).
+		mode = server.StoreRead
 	}
+	km, err := server.OpenStore(cfg, mode, nil, version)
 	if err != nil {
 		return err
 	}
@@ -279,7 +282,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 
 // keysShareKES makes an AES key made through KMIP a KES key: the operator's explicit act, which
 // earlier versions did implicitly for any AES key whose Name matched. It is audited.
-func keysShareKES(cfg *conf.Config, km *keymap.Map, fs *flag.FlagSet, stdout io.Writer) error {
+func keysShareKES(cfg *conf.Config, km signer.Store, fs *flag.FlagSet, stdout io.Writer) error {
 	if fs.NArg() != 2 {
 		return usageError("keys share-kes ID NAME")
 	}
@@ -312,7 +315,7 @@ func keysShareKES(cfg *conf.Config, km *keymap.Map, fs *flag.FlagSet, stdout io.
 
 // printHalfDestroyed reports the destroys a crash or a fault cut short; the server finishes them
 // at its next start (so does `keys rebuild` without --dry-run).
-func printHalfDestroyed(km *keymap.Map, stdout io.Writer) {
+func printHalfDestroyed(km signer.Store, stdout io.Writer) {
 	for _, r := range signer.HalfDestroyed(km) {
 		fmt.Fprintf(stdout, "%s\t%s\t%s-%d\t%q\thalf destroyed (since %s): the next start finishes it\n",
 			r.ID, r.Class, r.Algorithm, r.Size, r.Name, r.Attrs[signer.AttrDestroying])
@@ -326,7 +329,7 @@ func ownerOrNobody(o string) string {
 	return o
 }
 
-func keysList(km *keymap.Map, only string, stdout io.Writer) error {
+func keysList(km signer.Store, only string, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSIGNER\tCLASS\tALGORITHM\tSTATE\tNAME")
 	counts := map[string]map[keymap.State]int{}
@@ -527,6 +530,23 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", s.Name, role, s.Healthy, s.Copies, strings.Join(states, ", "))
 	}
 	tw.Flush()
+	k := st.Keymap
+	fmt.Fprintf(stdout, "keymap: %s %s, %d rows", k.Kind, k.Location, k.Rows)
+	if k.FeedUp != nil {
+		feed := "change feed up"
+		if !*k.FeedUp {
+			feed = "CHANGE FEED LOST"
+		}
+		fmt.Fprintf(stdout, "; instance %s, %s, confirmed current %.3fs ago (limit %gs), %d reconnects", k.Instance, feed, k.LagSeconds, k.StalenessLimit, k.Reconnects)
+		if k.LastError != "" {
+			fmt.Fprintf(stdout, ", last error: %s", k.LastError)
+		}
+		for _, in := range k.Instances {
+			fmt.Fprintf(stdout, "\n  instance %s on %s (pid %d, %s), seen %s ago, %d changes behind", in.Instance, in.Host, in.PID, in.Version,
+				time.Since(in.Seen).Round(time.Millisecond), in.Behind)
+		}
+	}
+	fmt.Fprintln(stdout)
 	for _, name := range st.UnconfiguredHeldBy {
 		fmt.Fprintf(stdout, "keys recorded on signer %q, which is no longer configured\n", name)
 	}

@@ -31,6 +31,10 @@ Usage:
                                             re-derive keymap rows from a token (server stopped)
   p11bridge keys rotate --config FILE NAME           add a new version of a KES key (server stopped)
   p11bridge keys share-kes --config FILE ID NAME     let KES use a KMIP-made AES key as NAME (server stopped; audited)
+  p11bridge keymap export --config FILE --to NEW.csv    copy the keymap (CSV or PostgreSQL) into a new CSV file
+  p11bridge keymap import --config FILE --from OLD.csv  copy a CSV keymap into the configured (empty) store
+  p11bridge keymap migrate --config FILE             apply the PostgreSQL schema (servers also do at start)
+                                            export and import read every row back and compare it
   p11bridge identity CERT.pem|API-KEY       print the identity (SHA-256 of the certificate's public key)
   p11bridge apikey                          make a KES API key (kes:v1:…) for MinIO; identity API-KEY names it
   p11bridge version                         version, Go toolchain, source revision, linked modules
@@ -59,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDev(args[1:], stdout, stderr)
 	case "keys":
 		err = cmdKeys(args[1:], stdout)
+	case "keymap":
+		err = cmdKeymap(args[1:], stdout)
 	case "identity":
 		err = cmdIdentity(args[1:], stdout)
 	case "apikey":

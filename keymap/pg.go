@@ -1,0 +1,878 @@
+package keymap
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ansel1/merry/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// PG is the keymap kept in PostgreSQL, shared by every instance of a cluster.
+//
+// Reads never touch the database: each instance holds every live row in memory (the same
+// in-memory map the CSV store uses, so the same indexes) and follows the database through a change
+// feed. Every write is one transaction that takes the cluster-wide write lock, gives the row the
+// next number of a sequence (seq) and the next row version, and commits; a trigger then NOTIFYs the
+// other instances, which read the rows past the last seq they applied. Because writers hold the
+// lock until they commit, rows become visible in seq order, so reading "seq > last applied" never
+// skips a row that commits later. A write is applied to the writer's own memory once committed,
+// before it returns, so the instance that answers a client has its change.
+//
+// Update is compare-and-set on the row version: the new row is written only if the database still
+// holds the version the change was made from; otherwise the store catches up and runs the change
+// again on the fresh row. Concurrent changes are never lost, whichever instances make them.
+//
+// Freshness: the feed loop catches up at least every poll interval (and at once on a
+// notification); each completed catch-up proves that every change committed before it started is
+// applied. Fresh reports an error once that proof is older than the staleness bound (the feed is
+// lost: the database is down or unreachable), and the registry then refuses to use keys until the
+// feed is back and has caught up. So a change (a Revoke, say) committed at T is applied by, or
+// refused on, every instance from T + staleness on; with a live feed it is applied within a
+// notification's round trip.
+type PG struct {
+	opts PGOptions
+	log  *slog.Logger
+	pool *pgxpool.Pool
+	// locks holds the connections of name locks apart, so lock holders can always write.
+	locks *pgxpool.Pool
+	mem   *Map
+	loc   string // host:port/database, for status and messages (no user, no password)
+
+	mu   sync.Mutex       // orders applies: vers and mem change together
+	vers map[string]int64 // row version of every id seen, tombstones included
+
+	catchMu   sync.Mutex   // one catch-up at a time; guards the cursor
+	applied   atomic.Int64 // the change feed's cursor: every seq up to it is applied
+	confirmed atomic.Int64 // unix ns: every change committed before it is applied
+
+	// syncFailed is when a catch-up asked for by Fresh last failed (unix ns).
+	syncFailed atomic.Int64
+
+	closed    atomic.Bool
+	stop      context.CancelFunc
+	done      chan struct{}
+	feedUp    atomic.Bool
+	reconnect atomic.Int64
+	lastErr   atomic.Pointer[string]
+	started   time.Time
+}
+
+// PGOptions configure OpenPG.
+type PGOptions struct {
+	DSN string // libpq connection string or URI
+	// Instance names this process in the heartbeat table; default host/pid.
+	Instance string
+	// Staleness is how old the proof that memory is current may be before Fresh fails; 0 means
+	// DefaultStaleness.
+	Staleness time.Duration
+	// ReadOnly loads the rows once, for tools (keys list, export): no feed, no heartbeat, writes fail.
+	ReadOnly bool
+	// Migrate applies pending schema migrations; without it a schema that is not current is refused.
+	Migrate bool
+	Version string // p11bridge's version, for the heartbeat
+	Log     *slog.Logger
+	// MaxConns bounds the pool of connections writes use; 0 means 8.
+	MaxConns int
+	// ObserveWrite and ObserveFeedLag, when set, receive each write's duration and, for each row
+	// that arrived through the feed, the time from its writer's clock stamp to its apply here.
+	ObserveWrite   func(op string, d time.Duration, err error)
+	ObserveFeedLag func(d time.Duration)
+}
+
+// DefaultStaleness is the staleness bound when none is configured: long enough that a busy
+// database or host does not make instances refuse keys, short enough that a revocation cannot be
+// ignored for long by an instance that lost its feed.
+const DefaultStaleness = 2 * time.Second
+
+// freshRetry is how long after a failed catch-up Fresh refuses without trying again.
+const freshRetry = 500 * time.Millisecond
+
+// Timeouts of database calls, so that an unreachable database fails requests instead of holding them.
+const (
+	pgConnectTimeout = 3 * time.Second
+	pgOpTimeout      = 5 * time.Second
+	heartbeatEvery   = 2 * time.Second
+	feedChannel      = "p11bridge_keymap"
+)
+
+// OpenPG connects to PostgreSQL, applies or checks the schema, loads every row and, unless
+// ReadOnly, starts following the change feed and writing this instance's heartbeat.
+func OpenPG(ctx context.Context, opts PGOptions) (*PG, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Staleness <= 0 {
+		opts.Staleness = DefaultStaleness
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 8
+	}
+	host, _ := os.Hostname()
+	if opts.Instance == "" {
+		opts.Instance = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
+	pcfg, err := pgxpool.ParseConfig(opts.DSN)
+	if err != nil {
+		// pgx's message quotes the string with its password removed only as far as it can tell.
+		return nil, merry.New("keymap: the postgres connection string does not parse (a libpq key=value string or a postgres:// URI is expected)")
+	}
+	pcfg.MaxConns = int32(opts.MaxConns)
+	pcfg.ConnConfig.ConnectTimeout = pgConnectTimeout
+	pcfg.AfterConnect = keepCommitsDurable
+	s := &PG{opts: opts, log: opts.Log, vers: map[string]int64{}, done: make(chan struct{}), started: time.Now()}
+	s.loc = fmt.Sprintf("%s:%d/%s", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database)
+	s.mem = newMemory("postgres "+s.loc, opts.Log)
+	cctx, cancel := context.WithTimeout(ctx, pgConnectTimeout+pgOpTimeout)
+	defer cancel()
+	s.pool, err = pgxpool.NewWithConfig(cctx, pcfg)
+	if err != nil {
+		return nil, s.openErr("connect", err)
+	}
+	conn, err := s.pool.Acquire(cctx)
+	if err != nil {
+		s.pool.Close()
+		return nil, s.openErr("connect", err)
+	}
+	if s.locks, err = pgxpool.NewWithConfig(cctx, pcfg.Copy()); err != nil {
+		conn.Release()
+		s.pool.Close()
+		return nil, s.openErr("connect", err)
+	}
+	from, err := migrate(cctx, conn.Conn(), opts.Migrate, opts.Instance)
+	conn.Release()
+	if err != nil {
+		s.pool.Close()
+		s.locks.Close()
+		if errors.Is(err, ErrVersion) || errors.Is(err, ErrNotFound) || !isPGFault(err) {
+			return nil, merry.Prependf(err, "keymap postgres %s", s.loc)
+		}
+		return nil, s.openErr("schema", err)
+	}
+	if from < SchemaVersion && opts.Migrate {
+		s.log.Info("keymap: PostgreSQL schema migrated", "store", s.loc, "from", from, "to", SchemaVersion)
+	}
+	t0 := time.Now()
+	if err := s.Sync(cctx); err != nil {
+		s.pool.Close()
+		s.locks.Close()
+		return nil, err
+	}
+	s.log.Debug("keymap: loaded from PostgreSQL", "store", s.loc, "live", s.mem.Len(), "took", time.Since(t0))
+	if opts.ReadOnly {
+		close(s.done)
+		return s, nil
+	}
+	fctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	s.feedUp.Store(true)
+	go s.follow(fctx, pcfg.ConnConfig.Copy())
+	return s, nil
+}
+
+// keepCommitsDurable: a commit with synchronous_commit = off is answered before it is on disk,
+// and the keymap answers clients only after its rows are durable. Stronger settings (remote_apply
+// for synchronous replicas) are left as the database's operator set them.
+func keepCommitsDurable(ctx context.Context, c *pgx.Conn) error {
+	var sc string
+	if err := c.QueryRow(ctx, "SHOW synchronous_commit").Scan(&sc); err != nil {
+		return err
+	}
+	if sc == "off" {
+		_, err := c.Exec(ctx, "SET synchronous_commit = on")
+		return err
+	}
+	return nil
+}
+
+// openErr is a failure to reach the database at start: the cause is logged and said in short.
+func (s *PG) openErr(what string, err error) error {
+	return merry.Prependf(ErrUnavailable, "keymap postgres %s: %s: %s", s.loc, what, pgReason(err))
+}
+
+// pgReason says why a database call failed in words that carry no credentials: pgx's connect
+// errors name the user and database, which operators see in the log but clients need not.
+func pgReason(err error) string {
+	var pe *pgconn.PgError
+	var ne net.Error
+	switch {
+	case errors.As(err, &pe):
+		if pe.Code == "28P01" || pe.Code == "28000" {
+			return "authentication refused (check the user and password of the connection string)"
+		}
+		return fmt.Sprintf("the database refused it (SQLSTATE %s: %s)", pe.Code, pe.Message)
+	case errors.Is(err, context.DeadlineExceeded), pgconn.Timeout(err), errors.As(err, &ne) && ne.Timeout():
+		return "timed out"
+	case strings.Contains(err.Error(), "connection refused"):
+		return "connection refused"
+	case strings.Contains(err.Error(), "no such host"):
+		return "host not found"
+	}
+	return "connection failed or lost"
+}
+
+// isPGFault says err came from talking to the database rather than from what we asked.
+func isPGFault(err error) bool {
+	var pe *pgconn.PgError
+	return !errors.As(err, &pe) || strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57") || strings.HasPrefix(pe.Code, "53")
+}
+
+// ---- reads: from memory ----
+
+func (s *PG) Get(id string) (Record, bool) { return s.mem.Get(id) }
+func (s *PG) ByTag(tag []byte) []Record    { return s.mem.ByTag(tag) }
+func (s *PG) ByKeyID(kid []byte) []Record  { return s.mem.ByKeyID(kid) }
+func (s *PG) ByName(name string) []Record  { return s.mem.ByName(name) }
+func (s *PG) Range(fn func(Record) bool)   { s.mem.Range(fn) }
+func (s *PG) Len() int                     { return s.mem.Len() }
+func (s *PG) Changes() uint64              { return s.mem.Changes() }
+func (s *PG) Kind() string                 { return "postgres" }
+func (s *PG) Location() string             { return s.loc }
+func (s *PG) Staleness() time.Duration     { return s.opts.Staleness }
+func (s *PG) Instance() string             { return s.opts.Instance }
+func (s *PG) versionOf(id string) (int64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.vers[id]
+	return v, ok
+}
+
+// Fresh fails (ErrUnavailable) when this instance cannot show that its rows are current: its last
+// completed catch-up started longer ago than the staleness bound.
+func (s *PG) Fresh() error {
+	if s.opts.ReadOnly {
+		return nil
+	}
+	age := time.Duration(time.Now().UnixNano() - s.confirmed.Load())
+	if age <= s.opts.Staleness {
+		return nil
+	}
+	// The feed may only be late (a loaded host starves its loop): one catch-up settles that, and
+	// proves the rows current just as well. When one failed a moment ago the database is taken to
+	// be away, and the refusal is at once.
+	now := time.Now().UnixNano()
+	if last := s.syncFailed.Load(); now-last > int64(freshRetry) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := s.Sync(ctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		s.syncFailed.Store(time.Now().UnixNano())
+	}
+	age = time.Duration(time.Now().UnixNano() - s.confirmed.Load())
+	return merry.Prependf(ErrUnavailable, "the key store (PostgreSQL) has not been reached for %.1fs, so the current state of keys cannot be confirmed; retry in a few seconds",
+		age.Seconds())
+}
+
+// ---- the change feed ----
+
+// pgRow is one row as the database holds it.
+type pgRow struct {
+	rec     Record
+	version int64
+	seq     int64
+	deleted bool
+}
+
+const rowColumns = `id, version, seq, deleted, tag, signer, class, algorithm, size, keyid, name, state, owner, created, updated, attrs`
+
+func scanRow(rows pgx.Rows) (pgRow, error) {
+	var r pgRow
+	var class, state, created, updated, attrs string
+	var size int32
+	if err := rows.Scan(&r.rec.ID, &r.version, &r.seq, &r.deleted, &r.rec.Tag, &r.rec.Signer, &class, &r.rec.Algorithm,
+		&size, &r.rec.KeyID, &r.rec.Name, &state, &r.rec.Owner, &created, &updated, &attrs); err != nil {
+		return r, err
+	}
+	r.rec.Class, r.rec.State, r.rec.Size = Class(class), State(state), int(size)
+	var err error
+	if r.rec.Created, err = parseText(created); err != nil {
+		return r, fmt.Errorf("row %q: created: %w", r.rec.ID, err)
+	}
+	if r.rec.Updated, err = parseText(updated); err != nil {
+		return r, fmt.Errorf("row %q: updated: %w", r.rec.ID, err)
+	}
+	if attrs != "{}" && attrs != "" {
+		if err := json.Unmarshal([]byte(attrs), &r.rec.Attrs); err != nil {
+			return r, fmt.Errorf("row %q: attrs: %w", r.rec.ID, err)
+		}
+	}
+	if len(r.rec.KeyID) == 0 {
+		r.rec.KeyID = nil
+	}
+	return r, nil
+}
+
+func parseText(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+func formatText(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(timeLayout)
+}
+
+// Sync catches up with every change committed before it was called. Callers that arrive while a
+// catch-up runs share the next one.
+func (s *PG) Sync(ctx context.Context) error {
+	return s.syncOn(ctx, nil)
+}
+
+// syncOn is Sync on conn, or on a connection of the pool when conn is nil.
+func (s *PG) syncOn(ctx context.Context, conn *pgx.Conn) error {
+	start := time.Now().UnixNano()
+	s.catchMu.Lock()
+	defer s.catchMu.Unlock()
+	if s.confirmed.Load() >= start {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, pgOpTimeout)
+	defer cancel()
+	if conn == nil {
+		c, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return s.fault("catch up", err)
+		}
+		defer c.Release()
+		conn = c.Conn()
+	}
+	if err := s.catchUpLocked(ctx, conn, false); err != nil {
+		return s.fault("catch up", err)
+	}
+	s.confirm(start)
+	return nil
+}
+
+func (s *PG) confirm(at int64) {
+	for {
+		old := s.confirmed.Load()
+		if at <= old || s.confirmed.CompareAndSwap(old, at) {
+			return
+		}
+	}
+}
+
+// catchUpLocked applies every row past the cursor. Needs catchMu. fromFeed marks rows that other
+// instances wrote, whose lag is observed.
+func (s *PG) catchUpLocked(ctx context.Context, c *pgx.Conn, fromFeed bool) error {
+	for {
+		rows, err := c.Query(ctx, `SELECT `+rowColumns+` FROM p11bridge_keys WHERE seq > $1 ORDER BY seq LIMIT 10000`, s.applied.Load())
+		if err != nil {
+			return err
+		}
+		n := 0
+		var last int64
+		for rows.Next() {
+			r, err := scanRow(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			if s.apply(r) && fromFeed && s.opts.ObserveFeedLag != nil && !r.rec.Updated.IsZero() {
+				s.opts.ObserveFeedLag(time.Since(r.rec.Updated))
+			}
+			last = r.seq
+			n++
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if n > 0 {
+			s.applied.Store(last)
+		}
+		if n < 10000 {
+			return nil
+		}
+	}
+}
+
+// apply makes a committed row visible unless a later version of it already is; it reports
+// whether it changed anything.
+func (s *PG) apply(r pgRow) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.vers[r.rec.ID]; ok && v >= r.version {
+		return false
+	}
+	if r.deleted {
+		s.mem.set(r.rec.ID, nil)
+	} else if err := s.mem.set(r.rec.ID, &r.rec); err != nil {
+		// A row another writer (or a hand edit) left invalid is kept out of memory, loudly.
+		s.log.Error("keymap: a PostgreSQL row is invalid and is ignored", "id", r.rec.ID, "err", err)
+		s.mem.set(r.rec.ID, nil)
+	}
+	s.vers[r.rec.ID] = r.version
+	return true
+}
+
+// follow is the change feed: LISTEN on a connection of its own, catch up on every notification
+// and at least every poll interval, write the heartbeat; reconnect with backoff when the
+// connection fails.
+func (s *PG) follow(ctx context.Context, cfg *pgx.ConnConfig) {
+	defer close(s.done)
+	poll := min(s.opts.Staleness/4, 250*time.Millisecond)
+	backoff := 100 * time.Millisecond
+	first := true
+	for ctx.Err() == nil {
+		err := s.listen(ctx, cfg, poll, &first, &backoff)
+		if ctx.Err() != nil {
+			return
+		}
+		s.feedUp.Store(false)
+		msg := pgReason(err)
+		s.lastErr.Store(&msg)
+		s.log.Warn("keymap: PostgreSQL change feed lost; reconnecting", "store", s.loc, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (s *PG) listen(ctx context.Context, cfg *pgx.ConnConfig, poll time.Duration, first *bool, backoff *time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, pgConnectTimeout)
+	conn, err := pgx.ConnectConfig(cctx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+feedChannel); err != nil {
+		return err
+	}
+	if !*first {
+		s.reconnect.Add(1)
+		s.log.Info("keymap: PostgreSQL change feed back", "store", s.loc)
+	}
+	*first = false
+	var lastBeat time.Time
+	for {
+		start := time.Now().UnixNano()
+		octx, cancel := context.WithTimeout(ctx, pgOpTimeout)
+		s.catchMu.Lock()
+		err := s.catchUpLocked(octx, conn, true)
+		s.catchMu.Unlock()
+		if err == nil {
+			s.confirm(start)
+			if !s.feedUp.Swap(true) {
+				s.lastErr.Store(nil)
+			}
+			*backoff = 100 * time.Millisecond
+			if time.Since(lastBeat) >= heartbeatEvery {
+				err = s.heartbeat(octx, conn)
+				lastBeat = time.Now()
+			}
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, poll)
+		_, err = conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && !pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *PG) heartbeat(ctx context.Context, c *pgx.Conn) error {
+	host, _ := os.Hostname()
+	_, err := c.Exec(ctx, `INSERT INTO p11bridge_instances (instance, host, pid, version, started, seen, applied)
+VALUES ($1, $2, $3, $4, $5, now(), $6)
+ON CONFLICT (instance) DO UPDATE SET host = $2, pid = $3, version = $4, started = $5, seen = now(), applied = $6`,
+		s.opts.Instance, host, os.Getpid(), s.opts.Version, s.started, s.applied.Load())
+	if err != nil {
+		return err
+	}
+	// Instances gone for a day are forgotten, so restarts under new names do not pile up.
+	_, err = c.Exec(ctx, `DELETE FROM p11bridge_instances WHERE seen < now() - interval '1 day'`)
+	return err
+}
+
+// ---- writes ----
+
+// write runs one change as a transaction holding the write lock (see PG), applies the committed
+// row to memory and returns it; found is false when stmt matched no row.
+func (s *PG) write(op string, r Record, stmt string, args ...any) (row pgRow, found bool, err error) {
+	if s.opts.ReadOnly || s.closed.Load() {
+		return row, false, merry.Prependf(ErrClosed, "keymap %s: %s %q", s.mem.path, op, r.ID)
+	}
+	t0 := time.Now()
+	defer func() {
+		if s.opts.ObserveWrite != nil {
+			s.opts.ObserveWrite(op, time.Since(t0), err)
+		}
+	}()
+	for attempt := 0; ; attempt++ {
+		row, found, err = s.tryWrite(stmt, args)
+		if err == nil || attempt >= 2 || !pgconn.SafeToRetry(err) {
+			break
+		}
+	}
+	if err != nil {
+		return row, false, s.fault(op+" "+r.ID, err)
+	}
+	if found {
+		row.rec = r
+		row.deleted = op == "delete"
+		s.apply(row)
+	}
+	return row, found, nil
+}
+
+func (s *PG) tryWrite(stmt string, args []any) (row pgRow, found bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), pgOpTimeout)
+	defer cancel()
+	// One round trip: the statements of a batch run in one implicit transaction that commits at
+	// its end; the lock is held until then.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_advisory_xact_lock($1)`, writeLockKey)
+	b.Queue(stmt, args...)
+	br := s.pool.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return row, false, err
+	}
+	err = br.QueryRow().Scan(&row.version, &row.seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = nil
+	} else if err == nil {
+		found = true
+	}
+	// The commit's answer comes with Close: only then is the change durable and acknowledged.
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return row, found && err == nil, err
+}
+
+// fault logs a database failure and returns what callers may be told: the step and why in
+// short, wrapping ErrUnavailable (retry later). Nothing acknowledged is lost by it: a change whose
+// commit was not confirmed is reported as failed.
+func (s *PG) fault(what string, err error) error {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrClosed) {
+		return err
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && !isPGFault(err) {
+		s.log.Error("keymap: PostgreSQL refused a change", "store", s.loc, "what", what, "err", err)
+		return merry.Prependf(ErrInvalid, "keymap: PostgreSQL refused %s (SQLSTATE %s)", what, pe.Code)
+	}
+	s.log.Warn("keymap: PostgreSQL call failed", "store", s.loc, "what", what, "err", err)
+	return merry.Prependf(ErrUnavailable, "keymap: the key store (PostgreSQL) is unavailable: %s; retry shortly", pgReason(err))
+}
+
+// prepareRow validates r as the CSV store does, and what PostgreSQL text cannot hold.
+func prepareRow(r Record) (Record, error) {
+	st, err := prepare(r, time.Now())
+	if err != nil {
+		return Record{}, err
+	}
+	out := st.record()
+	for _, f := range []struct{ what, v string }{{"id", out.ID}, {"signer", out.Signer}, {"algorithm", out.Algorithm},
+		{"name", out.Name}, {"owner", out.Owner}} {
+		if strings.IndexByte(f.v, 0) >= 0 {
+			return Record{}, merry.Wrap(ErrInvalid, merry.AppendMessagef("%s holds a NUL byte, which PostgreSQL text cannot store", f.what))
+		}
+	}
+	return out, nil
+}
+
+func rowArgs(r Record) []any {
+	attrs := []byte("{}")
+	if len(r.Attrs) > 0 {
+		attrs, _ = json.Marshal(r.Attrs) // strings only: cannot fail
+	}
+	var kid []byte
+	if len(r.KeyID) > 0 {
+		kid = r.KeyID
+	}
+	return []any{r.ID, r.Tag, r.Signer, string(r.Class), r.Algorithm, int32(r.Size), kid, r.Name, string(r.State), r.Owner,
+		formatText(r.Created), formatText(r.Updated), string(attrs)}
+}
+
+const insertRow = `INSERT INTO p11bridge_keys AS k (id, version, seq, deleted, tag, signer, class, algorithm, size, keyid, name, state, owner, created, updated, attrs)
+VALUES ($1, 1, nextval('p11bridge_change_seq'), false, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (id) DO UPDATE SET version = k.version + 1, seq = EXCLUDED.seq, deleted = false, tag = EXCLUDED.tag,
+	signer = EXCLUDED.signer, class = EXCLUDED.class, algorithm = EXCLUDED.algorithm, size = EXCLUDED.size,
+	keyid = EXCLUDED.keyid, name = EXCLUDED.name, state = EXCLUDED.state, owner = EXCLUDED.owner,
+	created = EXCLUDED.created, updated = EXCLUDED.updated, attrs = EXCLUDED.attrs`
+
+// Put stores r, whatever the database holds for its id. It returns once the change is committed.
+func (s *PG) Put(r Record) error {
+	rec, err := prepareRow(r)
+	if err != nil {
+		return merry.Prependf(err, "keymap %s: put %q", s.mem.path, r.ID)
+	}
+	_, _, err = s.write("put", rec, insertRow+` RETURNING k.version, k.seq`, rowArgs(rec)...)
+	return err
+}
+
+// PutNew stores r only when no live row has its id (ErrExists otherwise), across the cluster.
+func (s *PG) PutNew(r Record) error {
+	rec, err := prepareRow(r)
+	if err != nil {
+		return merry.Prependf(err, "keymap %s: put %q", s.mem.path, r.ID)
+	}
+	_, found, err := s.write("put", rec, insertRow+` WHERE k.deleted RETURNING k.version, k.seq`, rowArgs(rec)...)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return merry.Prependf(ErrExists, "keymap %s: put %q", s.mem.path, r.ID)
+	}
+	return nil
+}
+
+// Delete writes the tombstone of id; ErrNotFound when no live row has it.
+func (s *PG) Delete(id string) error {
+	now := formatText(time.Now())
+	_, found, err := s.write("delete", Record{ID: id}, `UPDATE p11bridge_keys SET version = version + 1, seq = nextval('p11bridge_change_seq'),
+	deleted = true, updated = $2 WHERE id = $1 AND NOT deleted RETURNING version, seq`, id, now)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return merry.Prependf(ErrNotFound, "keymap %s: delete %q", s.mem.path, id)
+	}
+	return nil
+}
+
+// optimisticRounds is how many times Update tries compare-and-set against the row it holds in
+// memory; a row that keeps changing under it is then changed under the write lock, which always
+// succeeds (no starvation under contention).
+const optimisticRounds = 3
+
+const updateRow = `UPDATE p11bridge_keys SET version = version + 1, seq = nextval('p11bridge_change_seq'),
+	tag = $2, signer = $3, class = $4, algorithm = $5, size = $6, keyid = $7, name = $8, state = $9, owner = $10,
+	created = $11, updated = $12, attrs = $13 WHERE id = $1 AND version = $14 AND NOT deleted RETURNING version, seq`
+
+// Update is compare-and-set: fn changes the row as this instance holds it, and the result is
+// written only if the database still holds that version; otherwise the store catches up and fn
+// runs again on the newer row.
+func (s *PG) Update(id string, fn func(*Record) error) (Record, error) {
+	for round := 0; round < optimisticRounds; round++ {
+		s.mu.Lock()
+		rec, ok := s.mem.Get(id)
+		ver := s.vers[id]
+		s.mu.Unlock()
+		if !ok {
+			return Record{}, merry.Prependf(ErrNotFound, "keymap %s: update %q", s.mem.path, id)
+		}
+		next, err := change(id, rec, fn)
+		if err != nil {
+			return Record{}, err
+		}
+		_, found, err := s.write("update", next, updateRow, append(rowArgs(next), ver)...)
+		if err != nil {
+			return Record{}, err
+		}
+		if found {
+			return next, nil
+		}
+		// Another change of the row committed first: take it in and decide again.
+		if err := s.Sync(context.Background()); err != nil {
+			return Record{}, err
+		}
+	}
+	return s.updateLocked(id, fn)
+}
+
+// change runs fn on a copy of rec and validates the outcome.
+func change(id string, rec Record, fn func(*Record) error) (Record, error) {
+	if err := fn(&rec); err != nil {
+		return Record{}, err
+	}
+	if rec.ID != id {
+		return Record{}, merry.Wrap(ErrInvalid, merry.AppendMessagef("update %q: the id cannot change", id))
+	}
+	next, err := prepareRow(rec)
+	if err != nil {
+		return Record{}, merry.Prependf(err, "update %q", id)
+	}
+	return next, nil
+}
+
+// updateLocked reads the row and writes the change in one transaction holding the write lock.
+func (s *PG) updateLocked(id string, fn func(*Record) error) (out Record, err error) {
+	if s.opts.ReadOnly || s.closed.Load() {
+		return Record{}, merry.Prependf(ErrClosed, "keymap %s: update %q", s.mem.path, id)
+	}
+	t0 := time.Now()
+	defer func() {
+		if s.opts.ObserveWrite != nil {
+			s.opts.ObserveWrite("update", time.Since(t0), err)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), pgOpTimeout)
+	defer cancel()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return Record{}, s.fault("update "+id, err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, writeLockKey); err != nil {
+		return Record{}, s.fault("update "+id, err)
+	}
+	rows, err := tx.Query(ctx, `SELECT `+rowColumns+` FROM p11bridge_keys WHERE id = $1`, id)
+	if err != nil {
+		return Record{}, s.fault("update "+id, err)
+	}
+	var cur pgRow
+	found := false
+	for rows.Next() {
+		if cur, err = scanRow(rows); err != nil {
+			rows.Close()
+			return Record{}, s.fault("update "+id, err)
+		}
+		found = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return Record{}, s.fault("update "+id, err)
+	}
+	if !found || cur.deleted {
+		return Record{}, merry.Prependf(ErrNotFound, "keymap %s: update %q", s.mem.path, id)
+	}
+	s.apply(cur) // committed: what this instance holds may as well be current
+	next, err := change(id, cur.rec, fn)
+	if err != nil {
+		return Record{}, err
+	}
+	var row pgRow
+	if err := tx.QueryRow(ctx, updateRow, append(rowArgs(next), cur.version)...).Scan(&row.version, &row.seq); err != nil {
+		return Record{}, s.fault("update "+id, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Record{}, s.fault("update "+id, err)
+	}
+	row.rec = next
+	s.apply(row)
+	return next, nil
+}
+
+// Lock takes a cluster-wide lock on name (a PostgreSQL advisory lock held by a connection of its
+// own), then catches up, so that what was written under the lock before is seen.
+func (s *PG) Lock(ctx context.Context, name string) (func(), error) {
+	if s.opts.ReadOnly || s.closed.Load() {
+		return nil, merry.Prependf(ErrClosed, "keymap %s: lock %q", s.mem.path, name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*pgOpTimeout)
+	defer cancel()
+	c, err := s.locks.Acquire(ctx)
+	if err != nil {
+		return nil, s.fault("lock "+name, err)
+	}
+	if _, err := c.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, nameLockClass, name); err != nil {
+		c.Conn().Close(context.Background()) // the lock, if it was taken, goes with the session
+		c.Release()
+		return nil, s.fault("lock "+name, err)
+	}
+	unlock := func() {
+		uctx, cancel := context.WithTimeout(context.Background(), pgOpTimeout)
+		defer cancel()
+		if _, err := c.Exec(uctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, nameLockClass, name); err != nil {
+			c.Conn().Close(context.Background())
+		}
+		c.Release()
+	}
+	if err := s.syncOn(ctx, c.Conn()); err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
+}
+
+// Close stops the feed and the heartbeat, removes this instance's heartbeat row and closes the
+// connections. Reads keep answering from memory; writes fail with ErrClosed.
+func (s *PG) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.stop != nil {
+		s.stop()
+		<-s.done
+		ctx, cancel := context.WithTimeout(context.Background(), pgOpTimeout)
+		s.pool.Exec(ctx, `DELETE FROM p11bridge_instances WHERE instance = $1`, s.opts.Instance)
+		cancel()
+	}
+	s.pool.Close()
+	s.locks.Close()
+	return nil
+}
+
+// ---- status ----
+
+// PGStatus is what the store says about itself and the cluster, for /status and metrics.
+type PGStatus struct {
+	Location   string
+	Instance   string
+	FeedUp     bool
+	Age        time.Duration // since the last proof that memory is current
+	Staleness  time.Duration
+	Applied    int64 // change feed position
+	Reconnects int64
+	LastError  string
+	Instances  []PGInstance // nil when the database could not be asked
+}
+
+// PGInstance is one instance's heartbeat row.
+type PGInstance struct {
+	Instance, Host, Version string
+	PID                     int
+	Started, Seen           time.Time
+	Applied                 int64
+	Behind                  int64 // changes committed past what it applied, at its last heartbeat
+}
+
+// Status reports the feed and, from the heartbeat table, the instances seen in the last minute.
+func (s *PG) Status(ctx context.Context) PGStatus {
+	st := PGStatus{Location: s.loc, Instance: s.opts.Instance, FeedUp: s.feedUp.Load(), Staleness: s.opts.Staleness,
+		Age: time.Duration(time.Now().UnixNano() - s.confirmed.Load()), Applied: s.applied.Load(), Reconnects: s.reconnect.Load()}
+	if e := s.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT instance, host, pid, version, started, seen, applied,
+	greatest(0, (SELECT coalesce(max(seq), 0) FROM p11bridge_keys) - applied)
+FROM p11bridge_instances WHERE seen > now() - interval '1 minute' ORDER BY instance`)
+	if err != nil {
+		return st
+	}
+	defer rows.Close()
+	st.Instances = []PGInstance{}
+	for rows.Next() {
+		var in PGInstance
+		var pid int32
+		if rows.Scan(&in.Instance, &in.Host, &pid, &in.Version, &in.Started, &in.Seen, &in.Applied, &in.Behind) == nil {
+			in.PID = int(pid)
+			st.Instances = append(st.Instances, in)
+		}
+	}
+	return st
+}

@@ -1,0 +1,61 @@
+package signer
+
+import (
+	"context"
+	"errors"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
+
+// Store is the keymap as the registry uses it, defined here with its one consumer. Two stores
+// implement it: keymap.Map, the CSV log of one process, and keymap.PG, rows in PostgreSQL shared
+// by the instances of a cluster, each holding them in memory and following a change feed.
+//
+// Reads answer from memory. Writes return once the change is durable (fsynced, or committed), so
+// the registry answers clients only after. Update is atomic against every other change of the row,
+// in the cluster too (compare-and-set; fn may run more than once). PutNew makes a row only where none
+// is live, Lock is a named lock across the cluster after which reads reflect what earlier holders
+// wrote, Sync catches up with changes committed elsewhere, and Fresh fails while the store cannot
+// confirm that what it holds is current (the registry then refuses to use keys).
+type Store interface {
+	Get(id string) (keymap.Record, bool)
+	ByTag(tag []byte) []keymap.Record
+	ByKeyID(kid []byte) []keymap.Record
+	ByName(name string) []keymap.Record
+	Range(fn func(keymap.Record) bool)
+	Len() int
+	// Changes counts the changes this process has seen; caches are good while it stays put.
+	Changes() uint64
+
+	Put(rec keymap.Record) error
+	PutNew(rec keymap.Record) error
+	Update(id string, fn func(*keymap.Record) error) (keymap.Record, error)
+	Delete(id string) error
+
+	Lock(ctx context.Context, name string) (unlock func(), err error)
+	Sync(ctx context.Context) error
+	Fresh() error
+
+	// Kind ("csv" or "postgres") and Location (a path, or host:port/database) name the store.
+	Kind() string
+	Location() string
+	Close() error
+}
+
+var (
+	_ Store = (*keymap.Map)(nil)
+	_ Store = (*keymap.PG)(nil)
+)
+
+// storeErr turns a store failure into the registry's vocabulary, keeping its message.
+func storeErr(err error, format string, args ...any) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, keymap.ErrNotFound):
+		return errorf(ErrNotFound, format+": %v", append(args, err)...)
+	case errors.Is(err, keymap.ErrInvalid):
+		return errorf(ErrInvalid, format+": %v", append(args, err)...)
+	}
+	return errorf(ErrUnavailable, format+": %v", append(args, err)...)
+}

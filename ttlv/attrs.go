@@ -2,6 +2,7 @@ package ttlv
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -211,16 +212,143 @@ func checkValue(a attr) error {
 	if a.value == nil {
 		return kerr(rInvalidField, "attribute %q has no value", a.name)
 	}
+	size, depth := measure(a.value)
+	if size > maxValueBytes {
+		return kerr(rLimit, "attribute %q: a value of %d bytes exceeds the limit of %d bytes", a.name, size, maxValueBytes)
+	}
 	if a.def == nil {
+		if depth > maxValueDepth {
+			return kerr(rBadValue, "attribute %q: structures nested %d levels deep exceed the limit of %d", a.name, depth, maxValueDepth)
+		}
 		return nil
 	}
 	if a.value.Type != a.def.typ {
 		return kerr(rInvalidField, "attribute %q: expected %s, got %s", a.name, typeName(a.def.typ), typeName(a.value.Type))
 	}
+	if a.def.typ == tStruct {
+		if err := checkShape(a); err != nil {
+			return err
+		}
+	}
 	if a.def.shape != nil {
 		if err := decodeStruct(a.value, a.def.shape()); err != nil {
 			return withReason(err, rInvalidField, "attribute %q", a.name)
 		}
+	}
+	return nil
+}
+
+// Limits of attribute values a client gives (docs/kmip.md, "Attributes"). Each value is stored in
+// the object's keymap row, which the whole row carries on every change and every instance keeps in
+// memory; real clients store names, identifiers and short strings.
+const (
+	// maxValueDepth bounds the structure levels of a custom attribute's value (a flat structure is
+	// one level). Standard structure attributes have fixed, one-level shapes (shapes).
+	maxValueDepth = 4
+	// maxValueBytes bounds one value, as TTLV (header and padding included).
+	maxValueBytes = 16 << 10
+	// maxObjectAttrBytes bounds the stored form of all the client attributes of one object.
+	maxObjectAttrBytes = 64 << 10
+)
+
+// measure returns the TTLV size of n and the structure levels in it (0 for a primitive).
+func measure(n *node) (size, depth int) {
+	if n.Type != tt.TypeStructure {
+		return hdrLen + (len(n.Raw)+7)&^7, 0
+	}
+	size = hdrLen
+	for _, k := range n.Kids {
+		s, d := measure(k)
+		size += s
+		depth = max(depth, d)
+	}
+	return size, depth + 1
+}
+
+// member is one field of a standard structure attribute's value.
+type member struct {
+	tag      tt.Tag
+	typ      tt.Type
+	required bool
+}
+
+// shapes are the fields of the standard structure attributes (KMIP 1.4 section 3, 2.0 section 4),
+// each at most once. A value with anything else is refused rather than stored: the codec's
+// decoder skips unknown fields, so without this a Name or Link could carry any subtree into a row.
+var shapes = map[tt.Tag][]member{
+	kmip14.TagName: {{kmip14.TagNameValue, tText, true}, {kmip14.TagNameType, tEnum, true}},
+	kmip14.TagLink: {{kmip14.TagLinkType, tEnum, true}, {kmip14.TagLinkedObjectIdentifier, tText, true}},
+	kmip14.TagApplicationSpecificInformation: {{kmip14.TagApplicationNamespace, tText, true},
+		{kmip14.TagApplicationData, tText, false}},
+	kmip14.TagAlternativeName: {{kmip14.TagAlternativeNameValue, tText, true},
+		{kmip14.TagAlternativeNameType, tEnum, true}},
+	kmip14.TagKeyValueLocation: {{kmip14.TagKeyValueLocationValue, tText, true},
+		{kmip14.TagKeyValueLocationType, tEnum, true}},
+	kmip14.TagUsageLimits: {{kmip14.TagUsageLimitsTotal, tt.TypeLongInteger, true},
+		{kmip14.TagUsageLimitsCount, tt.TypeLongInteger, false}, {kmip14.TagUsageLimitsUnit, tEnum, true}},
+	kmip14.TagCryptographicDomainParameters: {{kmip14.TagQlength, tInt, false}, {kmip14.TagRecommendedCurve, tEnum, false}},
+	kmip14.TagCryptographicParameters: {
+		{kmip14.TagBlockCipherMode, tEnum, false}, {kmip14.TagPaddingMethod, tEnum, false},
+		{kmip14.TagHashingAlgorithm, tEnum, false}, {kmip14.TagKeyRoleType, tEnum, false},
+		{kmip14.TagDigitalSignatureAlgorithm, tEnum, false}, {kmip14.TagCryptographicAlgorithm, tEnum, false},
+		{kmip14.TagRandomIV, tBool, false}, {kmip14.TagIVLength, tInt, false}, {kmip14.TagTagLength, tInt, false},
+		{kmip14.TagFixedFieldLength, tInt, false}, {kmip14.TagInvocationFieldLength, tInt, false},
+		{kmip14.TagCounterLength, tInt, false}, {kmip14.TagInitialCounterValue, tInt, false},
+		{kmip14.TagSaltLength, tInt, false}, {kmip14.TagMaskGenerator, tEnum, false},
+		{kmip14.TagMaskGeneratorHashingAlgorithm, tEnum, false}, {kmip14.TagPSource, tt.TypeByteString, false},
+		{kmip14.TagTrailerField, tInt, false}},
+	kmip14.TagRevocationReason: {{kmip14.TagRevocationReasonCode, tEnum, true}, {kmip14.TagRevocationMessage, tText, false}},
+	kmip14.TagDigest: {{kmip14.TagHashingAlgorithm, tEnum, true}, {kmip14.TagDigestValue, tt.TypeByteString, false},
+		{kmip14.TagKeyFormatType, tEnum, false}},
+}
+
+// checkShape checks a standard structure attribute's value against its shape. Structures without
+// one (Random Number Generator, which only the server sets) may hold primitive fields only.
+func checkShape(a attr) error {
+	fields, known := shapes[a.def.tag]
+	var seen uint32 // bit i: fields[i] given
+	for _, k := range a.value.Kids {
+		if !known {
+			if k.Type == tStruct {
+				return kerr(rBadValue, "attribute %q: %s has no place in its value", a.name, tagName(k.Tag))
+			}
+			continue
+		}
+		i := slices.IndexFunc(fields, func(m member) bool { return m.tag == k.Tag })
+		switch {
+		case i < 0:
+			return kerr(rBadValue, "attribute %q: %s has no place in its value", a.name, tagName(k.Tag))
+		case k.Type != fields[i].typ:
+			return kerr(rBadValue, "attribute %q: %s must be %s, not %s", a.name, tagName(k.Tag), typeName(fields[i].typ), typeName(k.Type))
+		case seen&(1<<i) != 0:
+			return kerr(rBadValue, "attribute %q: %s is given twice", a.name, tagName(k.Tag))
+		}
+		seen |= 1 << i
+	}
+	for i, m := range fields {
+		if m.required && seen&(1<<i) == 0 {
+			return kerr(rBadValue, "attribute %q: its value needs %s", a.name, tagName(m.tag))
+		}
+	}
+	return nil
+}
+
+// attrBytes is what the client attributes of a row take in it (the limit maxObjectAttrBytes).
+func attrBytes(attrs map[string]string) int {
+	n := 0
+	for k, v := range attrs {
+		if strings.HasPrefix(k, attrPrefix) || strings.HasPrefix(k, customPrefix) {
+			n += len(k) + len(v)
+		}
+	}
+	return n
+}
+
+// checkObjectSize refuses a row whose client attributes would take more than maxObjectAttrBytes,
+// unless a change makes them smaller (a row stored before the limit can still shrink).
+func checkObjectSize(after, before int) error {
+	if after > maxObjectAttrBytes && after > before {
+		return kerr(rLimit, "the object's attributes would take %d bytes stored, over the limit of %d bytes", after, maxObjectAttrBytes)
 	}
 	return nil
 }

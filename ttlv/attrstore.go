@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ansel1/merry/v2"
 	"github.com/gemalto/kmip-go/kmip14"
 	tt "github.com/gemalto/kmip-go/ttlv"
 
@@ -31,43 +32,42 @@ func storeKey(d *attrDef, name string) string {
 	return d.key
 }
 
-// encodeValues renders attribute instances as a JSON array.
+// encodeValues renders attribute instances as a JSON array (attrjson.go), in time linear in their
+// size whatever their depth.
 func encodeValues(tag tt.Tag, vals []*node) (string, error) {
 	for len(vals) > 0 && vals[len(vals)-1] == nil {
 		vals = vals[:len(vals)-1]
 	}
-	parts := make([]json.RawMessage, len(vals))
+	dst := make([]byte, 0, 64*len(vals)+2)
+	dst = append(dst, '[')
 	for i, v := range vals {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
 		if v == nil {
-			parts[i] = json.RawMessage("null")
+			dst = append(dst, "null"...)
 			continue
 		}
-		b, err := tt.TTLV(retag(v, tag).bytes()).MarshalJSON()
-		if err != nil {
-			return "", withReason(err, rGeneral, "store attribute %s", tagName(tag))
+		var err error
+		if dst, err = appendJSON(dst, retag(v, tag)); err != nil {
+			return "", merry.Prependf(err, "store attribute %s", tagName(tag))
 		}
-		parts[i] = b
 	}
-	b, err := json.Marshal(parts)
-	return string(b), err
+	return string(append(dst, ']')), nil
 }
 
-// decodeValues reads what encodeValues wrote.
+// decodeValues reads what encodeValues wrote, and what earlier versions wrote.
 func decodeValues(s string) ([]*node, error) {
-	var parts []json.RawMessage
+	var parts []any
 	if err := json.Unmarshal([]byte(s), &parts); err != nil {
 		return nil, err
 	}
 	out := make([]*node, len(parts))
 	for i, p := range parts {
-		if string(p) == "null" {
+		if p == nil {
 			continue
 		}
-		var t tt.TTLV
-		if err := t.UnmarshalJSON(p); err != nil {
-			return nil, err
-		}
-		n, err := parseNode(t)
+		n, err := nodeFromJSON(p, 0, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -114,9 +114,66 @@ func factNode(rec keymap.Record, d *attrDef) *node {
 	return nil
 }
 
-// setFact writes an attribute the registry keeps in its own form (single-valued: the first live
+// storedChange is the new state of one attribute of a row, computed — decoded, changed, checked and
+// encoded — before the registry's lock is taken: apply only assigns. Registry.Update holds a
+// registry-wide lock while its function runs, so nothing that costs time in the size of a value
+// may happen there.
+type storedChange struct {
+	key  string // the Record.Attrs key; "" for a fact
+	val  string // the encoded instances; "" deletes the key
+	size int    // bytes the key and value take in the row (0 when deleted)
+	// fact sets an attribute the registry keeps in its own form (usage mask, lifecycle dates).
+	fact func(*keymap.Record)
+	// name, for the Name attribute, is the keymap's Name afterwards: the first live instance's.
+	name    string
+	setName bool
+}
+
+// storeHook, when set (tests), is called as prepareStored starts, with the attribute's name.
+var storeHook atomic.Pointer[func(name string)]
+
+// prepareStored computes the change that stores vals (nil entries are deleted instances) as the
+// instances of an attribute.
+func prepareStored(d *attrDef, name string, vals []*node) (storedChange, error) {
+	if h := storeHook.Load(); h != nil {
+		(*h)(name)
+	}
+	if d != nil && d.fact != "" {
+		return factChange(d, vals)
+	}
+	c := storedChange{key: storeKey(d, name)}
+	tag := kmip14.TagAttributeValue
+	if d != nil {
+		tag = d.tag
+	}
+	var first *node
+	for _, v := range vals {
+		if v != nil {
+			first = v
+			break
+		}
+	}
+	if first != nil {
+		s, err := encodeValues(tag, vals)
+		if err != nil {
+			return storedChange{}, err
+		}
+		c.val, c.size = s, len(c.key)+len(s)
+	}
+	if d == def(kmip14.TagName) {
+		// The keymap's Name (CKA_LABEL, name lookups) follows the first live instance.
+		c.setName = true
+		var nm kName
+		if first != nil && decodeStruct(first, &nm) == nil {
+			c.name = nm.Value
+		}
+	}
+	return c, nil
+}
+
+// factChange writes an attribute the registry keeps in its own form (single-valued: the first live
 // instance, or none). Dates are kept as RFC 3339, which has four-digit years.
-func setFact(rec *keymap.Record, d *attrDef, vals []*node) error {
+func factChange(d *attrDef, vals []*node) (storedChange, error) {
 	var v *node
 	for _, x := range vals {
 		if x != nil {
@@ -129,61 +186,45 @@ func setFact(rec *keymap.Record, d *attrDef, vals []*node) error {
 		if v != nil {
 			m = v.u32()
 		}
-		signer.SetUsageMask(rec, m, v != nil)
-		return nil
+		return storedChange{fact: func(r *keymap.Record) { signer.SetUsageMask(r, m, v != nil) }}, nil
 	}
 	var t time.Time
 	if v != nil {
 		t = v.dateTime()
 		if y := t.UTC().Year(); y < 0 || y > 9999 {
-			return kerr(rInvalidField, "attribute %q: %s is outside the years 0000 to 9999", d.name, t.UTC())
+			return storedChange{}, kerr(rInvalidField, "attribute %q: %s is outside the years 0000 to 9999", d.name, t.UTC())
 		}
 	}
-	signer.SetDate(rec, d.fact, t, v != nil)
-	return nil
+	return storedChange{fact: func(r *keymap.Record) { signer.SetDate(r, d.fact, t, v != nil) }}, nil
 }
 
-// setStored replaces the stored instances of an attribute in rec (a clone being updated).
-func setStored(rec *keymap.Record, d *attrDef, name string, vals []*node) error {
-	if d != nil && d.fact != "" {
-		return setFact(rec, d, vals)
-	}
-	key := storeKey(d, name)
-	tag := kmip14.TagAttributeValue
-	if d != nil {
-		tag = d.tag
+// apply makes the change in rec (a clone being updated, or a row being made).
+func (c storedChange) apply(rec *keymap.Record) {
+	if c.fact != nil {
+		c.fact(rec)
+		return
 	}
 	if rec.Attrs == nil {
 		rec.Attrs = map[string]string{}
 	}
-	live := 0
-	for _, v := range vals {
-		if v != nil {
-			live++
-		}
-	}
-	if live == 0 {
-		delete(rec.Attrs, key)
+	if c.val == "" {
+		delete(rec.Attrs, c.key)
 	} else {
-		s, err := encodeValues(tag, vals)
-		if err != nil {
-			return err
-		}
-		rec.Attrs[key] = s
+		rec.Attrs[c.key] = c.val
 	}
-	if d == def(kmip14.TagName) {
-		// The keymap's Name (CKA_LABEL, name lookups) follows the first live instance.
-		rec.Name = ""
-		for _, v := range vals {
-			if v != nil {
-				var nm kName
-				if decodeStruct(v, &nm) == nil {
-					rec.Name = nm.Value
-				}
-				break
-			}
-		}
+	if c.setName {
+		rec.Name = c.name
 	}
+}
+
+// setStored replaces the stored instances of an attribute in rec, a row not yet shared (a new
+// object's metadata): inside a registry update, prepare the change first and apply it there.
+func setStored(rec *keymap.Record, d *attrDef, name string, vals []*node) error {
+	c, err := prepareStored(d, name, vals)
+	if err != nil {
+		return err
+	}
+	c.apply(rec)
 	return nil
 }
 

@@ -45,6 +45,8 @@ var (
 	rAttrNotFound = uint32(kmip20.ResultReasonAttributeNotFound)
 	rSingleValued = uint32(kmip20.ResultReasonAttributeSingleValued)
 	rBadParams    = uint32(kmip20.ResultReasonBadCryptographicParameters)
+	rBadValue     = uint32(kmip20.ResultReasonInvalidAttributeValue)
+	rLimit        = uint32(kmip20.ResultReasonServerLimitExceeded)
 )
 
 // resultOf maps an error to the ResultReason and message of a failed batch item. Signer sentinels
@@ -100,7 +102,7 @@ func reasonFor(r uint32, v ProtocolVersion) uint32 {
 	switch r {
 	case rNotExtract, uint32(kmip14.ResultReasonSensitive), rWrongState, rReadOnly, rUsageMask:
 		return rDenied
-	case rAttrNotFound, rSingleValued, rBadParams:
+	case rAttrNotFound, rSingleValued, rBadParams, rBadValue, rLimit:
 		return rInvalidField
 	case rMissingIV:
 		return rInvalidMsg

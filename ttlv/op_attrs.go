@@ -2,6 +2,7 @@ package ttlv
 
 import (
 	"bytes"
+	"errors"
 	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -174,29 +175,93 @@ func afterDateChange(r *keymap.Record, a attr, vals []*node) {
 	}
 }
 
-// changeAttr runs fn on the instances of one attribute inside a registry update.
+// errRaced aborts a registry update whose attribute changed after it was read (changeAttr).
+var errRaced = errors.New("the attribute changed meanwhile")
+
+// maxChangeTries bounds how often changeAttr starts over after a concurrent change.
+const maxChangeTries = 8
+
+// changeAttr runs fn on the instances of one attribute and stores what it returns. The instances
+// are decoded, changed and encoded before the registry's (registry-wide) lock is taken; the update
+// only assigns, and only if the attribute is still as it was read, else it all starts over.
 func (o *op) changeAttr(rec keymap.Record, a attr, fn func(vals []*node, fixed int) ([]*node, error)) error {
 	if err := o.checkWritable(rec, a); err != nil {
 		return err
 	}
-	_, err := o.update(rec.ID, func(r *keymap.Record) error {
-		vals, fixed := o.instances(*r, a)
+	for try := 1; ; try++ {
+		vals, fixed := o.instances(rec, a)
 		vals, err := fn(vals, fixed)
 		if err != nil {
 			return err
 		}
-		if a.def == def(kmip14.TagName) {
-			if err := o.s.reg.CheckNames(r.ID, r.Attrs[signer.AttrKESName], names(vals)); err != nil {
+		c, err := prepareStored(a.def, a.name, vals)
+		if err != nil {
+			return err
+		}
+		if c.fact == nil {
+			before := attrBytes(rec.Attrs)
+			after := before + c.size
+			if old, ok := rec.Attrs[c.key]; ok {
+				after -= len(c.key) + len(old)
+			}
+			if err := checkObjectSize(after, before); err != nil {
 				return err
 			}
 		}
-		if err := setStored(r, a.def, a.name, vals); err != nil {
+		var given []string
+		if a.def == def(kmip14.TagName) {
+			given = names(vals)
+		}
+		read := rec
+		_, err = o.update(rec.ID, func(r *keymap.Record) error {
+			if !sameInputs(*r, read, a) {
+				return errRaced
+			}
+			if a.def == def(kmip14.TagName) {
+				// Against the names KES keys hold now: a lookup, not an encoding.
+				if err := o.s.reg.CheckNames(r.ID, r.Attrs[signer.AttrKESName], given); err != nil {
+					return err
+				}
+			}
+			c.apply(r)
+			afterDateChange(r, a, vals)
+			return nil
+		})
+		if !errors.Is(err, errRaced) {
 			return err
 		}
-		afterDateChange(r, a, vals)
-		return nil
-	})
-	return err
+		if try == maxChangeTries {
+			return kerr(rGeneral, "object %s: attribute %q kept changing under concurrent requests; retry", rec.ID, a.name)
+		}
+		if rec, err = o.s.reg.Access(o.caller, rec.ID, signer.UseManage); err != nil {
+			return err
+		}
+	}
+}
+
+// sameInputs says whether what changeAttr read of attribute a in read is still so in r.
+func sameInputs(r, read keymap.Record, a attr) bool {
+	if a.def != nil && a.def.fact != "" {
+		x, y := factNode(r, a.def), factNode(read, a.def)
+		return (x == nil && y == nil) || sameValue(x, y)
+	}
+	key := storeKey(a.def, a.name)
+	rv, rok := r.Attrs[key]
+	v, ok := read.Attrs[key]
+	if rv != v || rok != ok {
+		return false
+	}
+	switch a.def {
+	case def(kmip14.TagName):
+		return r.Name == read.Name
+	case def(kmip14.TagLink):
+		for _, l := range registryLinks {
+			if (r.Attrs[l.key] != "") != (read.Attrs[l.key] != "") {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func sameValue(a, b *node) bool {

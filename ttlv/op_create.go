@@ -235,52 +235,63 @@ func (o *op) datesAfterReKey(id string, old keymap.Record, offset *time.Duration
 	now := time.Now()
 	oldAct, hasAct := o.s.storedDate(old, kmip14.TagActivationDate)
 	oldState := signer.EffectiveState(old, now)
-	_, err := o.s.reg.Update(o.caller, id, func(r *keymap.Record) error {
-		given := func(tag tt.Tag) bool { return t != nil && t.vals[storeKey(def(tag), "")] != nil }
-		for _, tag := range []tt.Tag{kmip14.TagActivationDate, kmip14.TagDeactivationDate, kmip14.TagCompromiseDate,
-			kmip14.TagCompromiseOccurrenceDate, kmip14.TagRevocationReason, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
-			if !given(tag) {
-				if err := setStored(r, def(tag), "", nil); err != nil {
-					return err
-				}
-			}
-		}
-		var act *time.Time
-		switch {
-		case given(kmip14.TagActivationDate):
-			a, _ := o.s.storedDate(*r, kmip14.TagActivationDate)
-			act = &a
-		case offset != nil:
-			a := now.Add(*offset)
-			act = &a
-		case hasAct:
-			a := now.Add(oldAct.Sub(old.Created))
-			act = &a
-		case oldState == keymap.Active:
-			act = &now
-		}
-		r.State = keymap.PreActive
-		if act == nil {
+	given := func(tag tt.Tag) []*node {
+		if t == nil {
 			return nil
 		}
+		return t.vals[storeKey(def(tag), "")]
+	}
+	// The changes are made here, outside the registry's lock; the update only assigns them.
+	var changes []storedChange
+	set := func(tag tt.Tag, vals []*node) error {
+		c, err := prepareStored(def(tag), "", vals)
+		changes = append(changes, c)
+		return err
+	}
+	for _, tag := range []tt.Tag{kmip14.TagActivationDate, kmip14.TagDeactivationDate, kmip14.TagCompromiseDate,
+		kmip14.TagCompromiseOccurrenceDate, kmip14.TagRevocationReason, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
+		if given(tag) == nil {
+			if err := set(tag, nil); err != nil {
+				return err
+			}
+		}
+	}
+	var act *time.Time
+	switch {
+	case given(kmip14.TagActivationDate) != nil:
+		a := given(kmip14.TagActivationDate)[0].dateTime()
+		act = &a
+	case offset != nil:
+		a := now.Add(*offset)
+		act = &a
+	case hasAct:
+		a := now.Add(oldAct.Sub(old.Created))
+		act = &a
+	case oldState == keymap.Active:
+		act = &now
+	}
+	state := keymap.PreActive
+	if act != nil {
 		if !act.After(now) {
-			r.State = keymap.Active
+			state = keymap.Active
 		}
-		set := func(tag tt.Tag, at time.Time) error {
-			return setStored(r, def(tag), "", []*node{newDateTime(tag, at)})
-		}
-		if err := set(kmip14.TagActivationDate, *act); err != nil {
+		if err := set(kmip14.TagActivationDate, []*node{newDateTime(kmip14.TagActivationDate, *act)}); err != nil {
 			return err
 		}
-		if !hasAct {
-			return nil
-		}
-		for _, tag := range []tt.Tag{kmip14.TagDeactivationDate, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
-			if d, ok := o.s.storedDate(old, tag); ok && !given(tag) {
-				if err := set(tag, act.Add(d.Sub(oldAct))); err != nil {
-					return err
+		if hasAct {
+			for _, tag := range []tt.Tag{kmip14.TagDeactivationDate, kmip14.TagProcessStartDate, kmip14.TagProtectStopDate} {
+				if d, ok := o.s.storedDate(old, tag); ok && given(tag) == nil {
+					if err := set(tag, []*node{newDateTime(tag, act.Add(d.Sub(oldAct)))}); err != nil {
+						return err
+					}
 				}
 			}
+		}
+	}
+	_, err := o.s.reg.Update(o.caller, id, func(r *keymap.Record) error {
+		r.State = state
+		for _, c := range changes {
+			c.apply(r)
 		}
 		return nil
 	})
@@ -408,6 +419,9 @@ func (s *Server) reKeyMeta(old keymap.Record, t *template) (signer.Meta, error) 
 		if err := setStored(&rec, d, name, vals); err != nil {
 			return signer.Meta{}, err
 		}
+	}
+	if err := checkObjectSize(attrBytes(rec.Attrs), attrBytes(old.Attrs)); err != nil {
+		return signer.Meta{}, err
 	}
 	return signer.Meta{Name: rec.Name, Names: names(s.stored(rec, nameDef, nameDef.name)), Attrs: rec.Attrs}, nil
 }

@@ -34,12 +34,17 @@ func activate(o *op, p *node) (any, error) {
 		return nil, err
 	}
 	now := time.Now()
+	date, err := prepareStored(def(kmip14.TagActivationDate), "", []*node{newDateTime(kmip14.TagActivationDate, now)})
+	if err != nil {
+		return nil, err
+	}
 	_, err = o.update(rec.ID, func(r *keymap.Record) error {
 		if st := signer.EffectiveState(*r, now); st != keymap.PreActive {
 			return wrongState(*r, st, "only Pre-Active objects can be activated")
 		}
 		r.State = keymap.Active
-		return setStored(r, def(kmip14.TagActivationDate), "", []*node{newDateTime(kmip14.TagActivationDate, now)})
+		date.apply(r)
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -66,34 +71,42 @@ func revoke(o *op, p *node) (any, error) {
 	now := time.Now()
 	code := kmip14.RevocationReasonCode(req.Reason.Code)
 	compromised := code == kmip14.RevocationReasonCodeKeyCompromise || code == kmip14.RevocationReasonCodeCACompromise
+	reason := encodeStruct(kmip14.TagRevocationReason, req.Reason)
+	if size, _ := measure(reason); size > maxValueBytes {
+		return nil, kerr(rLimit, "a Revocation Reason of %d bytes exceeds the limit of %d bytes", size, maxValueBytes)
+	}
+	// The new values are encoded here, before the registry's lock: the update only assigns them.
+	stored := []*node{newDateTime(kmip14.TagDeactivationDate, now), reason}
+	if compromised {
+		occurred := now
+		if req.CompromiseOccurrenceDate != nil {
+			occurred = *req.CompromiseOccurrenceDate
+		}
+		stored = []*node{newDateTime(kmip14.TagCompromiseDate, now), newDateTime(kmip14.TagCompromiseOccurrenceDate, occurred), reason}
+	}
+	changes := make([]storedChange, len(stored))
+	for i, n := range stored {
+		if changes[i], err = prepareStored(def(n.Tag), "", []*node{n}); err != nil {
+			return nil, err
+		}
+	}
 	_, err = o.update(rec.ID, func(r *keymap.Record) error {
 		st := signer.EffectiveState(*r, now)
-		store := func(n *node) error { return setStored(r, def(n.Tag), "", []*node{n}) }
 		if compromised {
 			if st == keymap.Compromised {
 				return wrongState(*r, st, "the object is already compromised")
 			}
-			occurred := now
-			if req.CompromiseOccurrenceDate != nil {
-				occurred = *req.CompromiseOccurrenceDate
-			}
 			r.State = keymap.Compromised
-			if err := store(newDateTime(kmip14.TagCompromiseDate, now)); err != nil {
-				return err
-			}
-			if err := store(newDateTime(kmip14.TagCompromiseOccurrenceDate, occurred)); err != nil {
-				return err
-			}
 		} else {
 			if st != keymap.Active && st != keymap.PreActive {
 				return wrongState(*r, st, "only Pre-Active and Active objects can be revoked for this reason")
 			}
 			r.State = keymap.Deactivated
-			if err := store(newDateTime(kmip14.TagDeactivationDate, now)); err != nil {
-				return err
-			}
 		}
-		return store(encodeStruct(kmip14.TagRevocationReason, req.Reason))
+		for _, c := range changes {
+			c.apply(r)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err

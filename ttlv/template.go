@@ -117,6 +117,7 @@ func isClientCustom(name string) bool { return len(name) > 2 && name[:2] == "x-"
 // is the registry's to set.
 func (t *template) meta() (signer.Meta, error) {
 	rec := keymap.Record{State: keymap.PreActive}
+	size := 0
 	for _, k := range t.order {
 		d := t.defs[k]
 		name := ""
@@ -125,9 +126,15 @@ func (t *template) meta() (signer.Meta, error) {
 		} else {
 			name = d.name
 		}
-		if err := setStored(&rec, d, name, t.vals[k]); err != nil {
+		c, err := prepareStored(d, name, t.vals[k])
+		if err != nil {
 			return signer.Meta{}, err
 		}
+		// Counted as it grows: an oversized template stops at the limit, not after all of it.
+		if size += c.size; size > maxObjectAttrBytes {
+			return signer.Meta{}, checkObjectSize(size, 0)
+		}
+		c.apply(&rec)
 		if d != nil && d.tag == kmip14.TagActivationDate {
 			if !t.vals[k][0].dateTime().After(time.Now()) {
 				rec.State = keymap.Active

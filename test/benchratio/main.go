@@ -1,7 +1,8 @@
 // Command benchratio reads `go test -bench` output and prints, per benchmark and concurrency, the
 // throughput of p11bridge relative to the references measured in the same run (direct PKCS#11
-// calls, a real KES, pykmip-server). Sub-benchmarks are named SUBJECT/cN; the references are the
-// subjects listed in refs (and, for the keymap store benchmarks, PostgreSQL against the CSV map).
+// calls, a real KES, pykmip-server; PostgreSQL against the CSV map for the keymap store
+// benchmarks; flat values beside hostile ones for the attribute benchmarks). Sub-benchmarks are
+// named SUBJECT/cN; the references are the subjects listed in refs.
 package main
 
 import (
@@ -14,7 +15,7 @@ import (
 	"strings"
 )
 
-var refs = map[string]bool{"pkcs11": true, "kes-v0.24": true, "pykmip-server": true, "csv": true}
+var refs = map[string]bool{"pkcs11": true, "kes-v0.24": true, "pykmip-server": true, "csv": true, "flat": true}
 
 var line = regexp.MustCompile(`^(Benchmark[^/\s]+)/([^/\s]+)/(c\d+)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op`)
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -125,7 +126,7 @@ type verdict struct {
 }
 
 // readMessage reads one whole message. The length comes from the 8-byte header and is checked
-// against the size cap before anything is allocated. It returns (nil, nil) when the connection
+// against the size cap before anything is allocated; the buffer then grows with what arrives. It returns (nil, nil) when the connection
 // should just close: clean EOF, idle timeout, or bytes that are not KMIP at all.
 func (c *conn) readMessage() ([]byte, *verdict) {
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.s.opts.IdleTimeout))
@@ -158,15 +159,40 @@ func (c *conn) readMessage() ([]byte, *verdict) {
 		return nil, &verdict{close: true, response: failureResponse(ProtocolVersion{1, 0}, nil, rInvalidMsg,
 			fmt.Sprintf("message of %d bytes exceeds the limit of %d bytes", l+hdrLen, max))}
 	}
-	buf := make([]byte, hdrLen+l)
-	copy(buf, hdr[:])
-	if _, err := io.ReadFull(c.nc, buf[hdrLen:]); err != nil {
+	buf, err := readBody(c.nc, hdr, int(l))
+	if err != nil {
 		c.logReadEnd(err, "inside a message")
 		return nil, nil
 	}
 	if typ != tt.TypeStructure || tt.Tag(uint32(hdr[0])<<16|uint32(hdr[1])<<8|uint32(hdr[2])) != kmip14.TagRequestMessage {
 		return nil, &verdict{response: failureResponse(ProtocolVersion{1, 0}, nil, rInvalidMsg,
 			fmt.Sprintf("expected a RequestMessage structure, got %s %s", tagName(tt.Tag(uint32(hdr[0])<<16|uint32(hdr[1])<<8|uint32(hdr[2]))), typeName(typ)))}
+	}
+	return buf, nil
+}
+
+// firstChunk is the buffer a message body starts with: most requests fit.
+const firstChunk = 4 << 10
+
+// readBody reads the l bytes of a message body after its header into a buffer that grows, by
+// doubling, with what has arrived: a client that declares a large message and sends little of it
+// costs about what it sent, not what it declared.
+func readBody(r io.Reader, hdr [hdrLen]byte, l int) ([]byte, error) {
+	want := hdrLen + l
+	buf := make([]byte, hdrLen, min(want, hdrLen+firstChunk))
+	copy(buf, hdr[:])
+	for len(buf) < want {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(len(buf), want-len(buf)))
+		}
+		n, err := r.Read(buf[len(buf):min(cap(buf), want)])
+		buf = buf[:len(buf)+n]
+		if err != nil && len(buf) < want {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
 	return buf, nil
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -184,4 +186,66 @@ func TestPanicRecovery(t *testing.T) {
 	r := newRaw(t, "raw")
 	failed(t, r.call(v14, boom, newStruct(0)), rGeneral)
 	stillServes(t, r)
+}
+
+// TestDeclaredLengthNotAllocated: clients that declare a message of almost 1 MiB and send 10
+// bytes of it cost the server about what they sent. Twenty such clients, then twenty that declare
+// 18 bytes and send the same 10, are let go at the idle deadline; the bytes the process allocated
+// for each group are compared (allocations, not time: TLS and the test's own work cost the same
+// in both).
+func TestDeclaredLengthNotAllocated(t *testing.T) {
+	_, addr, _ := startServer(t, Options{IdleTimeout: time.Second})
+	const clients = 20
+	allocated := func(declared uint32) uint64 {
+		conns := make([]*rawClient, clients)
+		for i := range conns {
+			r, err := dialAt(addr, "raw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.c.Close()
+			conns[i] = r
+		}
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		hdr := []byte{0x42, 0x00, 0x78, 0x01, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(hdr[4:], declared)
+		for _, r := range conns {
+			if _, err := r.c.Write(append(hdr, "0123456789"...)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The server closes each connection when its message deadline passes.
+		for _, r := range conns {
+			_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := r.c.Read(make([]byte, 1)); isTimeout(err) {
+				t.Fatal("the server kept a connection with an unfinished message")
+			}
+		}
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	small := allocated(18)
+	large := allocated(DefaultMaxMessageSize - hdrLen)
+	perClient := (int64(large) - int64(small)) / clients
+	t.Logf("allocated: %d bytes for %d clients declaring 18 bytes, %d declaring %d bytes: %d bytes more per client",
+		small, clients, large, DefaultMaxMessageSize-hdrLen, perClient)
+	if perClient > 64<<10 {
+		t.Errorf("a client that sent 10 bytes of a declared 1 MiB message cost the server %d bytes more than one declaring 18", perClient)
+	}
+	// A message that does arrive whole is read whole, however large.
+	r, err := dialAt(addr, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.t = t
+	defer r.c.Close()
+	big := request(v14, kmip14.OperationCreate, customAttrs(benchMessageSize, func(int) *node { return newText(0, "v") })).encode()
+	out, ok := r.send(big)
+	if !ok {
+		t.Fatalf("no answer to a message of %d bytes", len(big))
+	}
+	failed(t, mustDecodeResponse(t, out).Items[0], rInvalidField) // the object's attribute limit
 }

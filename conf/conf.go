@@ -159,8 +159,16 @@ type Policy struct {
 // KMIP tunes the KMIP listener.
 type KMIP struct {
 	MaxMessageSize int // bytes
-	MaxConnections int
+	MaxConnections int // authenticated connections
 	IdleTimeout    time.Duration
+	// HandshakeTimeout bounds a new connection's TLS handshake.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes and MaxHandshakesPerAddress bound the connections still in their handshake,
+	// in all and per source address; over them the oldest is closed for the newest.
+	MaxHandshakes           int
+	MaxHandshakesPerAddress int
+	// MaxLocateItems caps the identifiers one Locate answers.
+	MaxLocateItems int
 }
 
 // KES tunes the KES listener.

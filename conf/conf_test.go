@@ -108,6 +108,10 @@ func TestFullConfig(t *testing.T) {
 		`  max_message_size = "64KiB"`,
 		`  max_connections  = 10`,
 		`  idle_timeout     = "30s"`,
+		`  handshake_timeout = "3s"`,
+		`  max_handshakes = 50`,
+		`  max_handshakes_per_address = 2`,
+		`  max_locate_items = 20`,
 		`}`,
 		`kes {`,
 		`  max_body = 4096`,
@@ -153,8 +157,9 @@ func TestFullConfig(t *testing.T) {
 				KMIP: []string{"Create", "Get", "Encrypt"}, Keys: []string{"minio-*"}, Identities: []string{id1, id2}},
 			{Name: "all-kmip", KMIP: []string{"*"}, Identities: []string{id4}},
 		},
-		KMIP: KMIP{MaxMessageSize: 64 << 10, MaxConnections: 10, IdleTimeout: 30 * time.Second},
-		KES:  KES{MaxBody: 4096, Proxy: &Proxy{Identities: []string{id5}, Header: "X-Ssl-Client-Cert"}},
+		KMIP: KMIP{MaxMessageSize: 64 << 10, MaxConnections: 10, IdleTimeout: 30 * time.Second, HandshakeTimeout: 3 * time.Second,
+			MaxHandshakes: 50, MaxHandshakesPerAddress: 2, MaxLocateItems: 20},
+		KES: KES{MaxBody: 4096, Proxy: &Proxy{Identities: []string{id5}, Header: "X-Ssl-Client-Cert"}},
 	}
 	// An ops listener on every interface and two PINs written in the file: production mode
 	// refuses them, at their positions.
@@ -203,7 +208,8 @@ func TestDefaults(t *testing.T) {
 	if cfg.Listen != (Listen{}) || cfg.Audit != (Audit{}) || cfg.Admin != "" || cfg.Policies != nil {
 		t.Errorf("unexpected non-zero: %+v", cfg)
 	}
-	want := KMIP{MaxMessageSize: 1 << 20, MaxConnections: 1024, IdleTimeout: 2 * time.Minute}
+	want := KMIP{MaxMessageSize: 1 << 20, MaxConnections: 1024, IdleTimeout: 2 * time.Minute, HandshakeTimeout: 10 * time.Second,
+		MaxHandshakes: 256, MaxHandshakesPerAddress: 8, MaxLocateItems: 1000}
 	if cfg.KMIP != want || cfg.KES.MaxBody != 1<<20 {
 		t.Errorf("KMIP %+v KES %+v", cfg.KMIP, cfg.KES)
 	}

@@ -45,9 +45,14 @@ const (
 	defaultMessageSize    = 1 << 20
 	defaultMaxConnections = 1024
 	defaultIdleTimeout    = 2 * time.Minute
-	defaultMaxBody        = 1 << 20
-	minBody, maxBody      = 1 << 10, 64 << 20
-	maxPINFile            = 4096
+	// The KMIP listener's handshake and Locate limits (the ttlv package's defaults).
+	defaultHandshakeTimeout = 10 * time.Second
+	defaultMaxHandshakes    = 256
+	defaultHandshakesPerIP  = 8
+	defaultMaxLocateItems   = 1000
+	defaultMaxBody          = 1 << 20
+	minBody, maxBody        = 1 << 10, 64 << 20
+	maxPINFile              = 4096
 )
 
 func defaultMaxSessions() int {
@@ -64,8 +69,10 @@ func (d *decoder) decode(body *hclsyntax.Body) *Config {
 		File:     d.file,
 		LogLevel: "info",
 		TLS:      TLS{MinVersion: tls.VersionTLS12},
-		KMIP:     KMIP{MaxMessageSize: defaultMessageSize, MaxConnections: defaultMaxConnections, IdleTimeout: defaultIdleTimeout},
-		KES:      KES{MaxBody: defaultMaxBody},
+		KMIP: KMIP{MaxMessageSize: defaultMessageSize, MaxConnections: defaultMaxConnections, IdleTimeout: defaultIdleTimeout,
+			HandshakeTimeout: defaultHandshakeTimeout, MaxHandshakes: defaultMaxHandshakes, MaxHandshakesPerAddress: defaultHandshakesPerIP,
+			MaxLocateItems: defaultMaxLocateItems},
+		KES: KES{MaxBody: defaultMaxBody},
 	}
 	if a := top.attrs["log_level"]; a != nil {
 		if s, ok := d.str(a); ok {
@@ -796,7 +803,8 @@ func (d *decoder) kmip(b *hclsyntax.Block, cfg *Config) {
 	if b == nil {
 		return
 	}
-	c := d.content(b.Body, " in the kmip block", []string{"max_message_size", "max_connections", "idle_timeout"}, nil, "")
+	c := d.content(b.Body, " in the kmip block", []string{"max_message_size", "max_connections", "idle_timeout",
+		"handshake_timeout", "max_handshakes", "max_handshakes_per_address", "max_locate_items"}, nil, "")
 	if a := c.attrs["max_message_size"]; a != nil {
 		if n, ok := d.size(a, minBody, maxBody); ok {
 			cfg.KMIP.MaxMessageSize = n
@@ -810,6 +818,26 @@ func (d *decoder) kmip(b *hclsyntax.Block, cfg *Config) {
 	if a := c.attrs["idle_timeout"]; a != nil {
 		if v, ok := d.duration(a, time.Second, 24*time.Hour); ok {
 			cfg.KMIP.IdleTimeout = v
+		}
+	}
+	if a := c.attrs["handshake_timeout"]; a != nil {
+		if v, ok := d.duration(a, time.Second, 5*time.Minute); ok {
+			cfg.KMIP.HandshakeTimeout = v
+		}
+	}
+	if a := c.attrs["max_handshakes"]; a != nil {
+		if n, ok := d.integer(a, 1, 1_000_000); ok {
+			cfg.KMIP.MaxHandshakes = int(n)
+		}
+	}
+	if a := c.attrs["max_handshakes_per_address"]; a != nil {
+		if n, ok := d.integer(a, 1, 1_000_000); ok {
+			cfg.KMIP.MaxHandshakesPerAddress = int(n)
+		}
+	}
+	if a := c.attrs["max_locate_items"]; a != nil {
+		if n, ok := d.integer(a, 1, 1_000_000); ok {
+			cfg.KMIP.MaxLocateItems = int(n)
 		}
 	}
 }

@@ -140,8 +140,18 @@ policy "rpki-ca" {
 # Limits of the KMIP listener.
 kmip {
   max_message_size = "1MiB"
-  max_connections  = 1024
+  max_connections  = 1024   # authenticated connections
   idle_timeout     = "2m"
+  # A new connection must finish TLS within handshake_timeout. Connections
+  # still in their handshake do not take the slots above: at most
+  # max_handshakes of them, max_handshakes_per_address from one IP address
+  # (IPv6: one /64); beyond either, the oldest is closed for the newest.
+  handshake_timeout          = "10s"
+  max_handshakes             = 256
+  max_handshakes_per_address = 8
+  # Locate answers at most this many identifiers (fewer when the request's
+  # Maximum Items says so); Offset Items pages through the rest.
+  max_locate_items = 1000
 }
 
 # The KES listener.

@@ -240,7 +240,9 @@ func (s *Server) Start() error {
 		s.kmip = ttlv.New(ttlv.Options{
 			Registry: s.reg, Auth: kmipAuth{s}, Log: s.log.With("front", "kmip"), Audit: s.audit, AuditCheck: s.auditW.check,
 			MaxMessageSize: cfg.KMIP.MaxMessageSize, MaxConnections: cfg.KMIP.MaxConnections,
-			IdleTimeout: cfg.KMIP.IdleTimeout, ServerName: "p11bridge " + s.opts.Version,
+			IdleTimeout: cfg.KMIP.IdleTimeout, HandshakeTimeout: cfg.KMIP.HandshakeTimeout,
+			MaxHandshakes: cfg.KMIP.MaxHandshakes, MaxHandshakesPerAddress: cfg.KMIP.MaxHandshakesPerAddress,
+			MaxLocateItems: cfg.KMIP.MaxLocateItems, ServerName: "p11bridge " + s.opts.Version,
 		})
 		tl := tls.NewListener(l, s.tlsConfig())
 		s.goServe("kmip", func() error { return s.kmip.Serve(tl) })

@@ -16,12 +16,12 @@ import (
 
 // TestSlowClientsLetGo: clients that trickle bytes cannot hold a connection (a KMIP slot, an HTTP
 // request) forever. KMIP: a message that has started must arrive within idle_timeout (3 s here),
-// and a TCP connection that never starts TLS is closed after it too. KES: headers within 10 s,
-// the whole request within 20 s, over HTTP/1.1 and HTTP/2. The clients here send one byte per
-// second, which would take minutes to finish.
+// and a TCP connection that never finishes TLS is closed after handshake_timeout (2 s here). KES:
+// headers within 10 s, the whole request within 20 s, over HTTP/1.1 and HTTP/2. The clients here
+// send one byte per second, which would take minutes to finish.
 func TestSlowClientsLetGo(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "slow")
-	b.writeConfig(hcfg{signers: []string{"slow"}, kmip: `idle_timeout = "3s"`})
+	b.writeConfig(hcfg{signers: []string{"slow"}, kmip: "idle_timeout = \"3s\"\n  handshake_timeout = \"2s\""})
 	b.startBin(binary)
 	admin := b.adminClient()
 	if err := kesWant(b.kesAs(admin), http.MethodPost, "/v1/key/create/slow", nil, http.StatusOK); err != nil {
@@ -46,7 +46,7 @@ func TestSlowClientsLetGo(t *testing.T) {
 			// RequestMessage structure, 200 bytes announced.
 			return trickle(c, []byte{0x42, 0x00, 0x78, 0x01, 0, 0, 0, 200}, strings.Repeat("\x42", 200))
 		}},
-		{"KMIP connection that never starts TLS", 3 * time.Second, func() (time.Duration, string, error) {
+		{"KMIP connection that never finishes TLS", 2 * time.Second, func() (time.Duration, string, error) {
 			c, err := net.Dial("tcp", b.kmip)
 			if err != nil {
 				return 0, "", err

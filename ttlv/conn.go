@@ -1,6 +1,7 @@
 package ttlv
 
 import (
+	"container/list"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -22,7 +24,14 @@ type conn struct {
 	s        *Server
 	nc       net.Conn
 	remote   string
+	source   string // what the handshake bounds count against (sourceOf)
 	identity string
+
+	// Owned by the server's mu: the connection's places in the lists of handshakes (nil once
+	// out of them), and whether it holds a connection slot.
+	inAll, inFrom *list.Element
+	admitted      bool
+	evicted       atomic.Bool // closed in its handshake for a newer connection
 
 	mu     sync.Mutex
 	idle   bool // waiting for the next message: Shutdown may close it
@@ -102,9 +111,14 @@ func (c *conn) handshake() bool {
 		c.s.log.Error("kmip: listener yields plain connections; KMIP needs TLS", "remote", c.remote)
 		return false
 	}
-	_ = tc.SetDeadline(time.Now().Add(c.s.opts.IdleTimeout))
+	_ = tc.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
 	if err := tc.Handshake(); err != nil {
-		c.s.log.Info("kmip: TLS handshake failed", "remote", c.remote, "err", err)
+		if c.evicted.Load() || errors.Is(err, os.ErrDeadlineExceeded) {
+			// Silent connections: logged in bulk by evictLocked, not one line each.
+			c.s.log.Debug("kmip: TLS handshake not finished", "remote", c.remote, "evicted", c.evicted.Load(), "err", err)
+		} else {
+			c.s.log.Info("kmip: TLS handshake failed", "remote", c.remote, "err", err)
+		}
 		return false
 	}
 	_ = tc.SetDeadline(time.Time{})
@@ -115,6 +129,9 @@ func (c *conn) handshake() bool {
 		return false
 	}
 	c.identity = id
+	if !c.s.seat(c) {
+		return false
+	}
 	c.s.log.Debug("kmip: client connected", "remote", c.remote, "identity", id)
 	return true
 }

@@ -1,11 +1,13 @@
 package ttlv
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,9 +43,20 @@ type Options struct {
 	Log            *slog.Logger  // operational log
 	Audit          *slog.Logger  // one record per operation; never key bytes, data or PINs
 	MaxMessageSize int           // 0 = 1 MiB
-	MaxConnections int           // 0 = 1024
+	MaxConnections int           // authenticated connections; 0 = 1024
 	IdleTimeout    time.Duration // 0 = 2 min; also the read deadline of a message once it started
-	ServerName     string        // Query: VendorIdentification and ServerInformation
+	// HandshakeTimeout bounds the TLS handshake and identification of a new connection; 0 = 10 s.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the connections still in their handshake, beside the MaxConnections
+	// authenticated ones; 0 = 256. MaxHandshakesPerAddress bounds them per source address (IPv6:
+	// per /64); 0 = 8. Over either bound the oldest unfinished handshake is closed for the new
+	// connection: a handshake takes milliseconds, so real clients finish theirs while connections
+	// that never do are cycled out.
+	MaxHandshakes           int
+	MaxHandshakesPerAddress int
+	// MaxLocateItems caps the identifiers one Locate answers; 0 = 1000.
+	MaxLocateItems int
+	ServerName     string // Query: VendorIdentification and ServerInformation
 	// AuditCheck, when set, is asked before every operation; an error refuses it (the audit log
 	// cannot be written and must be). An audit record that fails to be written also fails its
 	// operation: the Audit handler returns the error only when records are required.
@@ -55,6 +68,13 @@ const (
 	DefaultMaxMessageSize = 1 << 20
 	DefaultMaxConnections = 1024
 	DefaultIdleTimeout    = 2 * time.Minute
+	// DefaultHandshakeTimeout leaves room for a client certificate check on a slow client, and
+	// makes a silent connection cost 10 s rather than an idle timeout.
+	DefaultHandshakeTimeout        = 10 * time.Second
+	DefaultMaxHandshakes           = 256
+	DefaultMaxHandshakesPerAddress = 8
+	// DefaultMaxLocateItems keeps a Locate answer to some 50 KB; clients page with Offset Items.
+	DefaultMaxLocateItems = 1000
 	defaultServerName     = "p11bridge"
 )
 
@@ -74,8 +94,14 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	closing   atomic.Bool
-	active    sync.WaitGroup // connection goroutines
+	// Connections in their handshake, oldest first: all of them, and per source address.
+	pending     list.List
+	pendingFrom map[string]*list.List
+	established int // authenticated connections, bounded by MaxConnections
+	evicted     int // handshakes closed for newer ones since the last warning
+	evictWarned time.Time
+	closing     atomic.Bool
+	active      sync.WaitGroup // connection goroutines
 }
 
 // New makes a server; Serve starts it on a listener.
@@ -89,6 +115,18 @@ func New(opts Options) *Server {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opts.MaxHandshakes <= 0 {
+		opts.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if opts.MaxHandshakesPerAddress <= 0 {
+		opts.MaxHandshakesPerAddress = DefaultMaxHandshakesPerAddress
+	}
+	if opts.MaxLocateItems <= 0 {
+		opts.MaxLocateItems = DefaultMaxLocateItems
+	}
 	if opts.ServerName == "" {
 		opts.ServerName = defaultServerName
 	}
@@ -100,7 +138,7 @@ func New(opts Options) *Server {
 	}
 	s := &Server{
 		opts: opts, reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit,
-		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{},
+		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}, pendingFrom: map[string]*list.List{},
 	}
 	s.admit, _ = opts.Auth.(Admitter)
 	s.base, s.cancel = context.WithCancel(context.Background())
@@ -149,7 +187,9 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-// track registers a new connection, or closes it when the server is full or stopping.
+// track registers a new connection, in its handshake, or closes it when the server is full of
+// authenticated connections or stopping. An unfinished handshake over the bounds of its source
+// address or of the server is closed to make room.
 func (s *Server) track(nc net.Conn) (*conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -157,22 +197,99 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 		_ = nc.Close()
 		return nil, false
 	}
-	if len(s.conns) >= s.opts.MaxConnections {
+	if s.established >= s.opts.MaxConnections {
 		s.log.Warn("kmip: connection limit reached; refusing connection", "remote", nc.RemoteAddr().String(), "limit", s.opts.MaxConnections)
 		_ = nc.Close()
 		return nil, false
 	}
-	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), idle: true}
+	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), source: sourceOf(nc.RemoteAddr()), idle: true}
+	from := s.pendingFrom[c.source]
+	if from == nil {
+		from = &list.List{}
+		s.pendingFrom[c.source] = from
+	}
+	if from.Len() >= s.opts.MaxHandshakesPerAddress {
+		s.evictLocked(from.Front().Value.(*conn))
+	}
+	if s.pending.Len() >= s.opts.MaxHandshakes {
+		s.evictLocked(s.pending.Front().Value.(*conn))
+	}
+	c.inAll, c.inFrom = s.pending.PushBack(c), from.PushBack(c)
 	s.conns[c] = struct{}{}
 	s.active.Add(1)
 	return c, true
 }
 
+// evictLocked closes a connection still in its handshake to make room for a newer one. Needs mu.
+func (s *Server) evictLocked(c *conn) {
+	s.unpendLocked(c)
+	c.evicted.Store(true)
+	c.close()
+	s.evicted++
+	if now := time.Now(); now.Sub(s.evictWarned) >= 10*time.Second {
+		// Once per 10 s at most: a flood of silent connections must not flood the log too.
+		s.log.Warn("kmip: too many unfinished TLS handshakes; closing the oldest for newer connections",
+			"closed", s.evicted, "per_address", s.opts.MaxHandshakesPerAddress, "total", s.opts.MaxHandshakes, "latest_from", c.source)
+		s.evicted, s.evictWarned = 0, now
+	}
+}
+
+// unpendLocked takes c off the lists of handshakes. Needs mu.
+func (s *Server) unpendLocked(c *conn) {
+	if c.inAll == nil {
+		return
+	}
+	s.pending.Remove(c.inAll)
+	from := s.pendingFrom[c.source]
+	from.Remove(c.inFrom)
+	if from.Len() == 0 {
+		delete(s.pendingFrom, c.source)
+	}
+	c.inAll, c.inFrom = nil, nil
+}
+
+// seat moves c, now authenticated, from the handshakes to a connection slot; false when every
+// slot is taken (or c was closed meanwhile).
+func (s *Server) seat(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.inAll == nil {
+		return false
+	}
+	s.unpendLocked(c)
+	if s.established >= s.opts.MaxConnections {
+		s.log.Warn("kmip: connection limit reached; refusing connection", "remote", c.remote, "identity", c.identity, "limit", s.opts.MaxConnections)
+		return false
+	}
+	s.established++
+	c.admitted = true
+	return true
+}
+
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	s.unpendLocked(c)
+	if c.admitted {
+		s.established--
+	}
 	s.mu.Unlock()
 	s.active.Done()
+}
+
+// sourceOf is the source a connection counts against: its IP address, for IPv6 its /64 (one
+// host commonly holds a whole /64).
+func sourceOf(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
 }
 
 // Shutdown stops accepting, closes idle connections, and waits for requests in flight to be

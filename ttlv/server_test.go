@@ -249,3 +249,21 @@ func TestDeclaredLengthNotAllocated(t *testing.T) {
 	}
 	failed(t, mustDecodeResponse(t, out).Items[0], rInvalidField) // the object's attribute limit
 }
+
+// TestSourceOf: handshakes are bounded per IPv4 address and per IPv6 /64.
+func TestSourceOf(t *testing.T) {
+	for addr, want := range map[string]string{
+		"192.0.2.7:5696":                    "192.0.2.7",
+		"[::ffff:192.0.2.7]:5696":           "192.0.2.7",
+		"[2001:db8:1:2:aaaa::1]:40000":      "2001:db8:1:2::/64",
+		"[2001:db8:1:2:bbbb:cccc::9]:40001": "2001:db8:1:2::/64",
+	} {
+		a, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sourceOf(a); got != want {
+			t.Errorf("%s counts as %s, want %s", addr, got, want)
+		}
+	}
+}

@@ -23,6 +23,8 @@ type Store interface {
 	ByKeyID(kid []byte) []keymap.Record
 	ByName(name string) []keymap.Record
 	Range(fn func(keymap.Record) bool)
+	// RangeViews is Range without copies: views of the rows as the store holds them in memory.
+	RangeViews(fn func(keymap.View) bool)
 	Len() int
 	// Changes counts the changes this process has seen; caches are good while it stays put.
 	Changes() uint64

@@ -85,16 +85,22 @@ func (s *Server) stored(rec keymap.Record, d *attrDef, name string) []*node {
 		return nil
 	}
 	raw, ok := rec.Attrs[storeKey(d, name)]
+	return s.storedValues(rec.ID, rec.Name, d, name, raw, ok)
+}
+
+// storedValues decodes raw, the stored form of an attribute that is no fact (ok: the row has
+// it), of the row id named recName.
+func (s *Server) storedValues(id, recName string, d *attrDef, name, raw string, ok bool) []*node {
 	if !ok {
-		if d == def(kmip14.TagName) && rec.Name != "" {
+		if d == def(kmip14.TagName) && recName != "" {
 			// Objects made outside KMIP (KES, the CLI) have only the keymap's name.
-			return []*node{encodeStruct(kmip14.TagName, kName{Value: rec.Name, Type: uint32(kmip14.NameTypeUninterpretedTextString)})}
+			return []*node{encodeStruct(kmip14.TagName, kName{Value: recName, Type: uint32(kmip14.NameTypeUninterpretedTextString)})}
 		}
 		return nil
 	}
 	vals, err := decodeValues(raw)
 	if err != nil {
-		s.log.Error("kmip: stored attribute does not decode; ignoring it", "key", rec.ID, "attribute", name, "err", err)
+		s.log.Error("kmip: stored attribute does not decode; ignoring it", "key", id, "attribute", name, "err", err)
 		return nil
 	}
 	return vals

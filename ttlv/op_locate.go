@@ -1,8 +1,10 @@
 package ttlv
 
 import (
+	"cmp"
 	"context"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -65,76 +67,118 @@ func locate(o *op, p *node) (any, error) {
 		}
 		f.vals = append(f.vals, a.value)
 	}
-	var found []keymap.Record
+	// Filters that need the whole row (state, server-maintained attributes) come last: most rows
+	// are rejected by the cheap ones, read in place, and are never copied.
+	slices.SortStableFunc(filters, func(x, y *filter) int { return cmp.Compare(x.cost(), y.cost()) })
+	var found []keymap.View
 	// What another instance of a cluster just made, renamed or destroyed is found (or not) here too.
 	if err := o.s.reg.Sync(context.Background()); err != nil {
 		return nil, err
 	}
-	o.s.reg.Range(func(rec keymap.Record) bool {
-		if o.caller.Sees(rec) && o.matches(rec, filters) {
-			found = append(found, rec)
+	now := time.Now()
+	o.s.reg.Scan(o.caller, func(v keymap.View) bool {
+		if o.matches(v, filters, now) {
+			found = append(found, v)
 		}
 		return true
 	})
-	sort.Slice(found, func(i, j int) bool {
-		if !found[i].Created.Equal(found[j].Created) {
-			return found[i].Created.After(found[j].Created)
+	slices.SortFunc(found, func(a, b keymap.View) int {
+		if c := b.Created().Compare(a.Created()); c != 0 {
+			return c // newest first
 		}
-		return found[i].ID < found[j].ID
+		return strings.Compare(a.ID(), b.ID())
 	})
 	total := len(found)
 	if req.OffsetItems != nil && *req.OffsetItems > 0 {
 		found = found[min(int(*req.OffsetItems), len(found)):]
 	}
-	if req.MaximumItems != nil && *req.MaximumItems > 0 && int(*req.MaximumItems) < len(found) {
-		found = found[:*req.MaximumItems]
+	limit := o.s.opts.MaxLocateItems
+	if req.MaximumItems != nil && *req.MaximumItems > 0 {
+		limit = min(limit, int(*req.MaximumItems))
 	}
+	found = found[:min(limit, len(found))]
 	resp := locateResponse{}
 	if o.v.atLeast(1, 3) {
 		resp.LocatedItems = ptr(int32(total))
 	}
-	for _, rec := range found {
-		resp.UIDs = append(resp.UIDs, rec.ID)
+	for _, v := range found {
+		resp.UIDs = append(resp.UIDs, v.ID())
 	}
 	if len(found) > 0 {
-		o.produced(found[0].ID, kmip20.UniqueIdentifierLocate)
+		o.produced(found[0].ID(), kmip20.UniqueIdentifierLocate)
 	}
 	return resp, nil
 }
 
-// matches says whether rec satisfies every filter.
-func (o *op) matches(rec keymap.Record, filters []*filter) bool {
+// cost orders filters: those read from the row in place, then those that need a copy of it.
+func (f *filter) cost() int {
+	if f.a.def != nil {
+		switch f.a.def.tag {
+		case kmip14.TagObjectType, kmip14.TagCryptographicLength:
+			return 0
+		case kmip14.TagState:
+			return 2
+		}
+		if f.a.def.fact != "" || !storedAlone(f.a.def) {
+			return 2
+		}
+	}
+	return 1
+}
+
+// storedAlone says whether an attribute's instances are all in the row's stored form, so a filter
+// on it needs no other attribute of the row.
+func storedAlone(d *attrDef) bool {
+	return d == nil || d.tag == kmip14.TagName || (d.access == clientRW && d.tag != kmip14.TagLink)
+}
+
+// matches says whether the row v satisfies every filter (ordered by cost).
+func (o *op) matches(v keymap.View, filters []*filter, now time.Time) bool {
 	if len(filters) == 0 {
 		return true
 	}
+	var full *keymap.Record
+	record := func() keymap.Record {
+		if full == nil {
+			r := v.Record()
+			full = &r
+		}
+		return *full
+	}
 	var have map[string][]*node
 	for _, f := range filters {
-		// Cheap fields first, so most rows are rejected without decoding stored attributes.
 		if f.a.def != nil {
 			switch f.a.def.tag {
 			case kmip14.TagObjectType:
-				if uint32(classTypes[rec.Class]) != f.vals[0].u32() {
+				if uint32(classTypes[v.Class()]) != f.vals[0].u32() {
 					return false
 				}
 				continue
 			case kmip14.TagState:
-				if uint32(stateEnums[signer.EffectiveState(rec, time.Now())]) != f.vals[0].u32() {
+				if uint32(stateEnums[signer.EffectiveState(record(), now)]) != f.vals[0].u32() {
 					return false
 				}
 				continue
 			case kmip14.TagCryptographicLength:
-				if int32(rec.Size) != int32(f.vals[0].u32()) {
+				if int32(v.Size()) != int32(f.vals[0].u32()) {
 					return false
 				}
 				continue
 			}
 		}
-		if f.a.def == nil || f.a.def.tag == kmip14.TagName || (f.a.def.access == clientRW && f.a.def.tag != kmip14.TagLink) {
+		if storedAlone(f.a.def) {
 			// Stored attributes are read alone: no need to build the whole attribute list.
+			var stored []*node
+			if f.a.def != nil && f.a.def.fact != "" {
+				stored = o.s.stored(record(), f.a.def, f.a.name)
+			} else {
+				raw, ok := v.Attr(storeKey(f.a.def, f.a.name))
+				stored = o.s.storedValues(v.ID(), v.Name(), f.a.def, f.a.name, raw, ok)
+			}
 			var vals []*node
-			for _, v := range o.s.stored(rec, f.a.def, f.a.name) {
-				if v != nil {
-					vals = append(vals, v)
+			for _, x := range stored {
+				if x != nil {
+					vals = append(vals, x)
 				}
 			}
 			if !matchOne(f, vals) {
@@ -144,7 +188,7 @@ func (o *op) matches(rec keymap.Record, filters []*filter) bool {
 		}
 		if have == nil {
 			have = map[string][]*node{}
-			for _, a := range o.s.attributesOf(rec, o.v) {
+			for _, a := range o.s.attributesOf(record(), o.v) {
 				have[a.name] = append(have[a.name], a.value)
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/big"
 
+	"github.com/ansel1/merry/v2"
 	"github.com/miekg/pkcs11"
 
 	"github.com/p11bridge/p11bridge/keymap"
@@ -170,9 +171,35 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	return rec, r.put(rec)
 }
 
+// Limits of RSA keys the registry takes in. Verification and OAEP encryption run on the host, in
+// time that grows with the square of the modulus and with the exponent's length: a registered
+// key of a few megabits would make each Verify a denial of service.
+const (
+	MaxRSABits     = 16384
+	MaxRSAExponent = 1<<31 - 1 // as crypto/rsa accepts
+)
+
+// CheckRSAPublic refuses an RSA public key over the limits, or one no RSA operation accepts: the
+// modulus at most MaxRSABits, the exponent odd, from 3 to MaxRSAExponent.
+func CheckRSAPublic(k *rsa.PublicKey) error {
+	if k.N == nil || k.N.Sign() <= 0 {
+		return errorf(ErrInvalid, "RSA public key without a positive modulus")
+	}
+	if n := k.N.BitLen(); n > MaxRSABits {
+		return errorf(ErrInvalid, "RSA modulus of %d bits exceeds the limit of %d bits", n, MaxRSABits)
+	}
+	if k.E < 3 || k.E > MaxRSAExponent || k.E%2 == 0 {
+		return errorf(ErrInvalid, "RSA public exponent %d: it must be odd, from 3 to %d", k.E, MaxRSAExponent)
+	}
+	return nil
+}
+
 func publicTemplate(pub crypto.PublicKey) ([]*pkcs11.Attribute, string, int, error) {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
+		if err := CheckRSAPublic(k); err != nil {
+			return nil, "", 0, merry.Prepend(err, "import")
+		}
 		return []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),

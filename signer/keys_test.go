@@ -399,3 +399,64 @@ func TestRenameReachesTheToken(t *testing.T) {
 		t.Fatalf("ByName after rename: %v", got)
 	}
 }
+
+// TestImportRSALimits: RSA public keys (used on the host for verify and OAEP encryption) are taken
+// in with at most MaxRSABits of modulus and an odd exponent from 3 to MaxRSAExponent, alone or as
+// the public half of a private key; one over the limit that is already in the token (put there by
+// another process or an earlier version) is not used on the host.
+func TestImportRSALimits(t *testing.T) {
+	huge := new(big.Int).Add(new(big.Int).Lsh(big.NewInt(1), MaxRSABits+7), big.NewInt(1))
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		what string
+		pub  *rsa.PublicKey
+	}{
+		{"a 16,392-bit modulus", &rsa.PublicKey{N: huge, E: 65537}},
+		{"an even exponent", &rsa.PublicKey{N: key.N, E: 65538}},
+		{"exponent 1", &rsa.PublicKey{N: key.N, E: 1}},
+	} {
+		_, err := testReg.Import(ctx, Operator, Material{Class: keymap.PublicKey, Public: c.pub}, Meta{Name: "rsa-limit"}, true, "")
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "RSA") {
+			t.Errorf("%s: %v", c.what, err)
+		}
+	}
+	if _, err := testReg.Import(ctx, Operator, Material{Class: keymap.PublicKey, Public: &key.PublicKey}, Meta{Name: "rsa-ok"}, true, ""); err != nil {
+		t.Errorf("a 2048-bit key: %v", err)
+	}
+	odd := *key
+	odd.PublicKey.E = 4
+	if _, err := testReg.Import(ctx, Operator, Material{Class: keymap.PrivateKey, Private: &odd}, Meta{Name: "rsa-limit-priv"}, true, ""); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a private key with an even exponent: %v", err)
+	}
+
+	tok, err := testReg.Signer("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := NewTag()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var made pkcs11.ObjectHandle
+	defer func() {
+		_ = tok.do(ctx, func(sh pkcs11.SessionHandle) error { return tok.ctx.DestroyObject(sh, made) })
+	}()
+	err = tok.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var err error
+		made, err = tok.ctx.CreateObject(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, tag),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, huge.Bytes()), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true)})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("make an oversized key in the token: %v", err)
+	}
+	if _, err := tok.publicKey(ctx, tag); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("an oversized key in the token is read for use on the host: %v", err)
+	}
+}

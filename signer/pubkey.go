@@ -110,7 +110,12 @@ func (t *Token) readPublic(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, kind 
 		if !e.IsInt64() || e.Int64() > 1<<31-1 || e.Int64() < 3 {
 			return nil, errorf(ErrUnsupported, "RSA public exponent out of range")
 		}
-		return &rsa.PublicKey{N: new(big.Int).SetBytes(a[0].Value), E: int(e.Int64())}, nil
+		k := &rsa.PublicKey{N: new(big.Int).SetBytes(a[0].Value), E: int(e.Int64())}
+		if err := CheckRSAPublic(k); err != nil {
+			// A key another process or an earlier version put in the token: not used on the host.
+			return nil, errorf(ErrUnsupported, "RSA public key in the token: %v", err)
+		}
+		return k, nil
 	case pkcs11.CKK_EC:
 		if kind != kindPublic {
 			return nil, errorf(ErrNotFound, "EC private key without its public key object")

@@ -294,6 +294,9 @@ func (r *registered) parsePublic(mat *node) error {
 	if err == nil && mat.Type != tt.TypeByteString && (r.format == uint32(kmip14.KeyFormatTypePKCS_1) || r.format == uint32(kmip14.KeyFormatTypeX_509)) {
 		err = fmt.Errorf("KeyMaterial must be a ByteString")
 	}
+	if k, ok := pub.(*rsa.PublicKey); ok && err == nil {
+		err = signer.CheckRSAPublic(k)
+	}
 	if err != nil {
 		return kerr(rInvalidField, "public key in format %s: %v", tagEnumName(kmip14.TagKeyFormatType, r.format), err)
 	}
@@ -301,9 +304,17 @@ func (r *registered) parsePublic(mat *node) error {
 	return nil
 }
 
+// maxPrivateKeyDER bounds an encoded private key before it is parsed: parsing validates and
+// precomputes an RSA key, in time that grows with its size. An RSA key of MaxRSABits takes about
+// 9.3 KB in PKCS#1.
+const maxPrivateKeyDER = 16 << 10
+
 func (r *registered) parsePrivate(mat *node) error {
 	var priv any
 	var err error
+	if mat.Type == tt.TypeByteString && len(mat.Raw) > maxPrivateKeyDER {
+		return kerr(rInvalidField, "a private key of %d bytes exceeds the limit of %d bytes (RSA keys up to %d bits)", len(mat.Raw), maxPrivateKeyDER, signer.MaxRSABits)
+	}
 	switch kmip14.KeyFormatType(r.format) {
 	case kmip14.KeyFormatTypePKCS_1:
 		priv, err = x509.ParsePKCS1PrivateKey(mat.Raw)
@@ -358,6 +369,15 @@ func rsaFromTransparent(t transparentRSAPrivate) (*rsa.PrivateKey, error) {
 		return nil, fmt.Errorf("public exponent out of range")
 	}
 	k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: t.Modulus, E: int(t.PublicExponent.Int64())}, D: t.PrivateExponent, Primes: []*big.Int{t.P, t.Q}}
+	// Checked before Validate, whose cost grows with the numbers' size.
+	if err := signer.CheckRSAPublic(&k.PublicKey); err != nil {
+		return nil, err
+	}
+	for _, x := range []*big.Int{t.PrivateExponent, t.P, t.Q} {
+		if x.BitLen() > t.Modulus.BitLen() {
+			return nil, fmt.Errorf("private values larger than the modulus")
+		}
+	}
 	if err := k.Validate(); err != nil {
 		return nil, err
 	}

@@ -75,6 +75,7 @@ fuzz: deps-test
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME) ./keymap/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./conf/
 	$(GO) test -run '^$$' -fuzz FuzzMessage -fuzztime $(FUZZTIME) ./ttlv/
+	$(GO) test -run '^$$' -fuzz FuzzAttrStore -fuzztime $(FUZZTIME) ./ttlv/
 	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $(FUZZTIME) ./kes/
 	$(GO) test -run '^$$' -fuzz FuzzBytesObject -fuzztime $(FUZZTIME) ./kes/
 

@@ -146,9 +146,13 @@ func appendJSONInt(dst []byte, n *node, enumTag tt.Tag) []byte {
 // appendIntValue writes an Integer: masks by their bit names when the tag has an enumeration.
 func appendIntValue(dst []byte, v int32, enumTag tt.Tag) []byte {
 	if e := tt.DefaultRegistry.EnumForTag(enumTag); e != nil {
-		dst = append(dst, '"')
-		dst = append(dst, tt.FormatInt(v, e)...)
-		return append(dst, '"')
+		// gemalto spells 0 as "" when no name has the value 0, which no decoder reads back
+		// (FuzzAttrStore found it); 0 is written as a number instead, which every version reads.
+		if name := tt.FormatInt(v, e); name != "" {
+			dst = append(dst, '"')
+			dst = append(dst, name...)
+			return append(dst, '"')
+		}
 	}
 	return strconv.AppendInt(dst, int64(v), 10)
 }
@@ -297,6 +301,10 @@ func nodeFromJSON(v any, attrTag tt.Tag, depth int) (*node, error) {
 		case float64:
 			return newInt(tag, int32(x)), nil
 		case string:
+			if x == "" && tt.DefaultRegistry.EnumForTag(enumTag) != nil {
+				// Earlier versions wrote 0 so (appendIntValue), and could not read it back.
+				return newInt(tag, 0), nil
+			}
 			if i, err := tt.DefaultRegistry.ParseInt(enumTag, x); err == nil {
 				return newInt(tag, i), nil
 			}

@@ -19,7 +19,8 @@ import (
 // object's row, and answered by GetAttributes in KMIP 1.4 and 2.0. What is read back or answered
 // must be what went in, up to what the stored form has always normalized (BigInteger padding,
 // invalid UTF-8 in text). Each input has a time budget linear in its size, so an input that costs
-// more than linear time fails as a hang would; shallow inputs are also compared with gemalto's
+// more than linear time fails as a hang would (the least of three runs, against the noise of a
+// shared machine); shallow inputs are also compared with gemalto's
 // codec (untimed: it is exponential). Seeds in testdata/fuzz/FuzzAttrStore, and the deep values
 // below, run in every `go test`.
 func FuzzAttrStore(f *testing.F) {
@@ -41,18 +42,26 @@ func FuzzAttrStore(f *testing.F) {
 		if err != nil {
 			return
 		}
-		start := time.Now()
+		run := func() time.Duration {
+			start := time.Now()
+			storeAndReadBack(t, v)
+			candidates := []attr{{name: "x-fuzz", index: -1, value: retag(v, kmip14.TagAttributeValue)}}
+			if d := defByTag[v.Tag]; d != nil {
+				candidates = append(candidates, attr{def: d, name: d.name, index: -1, value: v})
+			}
+			for _, a := range candidates {
+				answerAsGiven(t, srv, a)
+			}
+			return time.Since(start)
+		}
+		// An input over its budget is run twice more and fails only when every run is over: on a
+		// shared machine one run can stall for a few hundred milliseconds, a superlinear input
+		// is slow every time.
 		budget := 250*time.Millisecond + time.Duration(len(b))*50*time.Microsecond
-		storeAndReadBack(t, v)
-		candidates := []attr{{name: "x-fuzz", index: -1, value: retag(v, kmip14.TagAttributeValue)}}
-		if d := defByTag[v.Tag]; d != nil {
-			candidates = append(candidates, attr{def: d, name: d.name, index: -1, value: v})
-		}
-		for _, a := range candidates {
-			answerAsGiven(t, srv, a)
-		}
-		if took := time.Since(start); took > budget {
-			t.Fatalf("an item of %d bytes took %v, over its linear budget of %v", len(b), took, budget)
+		if took := run(); took > budget {
+			if took = min(took, run(), run()); took > budget {
+				t.Fatalf("an item of %d bytes took %v (the least of three runs), over its linear budget of %v", len(b), took, budget)
+			}
 		}
 		if _, depth := measure(v); depth <= 4 {
 			checkAgainstOracle(t, kmip14.TagAttributeValue, []*node{v})

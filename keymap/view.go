@@ -32,6 +32,15 @@ func (v View) Attr(k string) (string, bool) {
 	return v.st.attrs[i].v, true
 }
 
+// EachAttr calls fn with each attribute of the record, in name order, until fn returns false.
+func (v View) EachAttr(fn func(k, val string) bool) {
+	for _, a := range v.st.attrs {
+		if !fn(a.k, a.v) {
+			return
+		}
+	}
+}
+
 // Record returns a deep copy of the record, as Get does.
 func (v View) Record() Record { return v.st.record() }
 

@@ -1,6 +1,10 @@
 package signer
 
-import "github.com/p11bridge/p11bridge/keymap"
+import (
+	"strings"
+
+	"github.com/p11bridge/p11bridge/keymap"
+)
 
 // Scan calls fn, in identifier order, with each row c may see (Caller.Sees) until fn returns
 // false. The rows are the keymap's own, read through views without a copy: a caller that
@@ -14,12 +18,21 @@ func (r *Registry) Scan(c Caller, fn func(keymap.View) bool) {
 	})
 }
 
-// visibility is the part of v that Caller.Sees reads — name, KES name and owner — as a record,
-// without copying the rest. TestScanSeesAsSees keeps it in step with Sees.
+// visibility is v as Caller.Sees needs it, without copying the bulk of the row: every field and
+// the registry's own attributes (KES names and the like, which decide a key's name), but not the
+// values a front end stores for clients ("kmip." and "x." attributes of the KMIP front end, which
+// the key model never reads for visibility). TestScanSeesAsSees keeps it in step with Sees.
 func visibility(v keymap.View) keymap.Record {
-	rec := keymap.Record{ID: v.ID(), Signer: v.Signer(), Class: v.Class(), Name: v.Name(), State: v.State(), Owner: v.Owner()}
-	if kn, ok := v.Attr(AttrKESName); ok {
-		rec.Attrs = map[string]string{AttrKESName: kn}
-	}
+	rec := keymap.Record{ID: v.ID(), Signer: v.Signer(), Class: v.Class(), Algorithm: v.Algorithm(), Size: v.Size(),
+		Name: v.Name(), State: v.State(), Owner: v.Owner(), Created: v.Created()}
+	v.EachAttr(func(k, val string) bool {
+		if !strings.HasPrefix(k, "kmip.") && !strings.HasPrefix(k, "x.") {
+			if rec.Attrs == nil {
+				rec.Attrs = map[string]string{}
+			}
+			rec.Attrs[k] = val
+		}
+		return true
+	})
 	return rec
 }

@@ -20,8 +20,12 @@ func TestScanSeesAsSees(t *testing.T) {
 	if _, err := testReg.CreateKESKey(ctx, alice, "scan-kes"); err != nil {
 		t.Fatal(err)
 	}
+	// An imported KES key has a separate HMAC key, named by the KES key's name.
+	if _, err := testReg.ImportKESKey(ctx, alice, "scan-imported", make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []Caller{alice, {Identity: "scan-bob"}, {Identity: "nobody"}, {Identity: "scan-carol", Keys: []string{"scan-*"}},
-		{Identity: "scan-alice", Keys: []string{"scan-kes"}}, {Admin: true}} {
+		{Identity: "scan-alice", Keys: []string{"scan-kes"}}, {Identity: "scan-alice", Keys: []string{"scan-imported"}}, {Admin: true}} {
 		var want, got []string
 		testReg.Range(func(rec keymap.Record) bool {
 			if c.Sees(rec) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -261,7 +262,7 @@ func TestAttributeEncodedOutsideLock(t *testing.T) {
 	a := createdID(t, r.call(v14, kmip14.OperationCreate, createAES()))
 	b := createdID(t, r.call(v14, kmip14.OperationCreate, createAES()))
 	var once sync.Once
-	otherDone := false
+	var otherDone atomic.Bool
 	hook := func(name string) {
 		if name != "x-lockcheck" {
 			return
@@ -280,7 +281,7 @@ func TestAttributeEncodedOutsideLock(t *testing.T) {
 			}()
 			select {
 			case err := <-done:
-				otherDone = err == nil
+				otherDone.Store(err == nil)
 			case <-time.After(10 * time.Second): // held: the change encodes under the lock
 			}
 		})
@@ -288,7 +289,7 @@ func TestAttributeEncodedOutsideLock(t *testing.T) {
 	storeHook.Store(&hook)
 	defer storeHook.Store(nil)
 	ok(t, addAttr1(r, a, "x-lockcheck", newText(0, "value")))
-	if !otherDone {
+	if !otherDone.Load() {
 		t.Fatal("another object's update waited while an attribute was encoded: the registry lock was held")
 	}
 }

@@ -209,7 +209,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("unexpected non-zero: %+v", cfg)
 	}
 	want := KMIP{MaxMessageSize: 1 << 20, MaxConnections: 1024, IdleTimeout: 2 * time.Minute, HandshakeTimeout: 10 * time.Second,
-		MaxHandshakes: 256, MaxHandshakesPerAddress: 8, MaxLocateItems: 1000}
+		MaxHandshakes: 256, MaxHandshakesPerAddress: 64, MaxLocateItems: 1000}
 	if cfg.KMIP != want || cfg.KES.MaxBody != 1<<20 {
 		t.Errorf("KMIP %+v KES %+v", cfg.KMIP, cfg.KES)
 	}

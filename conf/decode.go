@@ -48,7 +48,7 @@ const (
 	// The KMIP listener's handshake and Locate limits (the ttlv package's defaults).
 	defaultHandshakeTimeout = 10 * time.Second
 	defaultMaxHandshakes    = 256
-	defaultHandshakesPerIP  = 8
+	defaultHandshakesPerIP  = 64
 	defaultMaxLocateItems   = 1000
 	defaultMaxBody          = 1 << 20
 	minBody, maxBody        = 1 << 10, 64 << 20

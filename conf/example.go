@@ -145,10 +145,11 @@ kmip {
   # A new connection must finish TLS within handshake_timeout. Connections
   # still in their handshake do not take the slots above: at most
   # max_handshakes of them, max_handshakes_per_address from one IP address
-  # (IPv6: one /64); beyond either, the oldest is closed for the newest.
+  # (IPv6: one /64). Beyond either, the oldest is closed for the newest once
+  # it has had a second, and the newest is refused while all are younger.
   handshake_timeout          = "10s"
   max_handshakes             = 256
-  max_handshakes_per_address = 8
+  max_handshakes_per_address = 64
   # Locate answers at most this many identifiers (fewer when the request's
   # Maximum Items says so); Offset Items pages through the rest.
   max_locate_items = 1000

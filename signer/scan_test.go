@@ -8,7 +8,7 @@ import (
 )
 
 // TestScanSeesAsSees: Scan visits exactly the rows Caller.Sees allows on the full record, for
-// owners, other identities, key-name patterns, the admin and KES keys.
+// owners, other identities, key-name patterns granting a team's keys, the admin and KES keys.
 func TestScanSeesAsSees(t *testing.T) {
 	alice := Caller{Identity: "scan-alice"}
 	if _, err := testReg.Create(ctx, alice, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "scan-a"}); err != nil {
@@ -24,7 +24,8 @@ func TestScanSeesAsSees(t *testing.T) {
 	if _, err := testReg.ImportKESKey(ctx, alice, "scan-imported", make([]byte, 32)); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []Caller{alice, {Identity: "scan-bob"}, {Identity: "nobody"}, {Identity: "scan-carol", Keys: []string{"scan-*"}},
+	team := func(owner string) bool { return owner == "scan-alice" || owner == "scan-bob" }
+	for _, c := range []Caller{alice, {Identity: "scan-bob"}, {Identity: "nobody"}, {Identity: "scan-carol", Keys: []string{"scan-*"}, Team: team},
 		{Identity: "scan-alice", Keys: []string{"scan-kes"}}, {Identity: "scan-alice", Keys: []string{"scan-imported"}}, {Admin: true}} {
 		var want, got []string
 		testReg.Range(func(rec keymap.Record) bool {

@@ -16,9 +16,10 @@ import (
 // 127.0.0.1, the address the real client connects from, half from 40 other loopback addresses —
 // do not keep a real client (github.com/ovh/kmip-go) from connecting, making a key pair and
 // signing while they are held. Connections still in their handshake take no connection slot (the
-// default 1,024 slots are fewer than the sockets); at most 8 per address and 256 in all are kept,
-// the oldest closed for the newest; and every one is closed once handshake_timeout (4 s here)
-// has passed.
+// default 1,024 slots are fewer than the sockets); at most 64 per address and 256 in all are kept
+// (over that the newest is refused while all are younger than a second, and after that the oldest
+// is closed for the newest: the client comes once the sockets have had their second); and every
+// one is closed once handshake_timeout (4 s here) has passed.
 func TestHalfOpenConnections(t *testing.T) {
 	b := newBridge(t, t.TempDir(), "halfopen")
 	const timeout = 4 * time.Second
@@ -46,8 +47,8 @@ func TestHalfOpenConnections(t *testing.T) {
 		held = append(held, c)
 	}
 	opened := time.Now()
-	// Let the server accept them all before the client comes.
-	time.Sleep(500 * time.Millisecond)
+	// The held sockets have their second, after which they may be closed for newer connections.
+	time.Sleep(1500 * time.Millisecond)
 	during := b.figures()
 
 	c, err := b.kmipAs(admin)
@@ -74,8 +75,8 @@ func TestHalfOpenConnections(t *testing.T) {
 		t.Logf("note: the client took %v, past the handshake timeout: the sockets may have been let go already", signed)
 	}
 
-	// Every held socket is closed by the server: at once when over the bounds, at the handshake
-	// timeout otherwise.
+	// Every held socket is closed by the server: at once when over the bounds (or for the client),
+	// at the handshake timeout otherwise.
 	var mu sync.Mutex
 	closed, early := 0, 0
 	var wg sync.WaitGroup

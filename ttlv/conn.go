@@ -24,7 +24,8 @@ type conn struct {
 	s        *Server
 	nc       net.Conn
 	remote   string
-	source   string // what the handshake bounds count against (sourceOf)
+	source   string    // what the handshake bounds count against (sourceOf)
+	accepted time.Time // when the connection came
 	identity string
 
 	// Owned by the server's mu: the connection's places in the lists of handshakes (nil once

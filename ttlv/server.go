@@ -49,9 +49,9 @@ type Options struct {
 	HandshakeTimeout time.Duration
 	// MaxHandshakes bounds the connections still in their handshake, beside the MaxConnections
 	// authenticated ones; 0 = 256. MaxHandshakesPerAddress bounds them per source address (IPv6:
-	// per /64); 0 = 8. Over either bound the oldest unfinished handshake is closed for the new
-	// connection: a handshake takes milliseconds, so real clients finish theirs while connections
-	// that never do are cycled out.
+	// per /64); 0 = 64. Over either bound the oldest unfinished handshake is closed for the new
+	// connection once it has had a second (real clients finish in milliseconds), and the new one
+	// is refused while all are younger (a burst of real clients is not cut short by itself).
 	MaxHandshakes           int
 	MaxHandshakesPerAddress int
 	// MaxLocateItems caps the identifiers one Locate answers; 0 = 1000.
@@ -72,7 +72,7 @@ const (
 	// makes a silent connection cost 10 s rather than an idle timeout.
 	DefaultHandshakeTimeout        = 10 * time.Second
 	DefaultMaxHandshakes           = 256
-	DefaultMaxHandshakesPerAddress = 8
+	DefaultMaxHandshakesPerAddress = 64
 	// DefaultMaxLocateItems keeps a Locate answer to some 50 KB; clients page with Offset Items.
 	DefaultMaxLocateItems = 1000
 	defaultServerName     = "p11bridge"
@@ -99,6 +99,7 @@ type Server struct {
 	pendingFrom map[string]*list.List
 	established int // authenticated connections, bounded by MaxConnections
 	evicted     int // handshakes closed for newer ones since the last warning
+	refusedHS   int // connections refused over the handshake bounds since the last warning
 	evictWarned time.Time
 	closing     atomic.Bool
 	active      sync.WaitGroup // connection goroutines
@@ -187,9 +188,15 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// handshakeGrace is how long a handshake is safe from being closed for a newer connection: a
+// client finishes in milliseconds, so one still unfinished after a second is a client that is not
+// trying, and a burst of real clients is not cut short by its own later members.
+const handshakeGrace = time.Second
+
 // track registers a new connection, in its handshake, or closes it when the server is full of
-// authenticated connections or stopping. An unfinished handshake over the bounds of its source
-// address or of the server is closed to make room.
+// authenticated connections or stopping. Over the bounds on unfinished handshakes, of its source
+// address or of the server, the oldest is closed to make room if it has had handshakeGrace, and
+// the new connection is refused otherwise.
 func (s *Server) track(nc net.Conn) (*conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -202,17 +209,18 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 		_ = nc.Close()
 		return nil, false
 	}
-	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), source: sourceOf(nc.RemoteAddr()), idle: true}
+	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), source: sourceOf(nc.RemoteAddr()), idle: true, accepted: time.Now()}
 	from := s.pendingFrom[c.source]
-	if from == nil {
+	if (from != nil && from.Len() >= s.opts.MaxHandshakesPerAddress && !s.evictOldestLocked(from, c.accepted)) ||
+		(s.pending.Len() >= s.opts.MaxHandshakes && !s.evictOldestLocked(&s.pending, c.accepted)) {
+		s.refusedHS++
+		s.warnHandshakesLocked(c.source)
+		_ = nc.Close()
+		return nil, false
+	}
+	if from = s.pendingFrom[c.source]; from == nil {
 		from = &list.List{}
 		s.pendingFrom[c.source] = from
-	}
-	if from.Len() >= s.opts.MaxHandshakesPerAddress {
-		s.evictLocked(from.Front().Value.(*conn))
-	}
-	if s.pending.Len() >= s.opts.MaxHandshakes {
-		s.evictLocked(s.pending.Front().Value.(*conn))
 	}
 	c.inAll, c.inFrom = s.pending.PushBack(c), from.PushBack(c)
 	s.conns[c] = struct{}{}
@@ -220,17 +228,28 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 	return c, true
 }
 
-// evictLocked closes a connection still in its handshake to make room for a newer one. Needs mu.
-func (s *Server) evictLocked(c *conn) {
+// evictOldestLocked closes the oldest handshake of l for a connection that came at now, if it has
+// had handshakeGrace. Needs mu.
+func (s *Server) evictOldestLocked(l *list.List, now time.Time) bool {
+	c := l.Front().Value.(*conn)
+	if now.Sub(c.accepted) < handshakeGrace {
+		return false
+	}
 	s.unpendLocked(c)
 	c.evicted.Store(true)
 	c.close()
 	s.evicted++
+	s.warnHandshakesLocked(c.source)
+	return true
+}
+
+// warnHandshakesLocked reports handshakes closed and connections refused over the bounds, once
+// per 10 s at most: a flood of silent connections must not flood the log too. Needs mu.
+func (s *Server) warnHandshakesLocked(source string) {
 	if now := time.Now(); now.Sub(s.evictWarned) >= 10*time.Second {
-		// Once per 10 s at most: a flood of silent connections must not flood the log too.
-		s.log.Warn("kmip: too many unfinished TLS handshakes; closing the oldest for newer connections",
-			"closed", s.evicted, "per_address", s.opts.MaxHandshakesPerAddress, "total", s.opts.MaxHandshakes, "latest_from", c.source)
-		s.evicted, s.evictWarned = 0, now
+		s.log.Warn("kmip: too many unfinished TLS handshakes; closing the oldest, refusing new ones while all are recent",
+			"closed", s.evicted, "refused", s.refusedHS, "per_address", s.opts.MaxHandshakesPerAddress, "total", s.opts.MaxHandshakes, "latest_from", source)
+		s.evicted, s.refusedHS, s.evictWarned = 0, 0, now
 	}
 }
 

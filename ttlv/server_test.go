@@ -267,3 +267,50 @@ func TestSourceOf(t *testing.T) {
 		}
 	}
 }
+
+// TestHandshakeBounds: with 8 unfinished handshakes allowed per address, 8 silent TCP connections
+// from the clients' own address first refuse newcomers (all are younger than a second), then give
+// way to a burst of 8 real clients, who all get in; the silent ones are closed.
+func TestHandshakeBounds(t *testing.T) {
+	_, addr, _ := startServer(t, Options{MaxHandshakesPerAddress: 8, HandshakeTimeout: time.Minute})
+	var silent []net.Conn
+	for i := 0; i < 8; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	time.Sleep(200 * time.Millisecond) // accepted
+	if _, err := dialAt(addr, "raw"); err == nil {
+		t.Error("a ninth handshake from the address got in while the eight were younger than a second")
+	}
+	time.Sleep(handshakeGrace)
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		go func() {
+			r, err := dialAt(addr, "raw")
+			if err == nil {
+				r.t = t
+				_ = r.c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, ok := r.send(queryReq(v14).encode()); !ok {
+					err = errors.New("no answer")
+				}
+				r.c.Close()
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("a real client beside old silent connections: %v", err)
+		}
+	}
+	for _, c := range silent {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); isTimeout(err) {
+			t.Error("a silent connection was kept while real clients needed its place")
+		}
+	}
+}

@@ -270,7 +270,7 @@ func TestSourceOf(t *testing.T) {
 
 // TestHandshakeBounds: with 8 unfinished handshakes allowed per address, 8 silent TCP connections
 // from the clients' own address first refuse newcomers (all are younger than a second), then give
-// way to a burst of 8 real clients, who all get in; the silent ones are closed.
+// way to a burst of 8 real clients, who all get in, silent ones closed for them.
 func TestHandshakeBounds(t *testing.T) {
 	_, addr, _ := startServer(t, Options{MaxHandshakesPerAddress: 8, HandshakeTimeout: time.Minute})
 	var silent []net.Conn
@@ -307,10 +307,17 @@ func TestHandshakeBounds(t *testing.T) {
 			t.Errorf("a real client beside old silent connections: %v", err)
 		}
 	}
+	// The first real client found the eight silent ones in place and closed one; the rest closed
+	// as many as they needed, which depends on how soon the earlier ones were through.
+	closed := 0
 	for _, c := range silent {
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); isTimeout(err) {
-			t.Error("a silent connection was kept while real clients needed its place")
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+			closed++
 		}
+	}
+	t.Logf("%d of the 8 silent connections were closed for the real clients", closed)
+	if closed == 0 {
+		t.Error("no silent connection was closed, yet the real clients got in past the bound")
 	}
 }

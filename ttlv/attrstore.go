@@ -121,9 +121,9 @@ func factNode(rec keymap.Record, d *attrDef) *node {
 }
 
 // storedChange is the new state of one attribute of a row, computed — decoded, changed, checked and
-// encoded — before the registry's lock is taken: apply only assigns. Registry.Update holds a
-// registry-wide lock while its function runs, so nothing that costs time in the size of a value
-// may happen there.
+// encoded — before Registry.Update is called: apply only assigns. Update runs its function with the
+// row locked (and on PostgreSQL runs it again after a concurrent change), so nothing that costs
+// time in the size of a value may happen there.
 type storedChange struct {
 	key  string // the Record.Attrs key; "" for a fact
 	val  string // the encoded instances; "" deletes the key

@@ -182,8 +182,8 @@ var errRaced = errors.New("the attribute changed meanwhile")
 const maxChangeTries = 8
 
 // changeAttr runs fn on the instances of one attribute and stores what it returns. The instances
-// are decoded, changed and encoded before the registry's (registry-wide) lock is taken; the update
-// only assigns, and only if the attribute is still as it was read, else it all starts over.
+// are decoded, changed and encoded before Registry.Update locks the row; the update only assigns,
+// and only if the attribute is still as it was read, else it all starts over.
 func (o *op) changeAttr(rec keymap.Record, a attr, fn func(vals []*node, fixed int) ([]*node, error)) error {
 	if err := o.checkWritable(rec, a); err != nil {
 		return err

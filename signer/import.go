@@ -147,8 +147,9 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	default:
 		return keymap.Record{}, errorf(ErrInvalid, "import: unsupported object class %q", m.Class)
 	}
+	var made []pkcs11.ObjectHandle
 	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
-		var made []pkcs11.ObjectHandle
+		made = made[:0]
 		for _, tmpl := range templates {
 			h, err := t.ctx.CreateObject(sh, tmpl)
 			if err != nil {
@@ -163,6 +164,9 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	})
 	if err != nil {
 		return keymap.Record{}, classify(err, fmt.Sprintf("signer %q: import %s", t.cfg.Name, m.Class))
+	}
+	for i, h := range made {
+		t.remember(handleKey{string(tag), kindOfTemplate(templates[i])}, h)
 	}
 	rec := newRecord(tag, false, t.cfg.Name, m.Class, alg, size, kid, meta)
 	if exportable {

@@ -3,6 +3,8 @@ package signer
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -11,13 +13,25 @@ import (
 // The handle index: a token's objects found in one pass, so that the first use of each key after
 // a start does not search the token (on SoftHSM2, and on many HSMs, a search by CKA_ID walks every
 // object: warming N keys one search each costs O(N²)). The pass runs in the background when a
-// signer opens; requests are served meanwhile, a key not indexed yet found by its own search as
-// before. Keys this process makes or destroys are added or dropped as it does (find, remember,
-// forget), and a key the pass did not see (made by another process since) is found by a targeted
-// search, once, and cached.
+// signer opens; requests are served meanwhile. Keys this process makes or destroys are added or
+// dropped as it does (remember, forget).
+//
+// A lookup the index cannot answer — the pass has not reached the key yet, or another process made
+// it since — goes through search: one targeted search at a time per token (the gate), so a burst
+// of first uses costs the token one walk at a time, not one each at once; while the pass runs, a
+// waiting lookup is also woken by its end and usually finds its key then. A tag searched for and
+// not found is remembered for handleMissTTL, so a row whose object is gone does not search on
+// every use.
 
 // indexBatch is how many handles one C_FindObjects returns in the pass.
 const indexBatch = 1024
+
+// handleMissTTL is how long a tag searched for in vain is not searched for again; maxHandleMisses
+// bounds how many are remembered (beyond it the expired go, then others until half remain).
+const (
+	handleMissTTL   = time.Second
+	maxHandleMisses = 4096
+)
 
 // IndexStats says what a signer's index pass did.
 type IndexStats struct {
@@ -26,14 +40,21 @@ type IndexStats struct {
 	Indexed int           // handles cached by it (objects carrying a p11bridge tag)
 	Took    time.Duration // the whole pass
 	Err     error
+	// Searches counts the targeted searches made since the signer opened (lookups the index
+	// could not answer).
+	Searches int64
 }
 
 // startIndex runs the pass in the background; Index reports it.
 func (t *Token) startIndex() {
-	done := make(chan struct{})
+	done, wake := make(chan struct{}), make(chan struct{})
 	t.indexDone = done
+	t.indexWake.Store(&wake)
 	go func() {
-		defer close(done)
+		defer func() {
+			close(done)
+			t.indexProgress()
+		}()
 		st := t.indexPass(context.Background())
 		t.indexStats.Store(&st)
 		if st.Err != nil {
@@ -46,10 +67,12 @@ func (t *Token) startIndex() {
 
 // Index reports the index pass (Done false while it runs).
 func (t *Token) Index() IndexStats {
-	if st := t.indexStats.Load(); st != nil {
-		return *st
+	var st IndexStats
+	if p := t.indexStats.Load(); p != nil {
+		st = *p
 	}
-	return IndexStats{}
+	st.Searches = t.searches.Load()
+	return st
 }
 
 // WaitIndex waits until the pass has ended or ctx ends.
@@ -65,24 +88,21 @@ func (t *Token) WaitIndex(ctx context.Context) error {
 	}
 }
 
-// indexPass lists every token object in batches and caches the handle of each object that carries
-// a p11bridge tag, under the kinds lookups ask for. An object kind seen twice under one tag is left
-// out, so find refuses it as it always did.
+// indexPass lists every token object and caches the handle of each object that carries a
+// p11bridge tag, under the kinds lookups ask for. The objects are read by indexWorkers sessions at
+// once (SoftHSM2 spends most of a pass loading each object's file, which runs in parallel), and
+// published a batch at a time, each batch waking the lookups that wait for the pass. An object
+// kind seen twice under one tag is left out (dropped again if already published), so find
+// refuses it as it always did.
 func (t *Token) indexPass(ctx context.Context) IndexStats {
 	start := time.Now()
 	st := IndexStats{}
-	type entry struct {
-		h     pkcs11.ObjectHandle
-		twice bool
-	}
-	found := map[handleKey]*entry{}
+	var all []pkcs11.ObjectHandle
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
-		clear(found)
-		st.Objects = 0
+		all = all[:0]
 		if err := t.ctx.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}); err != nil {
 			return err
 		}
-		var all []pkcs11.ObjectHandle
 		for {
 			hs, _, err := t.ctx.FindObjects(sh, indexBatch)
 			if err != nil {
@@ -94,77 +114,252 @@ func (t *Token) indexPass(ctx context.Context) IndexStats {
 			}
 			all = append(all, hs...)
 		}
-		if err := t.ctx.FindObjectsFinal(sh); err != nil {
-			return err
-		}
-		for _, h := range all {
-			if t.closed.Load() {
-				return fmt.Errorf("signer closed")
-			}
-			st.Objects++
-			k, tag, ok := t.kindOf(sh, h)
-			if !ok {
-				continue
-			}
-			key := handleKey{string(tag), k}
-			if e := found[key]; e != nil {
-				e.twice = true
-				continue
-			}
-			found[key] = &entry{h: h}
-		}
-		return nil
+		return t.ctx.FindObjectsFinal(sh)
 	})
 	if err != nil {
 		st.Err = classify(err, fmt.Sprintf("signer %q: index token objects", t.cfg.Name))
 		st.Done, st.Took = true, time.Since(start)
 		return st
 	}
-	for key, e := range found {
-		if e.twice {
-			continue
+	st.Objects = len(all)
+
+	type seen struct {
+		c     *cachedHandle // what the pass published, nil when a lookup had cached one first
+		twice bool
+	}
+	var mu sync.Mutex
+	found := make(map[handleKey]*seen, len(all))
+	type object struct {
+		key handleKey
+		h   pkcs11.ObjectHandle
+	}
+	publish := func(batch []object) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, o := range batch {
+			if e := found[o.key]; e != nil {
+				if !e.twice && e.c != nil {
+					t.handles.CompareAndDelete(o.key, e.c)
+					st.Indexed--
+				}
+				e.twice = true
+				continue
+			}
+			// A lookup may have cached the handle meanwhile, or forgotten a destroyed key: a
+			// handle the pass saw is only added where there is none, and it is checked before
+			// use later like any cached handle whose last look is old (findCached).
+			c := &cachedHandle{h: o.h}
+			c.checked.Store(t.clock())
+			e := &seen{}
+			if _, loaded := t.handles.LoadOrStore(o.key, c); !loaded {
+				e.c = c
+				st.Indexed++
+			}
+			found[o.key] = e
 		}
-		// A lookup may have cached the handle meanwhile, or forgotten a destroyed key: a handle
-		// the pass saw is only added where there is none, and it is checked before use later
-		// like any cached handle whose last look is old (findCached).
-		c := &cachedHandle{h: e.h}
-		c.checked.Store(t.clock())
-		if _, loaded := t.handles.LoadOrStore(key, c); !loaded {
-			st.Indexed++
+		t.indexProgress()
+	}
+	var next atomic.Int64
+	errs := make(chan error, indexWorkers)
+	for range indexWorkers {
+		go func() {
+			errs <- t.do(ctx, func(sh pkcs11.SessionHandle) error {
+				batch := make([]object, 0, indexPublish)
+				for {
+					i := int(next.Add(indexPublish)) - indexPublish
+					if i >= len(all) {
+						return nil
+					}
+					if t.closed.Load() {
+						return fmt.Errorf("signer closed")
+					}
+					batch = batch[:0]
+					for _, h := range all[i:min(i+indexPublish, len(all))] {
+						if k, tag, ok := t.kindOf(sh, h); ok {
+							batch = append(batch, object{handleKey{string(tag), k}, h})
+						}
+					}
+					publish(batch)
+				}
+			})
+		}()
+	}
+	for range indexWorkers {
+		if e := <-errs; e != nil && err == nil {
+			err = e
 		}
+	}
+	if err != nil {
+		st.Err = classify(err, fmt.Sprintf("signer %q: index token objects", t.cfg.Name))
 	}
 	st.Done, st.Took = true, time.Since(start)
 	return st
 }
 
+// indexWorkers sessions read objects in the pass, publishing what they found every indexPublish
+// objects.
+const (
+	indexWorkers = 2
+	indexPublish = 256
+)
+
+// indexProgress wakes the lookups waiting for the pass (search).
+func (t *Token) indexProgress() {
+	next := make(chan struct{})
+	old := t.indexWake.Swap(&next)
+	close(*old)
+}
+
 // kindOf reads what a lookup needs of object h: its kind and its tag (CKA_ID, or CKA_APPLICATION
-// for data objects). ok is false for objects p11bridge did not make.
+// for data objects). ok is false for objects p11bridge did not make. Keys answer class, CKA_ID and
+// key type in one call; other objects (certificates, data) lack an attribute of the three, fail
+// that call, and are read one attribute at a time.
 func (t *Token) kindOf(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (objKind, []byte, bool) {
-	a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)})
+	a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, nil), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
+	if err == nil && len(a) == 3 {
+		return keyKind(keyType(a[0].Value), keyType(a[2].Value), a[1].Value)
+	}
+	a, err = t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)})
 	if err != nil || len(a) == 0 {
 		return objKind{}, nil, false
 	}
-	class := keyType(a[0].Value)
-	switch class {
+	switch class := keyType(a[0].Value); class {
 	case pkcs11.CKO_DATA:
 		o, ok := t.describe(sh, h)
 		return kindData, o.tag, ok
-	case pkcs11.CKO_SECRET_KEY:
-		a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
-		if err != nil || len(a[0].Value) != TagSize {
+	case pkcs11.CKO_CERTIFICATE:
+		a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+		if err != nil || len(a) == 0 {
 			return objKind{}, nil, false
 		}
-		kt := keyType(a[1].Value)
+		return keyKind(class, 0, a[0].Value)
+	}
+	return objKind{}, nil, false
+}
+
+// keyKind is the kind under which lookups ask for an object of class and key type with CKA_ID id;
+// ok is false for objects p11bridge did not make.
+func keyKind(class, kt uint, id []byte) (objKind, []byte, bool) {
+	if len(id) != TagSize {
+		return objKind{}, nil, false
+	}
+	switch class {
+	case pkcs11.CKO_SECRET_KEY:
 		if kt != pkcs11.CKK_AES && kt != pkcs11.CKK_GENERIC_SECRET {
 			return objKind{}, nil, false
 		}
-		return objKind{class: class, keyType: kt}, a[0].Value, true
+		return objKind{class: class, keyType: kt}, id, true
 	case pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_CERTIFICATE:
-		a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
-		if err != nil || len(a[0].Value) != TagSize {
-			return objKind{}, nil, false
-		}
-		return objKind{class: class}, a[0].Value, true
+		return objKind{class: class}, id, true
 	}
 	return objKind{}, nil, false
+}
+
+// kindOfTemplate is the kind of the object a creation template makes (imports).
+func kindOfTemplate(tmpl []*pkcs11.Attribute) objKind {
+	var class, kt uint
+	for _, a := range tmpl {
+		switch a.Type {
+		case pkcs11.CKA_CLASS:
+			class = keyType(a.Value)
+		case pkcs11.CKA_KEY_TYPE:
+			kt = keyType(a.Value)
+		}
+	}
+	switch class {
+	case pkcs11.CKO_SECRET_KEY:
+		return objKind{class: class, keyType: kt}
+	case pkcs11.CKO_DATA:
+		return kindData
+	}
+	return objKind{class: class}
+}
+
+// indexing returns a channel closed when the pass publishes more handles or ends, or nil when it
+// has ended.
+func (t *Token) indexing() <-chan struct{} {
+	if t.indexDone == nil {
+		return nil
+	}
+	select {
+	case <-t.indexDone:
+		return nil
+	default:
+		return *t.indexWake.Load()
+	}
+}
+
+// search looks for tag's object of kind k for a lookup the cache could not answer: cached when
+// another search or the pass found it meanwhile, else one targeted search under the token's gate.
+// A tag found missing within handleMissTTL is not searched again.
+func (t *Token) search(ctx context.Context, key handleKey) (cached *cachedHandle, hs []pkcs11.ObjectHandle, err error) {
+	for {
+		if v, ok := t.handles.Load(key); ok {
+			return v.(*cachedHandle), nil, nil
+		}
+		if t.missedRecently(key) {
+			return nil, nil, nil
+		}
+		select {
+		case t.searchGate <- struct{}{}:
+		case <-t.indexing():
+			continue // the pass published more: the key may be cached now
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		if v, ok := t.handles.Load(key); ok {
+			<-t.searchGate
+			return v.(*cachedHandle), nil, nil
+		}
+		t.searches.Add(1)
+		err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
+			var err error
+			if hs, err = t.findAll(sh, []byte(key.tag), key.kind); err != nil || len(hs) > 0 || key.kind.class == pkcs11.CKO_PUBLIC_KEY {
+				return err
+			}
+			// Private objects are invisible without a login: tell a lost login from a missing key.
+			if si, err := t.ctx.GetSessionInfo(sh); err == nil && si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+				return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+			}
+			return nil
+		})
+		if err == nil && len(hs) == 0 {
+			t.rememberMiss(key)
+		}
+		<-t.searchGate
+		return nil, hs, err
+	}
+}
+
+// missedRecently says whether a search for key found nothing within handleMissTTL.
+func (t *Token) missedRecently(key handleKey) bool {
+	t.missMu.Lock()
+	defer t.missMu.Unlock()
+	at, ok := t.misses[key]
+	return ok && t.clock()-at < int64(handleMissTTL)
+}
+
+func (t *Token) rememberMiss(key handleKey) {
+	t.missMu.Lock()
+	defer t.missMu.Unlock()
+	if t.misses == nil {
+		t.misses = map[handleKey]int64{}
+	}
+	if len(t.misses) >= maxHandleMisses {
+		now := t.clock()
+		for k, at := range t.misses {
+			if now-at >= int64(handleMissTTL) || len(t.misses) >= maxHandleMisses/2 {
+				delete(t.misses, k)
+			}
+		}
+	}
+	t.misses[key] = t.clock()
+}
+
+// forgetMiss drops a remembered miss: the object was just made or found.
+func (t *Token) forgetMiss(key handleKey) {
+	t.missMu.Lock()
+	delete(t.misses, key)
+	t.missMu.Unlock()
 }

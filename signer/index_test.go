@@ -2,9 +2,12 @@ package signer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/miekg/pkcs11"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -65,5 +68,69 @@ func TestIndexWarmsLinearly(t *testing.T) {
 	}
 	if ratio > 8 {
 		t.Fatalf("warming 4× the keys cost %.1f× (linear is 4×): first uses search the token again", ratio)
+	}
+}
+
+// A key the index pass did not see (made by another process since) is found by one targeted
+// search and cached; a row whose token object is gone is searched for once per handleMissTTL, not
+// on every use; keys this process makes are known without a search.
+func TestIndexFallbackSearch(t *testing.T) {
+	owner := Caller{Identity: "index-fallback"}
+	r2, err := Open(Options{Signers: []Config{cfgOf("a", tokA)}, Logger: quietLog()}, testKM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	tok2, _ := r2.Signer("a")
+	if err := tok2.WaitIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	searches := func() int64 { return tok2.Index().Searches }
+	before := searches()
+
+	// Made by another registry (another process, as far as r2's index knows): one search, then cached.
+	k, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "fallback-other", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, _, err := r2.Seal(ctx, owner, k.ID, nil, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := searches() - before; n != 1 {
+		t.Fatalf("a key made elsewhere, used 3 times: %d searches, want 1", n)
+	}
+
+	// Made here: no search at all.
+	mine, err := r2.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "fallback-mine", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r2.Seal(ctx, owner, mine.ID, nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := searches() - before; n != 1 {
+		t.Fatalf("a key made here: %d searches in all, want still 1", n)
+	}
+
+	// The object of a row vanishes behind r2's back (r2 never cached it): one search per
+	// handleMissTTL however often the key is asked for.
+	gone, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "fallback-gone", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok1, _ := testReg.Signer("a")
+	if err := tok1.do(ctx, func(sh pkcs11.SessionHandle) error { return tok1.destroyTag(sh, gone.Tag) }); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for range 5 {
+		if _, _, err := r2.Seal(ctx, owner, gone.ID, nil, []byte("x"), nil); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("seal with a vanished object: %v, want not found", err)
+		}
+	}
+	if n := searches() - before; n != 2 && time.Since(start) < handleMissTTL {
+		t.Fatalf("a vanished object asked for 5 times: %d searches in all, want 2", n)
 	}
 }

@@ -134,6 +134,7 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	}
 	label := meta.Name
 	tries := 0
+	var made map[objKind]pkcs11.ObjectHandle
 	err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
 		if tries++; tries > 1 {
 			// A retry on a new session after a failure part way (the HMAC half, say): objects the
@@ -151,21 +152,28 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 		if err != nil {
 			return err
 		}
+		made = map[objKind]pkcs11.ObjectHandle{{class: pkcs11.CKO_SECRET_KEY, keyType: kt}: h}
 		if spec.WithHMAC && spec.Algorithm == AES {
-			_, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
+			hh, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
 				secretTemplate(tag, label, pkcs11.CKK_GENERIC_SECRET, 32))
 			if err != nil {
 				// Half a KES key is no key: leave no orphan behind.
 				if derr := t.ctx.DestroyObject(sh, h); derr != nil {
 					t.log.Warn("generate: the HMAC half failed and the AES half could not be removed; a retry removes it", "tag", hex.EncodeToString(tag), "err", err, "destroy_err", derr)
 				}
+				return err
 			}
-			return err
+			made[kindHMAC] = hh
 		}
 		return nil
 	})
 	if err != nil {
 		return keymap.Record{}, classify(err, fmt.Sprintf("signer %q: generate %s-%d", t.cfg.Name, spec.Algorithm, spec.Size))
+	}
+	// The handles are known: the key's first use searches nothing (on many tokens a search walks
+	// every object).
+	for k, h := range made {
+		t.remember(handleKey{string(tag), k}, h)
 	}
 	rec := newRecord(tag, false, t.cfg.Name, keymap.SecretKey, spec.Algorithm, spec.Size, nil, meta)
 	if spec.WithHMAC {

@@ -46,6 +46,7 @@ func (t *Token) remember(key handleKey, h pkcs11.ObjectHandle) {
 	c := &cachedHandle{h: h}
 	c.checked.Store(t.clock())
 	t.handles.Store(key, c)
+	t.forgetMiss(key)
 }
 
 // find returns the handle of the one object with tag and kind, from the cache when it can.
@@ -60,25 +61,19 @@ func (t *Token) find(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectH
 // handle is checked to still carry the tag before it is used (sameObject).
 func (t *Token) findCached(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectHandle, *cachedHandle, error) {
 	key := handleKey{string(tag), k}
-	if v, ok := t.handles.Load(key); ok {
-		c := v.(*cachedHandle)
+	fromCache := func(c *cachedHandle) (pkcs11.ObjectHandle, *cachedHandle, error) {
 		if t.clock()-c.checked.Load() >= int64(copyRecheck) {
 			return c.h, c, nil
 		}
 		return c.h, nil, nil
 	}
-	var hs []pkcs11.ObjectHandle
-	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
-		var err error
-		if hs, err = t.findAll(sh, tag, k); err != nil || len(hs) > 0 || k.class == pkcs11.CKO_PUBLIC_KEY {
-			return err
-		}
-		// Private objects are invisible without a login: tell a lost login from a missing key.
-		if si, err := t.ctx.GetSessionInfo(sh); err == nil && si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
-			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
-		}
-		return nil
-	})
+	if v, ok := t.handles.Load(key); ok {
+		return fromCache(v.(*cachedHandle))
+	}
+	c, hs, err := t.search(ctx, key)
+	if c != nil {
+		return fromCache(c)
+	}
 	if err != nil {
 		return 0, nil, classify(err, fmt.Sprintf("signer %q: find object %s", t.cfg.Name, hex.EncodeToString(tag)))
 	}

@@ -63,10 +63,15 @@ type Token struct {
 	slots   chan struct{}
 	timeout time.Duration
 
-	handles    sync.Map                   // handleKey -> *cachedHandle
-	indexDone  chan struct{}              // closed when the index pass has ended (index.go)
-	indexStats atomic.Pointer[IndexStats] // what it did
-	pubs       sync.Map                   // string(tag) -> crypto.PublicKey; public keys never change
+	handles    sync.Map                      // handleKey -> *cachedHandle
+	indexDone  chan struct{}                 // closed when the index pass has ended (index.go)
+	indexWake  atomic.Pointer[chan struct{}] // closed (and replaced) as the pass publishes handles
+	indexStats atomic.Pointer[IndexStats]    // what it did
+	searchGate chan struct{}                 // held by the one targeted search at a time (index.go)
+	searches   atomic.Int64                  // targeted searches made
+	missMu     sync.Mutex
+	misses     map[handleKey]int64 // tags searched for in vain, at t.clock()
+	pubs       sync.Map            // string(tag) -> crypto.PublicKey; public keys never change
 
 	opened    time.Time
 	copies    sync.Map     // handleKey -> *keyCopy (nil: the token refused to copy that key)
@@ -92,7 +97,8 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 	if err != nil {
 		return nil, errorf(ErrConfig, "signer %q: %v", cfg.Name, err)
 	}
-	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name), opened: time.Now()}
+	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name), opened: time.Now(),
+		searchGate: make(chan struct{}, 1)}
 	t.random.draw = t.ctx.GenerateRandom
 	ok := false
 	defer func() {

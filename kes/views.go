@@ -2,7 +2,10 @@ package kes
 
 import (
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/p11bridge/p11bridge/keymap"
 )
 
 // The policy and identity routes are read-only views of the server's configuration: policies are
@@ -73,7 +76,9 @@ func (h *Handler) readPolicy(c *call) {
 	}{p.Name, ruleSet(p.Allow), ruleSet(p.Deny), h.createdAt(p.CreatedAt), p.CreatedBy})
 }
 
-// listNames filters, sorts and pages names for the policy and identity lists.
+// listNames filters, sorts and pages names for the key, policy and identity lists. Only the page
+// (and the name after it, which continue_at names) is sorted: a list of 100,000 keys orders 1,025
+// names per page, not all of them.
 func listNames(all []string, p listPattern) (names []string, next string) {
 	names = []string{}
 	for _, n := range all {
@@ -81,11 +86,21 @@ func listNames(all []string, p listPattern) (names []string, next string) {
 			names = append(names, n)
 		}
 	}
-	slices.Sort(names)
-	names = slices.Compact(names)
+	// A name given twice is listed once: when duplicates shrink the page, take more.
+	for k := pageSize + 1; ; {
+		pg := slices.Compact(slices.Clone(keymap.Page(names, 0, k, strings.Compare)))
+		if len(pg) > pageSize || k >= len(names) {
+			names = pg
+			break
+		}
+		k += pageSize + 1 - len(pg)
+	}
 	if len(names) > pageSize {
 		next = p.continueToken(names[pageSize])
 		names = names[:pageSize]
+	}
+	if names == nil {
+		names = []string{}
 	}
 	return names, next
 }

@@ -32,8 +32,9 @@ var (
 // entry is the map's slot for one id. Its st is replaced, never mutated,
 // so a *stored read under the lock stays valid after the lock is released.
 type entry struct {
-	id string
-	st *stored // nil once deleted
+	id   string
+	st   *stored // nil once deleted
+	slot uint32  // its place in slots and the field indexes (select.go), while live
 }
 
 func cmpEntry(a, b *entry) int { return strings.Compare(a.id, b.id) }
@@ -53,6 +54,10 @@ type Map struct {
 	byTag  index
 	byKID  index
 	byName index
+	// slots and fields are the indexes Select uses (select.go); freeSlots are slots to reuse.
+	slots     []*entry
+	freeSlots []uint32
+	fields    [nFields]fieldIndex
 	// order is the ID-sorted list Range walks. It is kept lazily: new
 	// entries wait in added, deleted ones stay in order (st == nil) until
 	// the next Range merges; stale marks that a full sort is cheaper.
@@ -228,9 +233,13 @@ func (m *Map) buildIndexes(entries []*entry, kids int) {
 		}
 		idx.sortLoaded()
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go build(&m.byTag, len(m.recs), tagKey)
 	go build(&m.byKID, kids, kidKey)
+	go func() {
+		defer wg.Done()
+		m.buildFields(entries)
+	}()
 	build(&m.byName, len(m.recs), nameKey)
 	wg.Wait()
 	m.stale = true
@@ -410,6 +419,7 @@ func (m *Map) apply(id string, st *stored) {
 			return
 		}
 		m.reindex(e, e.st, nil)
+		m.freeSlot(e)
 		e.st = nil
 		delete(m.recs, id)
 		m.gen++
@@ -421,6 +431,7 @@ func (m *Map) apply(id string, st *stored) {
 	}
 	if e == nil {
 		e = &entry{id: id}
+		m.newSlot(e)
 		m.recs[id] = e
 		m.gen++
 		if !m.stale {
@@ -450,6 +461,7 @@ func (m *Map) reindex(e *entry, old, next *stored) {
 	m.byTag.move(e, old, next, tagKey)
 	m.byKID.move(e, old, next, kidKey)
 	m.byName.move(e, old, next, nameKey)
+	m.fileSlot(e.slot, old, next)
 }
 
 // index maps a key to the entries that have it, sorted by id. Almost every

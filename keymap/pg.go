@@ -230,18 +230,20 @@ func isPGFault(err error) bool {
 
 // ---- reads: from memory ----
 
-func (s *PG) Get(id string) (Record, bool)  { return s.mem.Get(id) }
-func (s *PG) ByTag(tag []byte) []Record     { return s.mem.ByTag(tag) }
-func (s *PG) ByKeyID(kid []byte) []Record   { return s.mem.ByKeyID(kid) }
-func (s *PG) ByName(name string) []Record   { return s.mem.ByName(name) }
-func (s *PG) Range(fn func(Record) bool)    { s.mem.Range(fn) }
-func (s *PG) RangeViews(fn func(View) bool) { s.mem.RangeViews(fn) }
-func (s *PG) Len() int                      { return s.mem.Len() }
-func (s *PG) Changes() uint64               { return s.mem.Changes() }
-func (s *PG) Kind() string                  { return "postgres" }
-func (s *PG) Location() string              { return s.loc }
-func (s *PG) Staleness() time.Duration      { return s.opts.Staleness }
-func (s *PG) Instance() string              { return s.opts.Instance }
+func (s *PG) Get(id string) (Record, bool)       { return s.mem.Get(id) }
+func (s *PG) ByTag(tag []byte) []Record          { return s.mem.ByTag(tag) }
+func (s *PG) ByKeyID(kid []byte) []Record        { return s.mem.ByKeyID(kid) }
+func (s *PG) ByName(name string) []Record        { return s.mem.ByName(name) }
+func (s *PG) Range(fn func(Record) bool)         { s.mem.Range(fn) }
+func (s *PG) RangeViews(fn func(View) bool)      { s.mem.RangeViews(fn) }
+func (s *PG) Select(q Query, fn func(View) bool) { s.mem.Select(q, fn) }
+func (s *PG) Count(q Query) int                  { return s.mem.Count(q) }
+func (s *PG) Len() int                           { return s.mem.Len() }
+func (s *PG) Changes() uint64                    { return s.mem.Changes() }
+func (s *PG) Kind() string                       { return "postgres" }
+func (s *PG) Location() string                   { return s.loc }
+func (s *PG) Staleness() time.Duration           { return s.opts.Staleness }
+func (s *PG) Instance() string                   { return s.opts.Instance }
 func (s *PG) versionOf(id string) (int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

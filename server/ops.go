@@ -21,6 +21,18 @@ type SignerStatus struct {
 	Rollover bool           `json:"rollover"`
 	Keys     map[string]int `json:"keys"`       // live objects per KMIP state
 	Copies   int            `json:"key_copies"` // session copies of keys held in the token
+	Index    IndexStatus    `json:"handle_index"`
+}
+
+// IndexStatus is a signer's handle index (signer/index.go): the pass over the token's objects
+// at start, after which no first use of a key searches the token.
+type IndexStatus struct {
+	Done     bool    `json:"done"`
+	Objects  int     `json:"objects"`           // token objects the pass saw
+	Indexed  int     `json:"indexed"`           // handles it cached
+	Seconds  float64 `json:"seconds,omitempty"` // how long the pass took
+	Error    string  `json:"error,omitempty"`   // why it failed (keys are then found one search each)
+	Searches int64   `json:"searches"`          // targeted searches since start (keys the index did not know)
 }
 
 // Status is what /status answers: per signer, what it holds, and whether a rollover is in progress.
@@ -64,7 +76,7 @@ func (s *Server) Status() Status {
 			keys[string(state)] = n
 		}
 		st.Signers = append(st.Signers, SignerStatus{Name: t.Name(), Healthy: t.Healthy(), Default: t.Name() == st.Default,
-			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies()})
+			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies(), Index: indexStatus(t.Index())})
 	}
 	for name := range census {
 		if !seen[name] {
@@ -76,6 +88,17 @@ func (s *Server) Status() Status {
 	}
 	if e := s.expired.snapshot(); len(e) > 0 {
 		st.ExpiredCertificates = e
+	}
+	return st
+}
+
+func indexStatus(ix signer.IndexStats) IndexStatus {
+	st := IndexStatus{Done: ix.Done, Objects: ix.Objects, Indexed: ix.Indexed, Searches: ix.Searches}
+	if ix.Done {
+		st.Seconds = ix.Took.Seconds()
+	}
+	if ix.Err != nil {
+		st.Error = ix.Err.Error()
 	}
 	return st
 }

@@ -360,15 +360,14 @@ func (s *Server) checkRemovedSigners(cfg *conf.Config) error {
 		c := census[t.Name()]
 		if n := c[keymap.Active] + c[keymap.PreActive]; n > 0 {
 			var ids []string
-			for _, rec := range s.reg.List(t.Name()) {
-				if rec.State == keymap.Active || rec.State == keymap.PreActive {
-					ids = append(ids, rec.ID+" ("+rec.Name+")")
-				}
+			s.reg.Select(keymap.Query{Signers: []string{t.Name()}, States: []keymap.State{keymap.Active, keymap.PreActive}}, func(v keymap.View) bool {
 				if len(ids) == 10 {
 					ids = append(ids, "…")
-					break
+					return false
 				}
-			}
+				ids = append(ids, v.ID()+" ("+v.Name()+")")
+				return true
+			})
 			msgs = append(msgs, fmt.Sprintf("signer %q still holds %d active or pre-active keys: %s", t.Name(), n, strings.Join(ids, ", ")))
 		}
 	}

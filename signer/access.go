@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -220,14 +221,34 @@ func (f facts) state(st keymap.State, now time.Time) keymap.State {
 // KeyName is the name the policy `keys` patterns are matched against: a KES key version's KES name
 // (also for the separate HMAC key of an imported KES key, named "<name>.hmac"; KES names hold no
 // '.'), else the object's Name.
-func KeyName(rec keymap.Record) string {
-	if n, ok := rec.Attrs[AttrKESName]; ok {
+func KeyName(rec keymap.Record) string { return keyName(recRow{&rec}) }
+
+// row is what the visibility rules read of a key: a keymap.Record (recRow), or a keymap.View read
+// where the keymap keeps it, so a search decides on every row without copying any.
+type row interface {
+	Name() string
+	Owner() string
+	Attr(k string) (string, bool)
+}
+
+// recRow is a Record as a row.
+type recRow struct{ r *keymap.Record }
+
+func (r recRow) Name() string  { return r.r.Name }
+func (r recRow) Owner() string { return r.r.Owner }
+func (r recRow) Attr(k string) (string, bool) {
+	v, ok := r.r.Attrs[k]
+	return v, ok
+}
+
+func keyName(r row) string {
+	if n, ok := r.Attr(AttrKESName); ok {
 		return n
 	}
-	if _, ok := rec.Attrs[AttrKESHMACOf]; ok {
-		return strings.TrimSuffix(rec.Name, ".hmac")
+	if _, ok := r.Attr(AttrKESHMACOf); ok {
+		return strings.TrimSuffix(r.Name(), ".hmac")
 	}
-	return rec.Name
+	return r.Name()
 }
 
 // MatchKeyPattern is the rule of the `keys` patterns (and of KES path patterns): an exact name, or a
@@ -254,27 +275,62 @@ func (c Caller) mayName(name string) bool {
 
 // owns: the admin, or the identity that made the key. Keys nobody owns (made at the command line,
 // rebuilt or adopted from a token) are the admin's alone.
-func (c Caller) owns(rec keymap.Record) bool {
-	return c.Admin || (rec.Owner != "" && rec.Owner == c.Identity)
+func (c Caller) owns(rec keymap.Record) bool { return c.ownsRow(recRow{&rec}) }
+
+func (c Caller) ownsRow(r row) bool {
+	return c.Admin || (r.Owner() != "" && r.Owner() == c.Identity)
 }
 
 // reaches says whether the caller may know that rec exists: it owns it, or its patterns name it.
 // A caller whose patterns do not name a key does not reach it even when it owns it.
-func (c Caller) reaches(rec keymap.Record) bool {
+func (c Caller) reaches(rec keymap.Record) bool { return c.reachesRow(recRow{&rec}) }
+
+func (c Caller) reachesRow(r row) bool {
 	if c.Admin {
 		return true
 	}
-	if !c.mayName(KeyName(rec)) {
+	if !c.mayName(keyName(r)) {
 		return false
 	}
 	// A pattern grants the keys of the caller's policy and of the admin; never those of identities
 	// outside it (which could otherwise plant a key under a granted name), nor a key that belongs to
 	// nobody (made at the command line, rebuilt or adopted from a token: the admin's alone).
-	return c.owns(rec) || len(c.Keys) > 0 && rec.Owner != "" && c.Team != nil && c.Team(rec.Owner)
+	owner := r.Owner()
+	return c.ownsRow(r) || len(c.Keys) > 0 && owner != "" && c.Team != nil && c.Team(owner)
 }
 
 // Sees reports whether the caller may learn that rec exists (Locate, KES list).
 func (c Caller) Sees(rec keymap.Record) bool { return c.reaches(rec) }
+
+// narrow adds to q the conditions every row the caller may see meets, so a search visits fewer
+// rows; Sees still decides each row. Without key patterns a caller other than the admin reaches
+// only the keys it owns (reaches).
+func (c Caller) narrow(q keymap.Query) keymap.Query {
+	if c.Admin || len(c.Keys) > 0 {
+		return q
+	}
+	if q.Owners == nil || slices.Contains(q.Owners, c.Identity) {
+		q.Owners = []string{c.Identity}
+	} else {
+		q.Owners = []string{} // asks for other owners' keys only: none of them is reached
+	}
+	return q
+}
+
+// StoredStates are the states a row may be stored in to be in state st now (EffectiveState): dates
+// turn a Pre-Active key (or one without a state) Active and an Active one Deactivated, so a search
+// by state must look at rows stored in the earlier states too.
+func StoredStates(st keymap.State) []keymap.State {
+	switch st {
+	case keymap.PreActive:
+		return []keymap.State{"", keymap.PreActive}
+	case keymap.Active:
+		return []keymap.State{"", keymap.PreActive, keymap.Active}
+	case keymap.Deactivated:
+		return []keymap.State{"", keymap.PreActive, keymap.Active, keymap.Deactivated}
+	}
+	return []keymap.State{st}
+}
 
 // notFound is the one answer for a missing object and for an object the caller may not know of,
 // so identifiers cannot be probed.

@@ -131,13 +131,16 @@ func (r *Registry) LookupKESKey(c Caller, name string) (KESKey, bool, error) {
 	return k, true, nil
 }
 
-// KESNames returns the names of the KES keys c may know of, in no particular order.
+// KESNames returns the names of the KES keys c may know of, in no particular order. It visits the
+// rows marked as KES key versions only, in place.
 func (r *Registry) KESNames(c Caller) []string {
 	r.km.Sync(context.Background()) // best effort: a list may lag, a use may not (LookupKESKey)
 	seen := map[string]bool{}
 	var out []string
-	r.km.Range(func(rec keymap.Record) bool {
-		if n := rec.Attrs[AttrKESName]; !seen[n] && isKESVersion(rec) && c.reaches(rec) {
+	q := keymap.Query{Attrs: []string{AttrKESName}, Classes: []keymap.Class{keymap.SecretKey}, Algorithms: []string{AES}}
+	r.Scan(c, q, func(v keymap.View) bool {
+		// isKESVersion on the row in place: a live AES secret key with a KES name.
+		if n, _ := v.Attr(AttrKESName); !seen[n] && v.State() != keymap.Destroyed && v.State() != keymap.DestroyedCompromised {
 			seen[n] = true
 			out = append(out, n)
 		}
@@ -325,19 +328,21 @@ const kmipNameAttr = "kmip.Name"
 // key name: the objects earlier versions let KES use by name, which now need `keys share-kes`.
 // valid says whether a name is a valid KES key name.
 func UnsharedKESCandidates(km interface {
-	Range(func(keymap.Record) bool)
+	Select(keymap.Query, func(keymap.View) bool)
 	ByName(string) []keymap.Record
 }, valid func(string) bool) []keymap.Record {
 	var out []keymap.Record
-	km.Range(func(rec keymap.Record) bool {
-		if rec.Class == keymap.SecretKey && rec.Algorithm == AES && live(rec) && rec.Name != "" && valid(rec.Name) {
-			if _, marked := rec.Attrs[AttrKESName]; !marked {
-				if _, taken := kesKeyIn(km, rec.Name); !taken {
-					out = append(out, rec)
-				}
+	km.Select(keymap.Query{Classes: []keymap.Class{keymap.SecretKey}, Algorithms: []string{AES}}, func(v keymap.View) bool {
+		if v.State() == keymap.Destroyed || v.State() == keymap.DestroyedCompromised || v.Name() == "" || !valid(v.Name()) {
+			return true
+		}
+		if _, marked := v.Attr(AttrKESName); !marked {
+			if _, taken := kesKeyIn(km, v.Name()); !taken {
+				out = append(out, v.Record())
 			}
 		}
 		return true
 	})
+	slices.SortFunc(out, func(a, b keymap.Record) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }

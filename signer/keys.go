@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -374,17 +376,19 @@ func (r *Registry) markDestroying(id string) error {
 	return storeErr(err, "object %q: write keymap", id)
 }
 
-// HalfDestroyed lists the rows of km whose Destroy began and did not finish.
+// HalfDestroyed lists the rows of km whose Destroy began and did not finish (visiting the rows
+// marked so only).
 func HalfDestroyed(km interface {
-	Range(func(keymap.Record) bool)
+	Select(keymap.Query, func(keymap.View) bool)
 }) []keymap.Record {
 	var out []keymap.Record
-	km.Range(func(rec keymap.Record) bool {
-		if rec.Attrs[AttrDestroying] != "" {
-			out = append(out, rec)
+	km.Select(keymap.Query{Attrs: []string{AttrDestroying}}, func(v keymap.View) bool {
+		if at, _ := v.Attr(AttrDestroying); at != "" {
+			out = append(out, v.Record())
 		}
 		return true
 	})
+	slices.SortFunc(out, func(a, b keymap.Record) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 

@@ -22,9 +22,11 @@ var (
 	tokA     *softhsm.Token
 	tokB     *softhsm.Token
 	tokSpare *softhsm.Token // never opened except by the wrong-PIN test
-	testKM   *keymap.Map
-	testReg  *Registry
-	ctx      = context.Background()
+	// Tokens of TestIndexWarmsLinearly alone, filled to two sizes.
+	tokIxSmall, tokIxLarge *softhsm.Token
+	testKM                 *keymap.Map
+	testReg                *Registry
+	ctx                    = context.Background()
 )
 
 func TestMain(m *testing.M) {
@@ -42,7 +44,7 @@ func run(m *testing.M) int {
 	for _, p := range []struct {
 		tok   **softhsm.Token
 		label string
-	}{{&tokA, "sig-a"}, {&tokB, "sig-b"}, {&tokSpare, "sig-spare"}} {
+	}{{&tokA, "sig-a"}, {&tokB, "sig-b"}, {&tokSpare, "sig-spare"}, {&tokIxSmall, "sig-ix-small"}, {&tokIxLarge, "sig-ix-large"}} {
 		if *p.tok, err = softhsm.Ensure(testDir, p.label); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

@@ -190,9 +190,10 @@ func (r *Registry) SealHeavy() map[string]uint64 {
 	r.seals.mu.Unlock()
 	if !scanned {
 		found := map[string]uint64{}
-		r.km.Range(func(rec keymap.Record) bool {
-			if n := Seals(rec); n >= SealWarning {
-				found[rec.ID] = n
+		r.km.Select(keymap.Query{Attrs: []string{AttrSeals}}, func(v keymap.View) bool {
+			s, _ := v.Attr(AttrSeals)
+			if n, _ := strconv.ParseUint(s, 10, 64); n >= SealWarning {
+				found[v.ID()] = n
 			}
 			return true
 		})

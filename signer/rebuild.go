@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -186,19 +186,13 @@ func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]k
 	if err != nil {
 		return nil, err
 	}
-	objs, err := t.scanTokenObjects(ctx, nil)
+	// Every object's class and tag first (one attribute read a key, as the index pass does); only
+	// the tags whose rows the keymap lacks are read in full (describe).
+	objs, err := t.scanKinds(ctx)
 	if err != nil {
 		return nil, err
 	}
-	byTag := map[string][]tokenObject{}
-	for _, o := range objs {
-		byTag[string(o.tag)] = append(byTag[string(o.tag)], o)
-	}
-	tags := make([]string, 0, len(byTag))
-	for tag := range byTag {
-		tags = append(tags, tag)
-	}
-	sort.Strings(tags)
+	slices.SortFunc(objs, func(a, b kindedObject) int { return strings.Compare(a.tag, b.tag) })
 	var out []keymap.Record
 	r.recMu.Lock()
 	defer r.recMu.Unlock()
@@ -206,8 +200,22 @@ func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]k
 	if err := r.km.Sync(ctx); err != nil {
 		return nil, storeErr(err, "rebuild: read keymap")
 	}
-	for _, tag := range tags {
-		for _, rec := range r.derive(ctx, t, []byte(tag), byTag[tag]) {
+	for i := 0; i < len(objs); {
+		j := i + 1
+		for j < len(objs) && objs[j].tag == objs[i].tag {
+			j++
+		}
+		group := objs[i:j]
+		i = j
+		tag := []byte(group[0].tag)
+		if r.rowsComplete(tag, group) {
+			continue
+		}
+		full, err := t.describeAll(ctx, group)
+		if err != nil {
+			return out, err
+		}
+		for _, rec := range r.derive(ctx, t, tag, full) {
 			if _, ok := r.km.Get(rec.ID); ok {
 				continue
 			}
@@ -223,6 +231,72 @@ func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]k
 		}
 	}
 	return out, nil
+}
+
+// kindedObject is a token object's tag and class, and its handle.
+type kindedObject struct {
+	tag   string
+	class uint
+	h     pkcs11.ObjectHandle
+}
+
+// scanKinds lists the token objects that carry a p11bridge tag, with their class.
+func (t *Token) scanKinds(ctx context.Context) ([]kindedObject, error) {
+	var objs []kindedObject
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		objs = objs[:0]
+		hs, err := t.findAll(sh, nil, objKind{class: ^uint(0)})
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if k, tag, ok := t.kindOf(sh, h); ok {
+				objs = append(objs, kindedObject{tag: string(tag), class: k.class, h: h})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, classify(err, fmt.Sprintf("signer %q: scan token", t.cfg.Name))
+	}
+	return objs, nil
+}
+
+// describeAll reads what derive needs of the objects of one tag.
+func (t *Token) describeAll(ctx context.Context, group []kindedObject) ([]tokenObject, error) {
+	var out []tokenObject
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		out = out[:0]
+		for _, o := range group {
+			if d, ok := t.describe(sh, o.h); ok {
+				out = append(out, d)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, classify(err, fmt.Sprintf("signer %q: scan token", t.cfg.Name))
+	}
+	return out, nil
+}
+
+// rowsComplete says whether the keymap has every row derive would make of a tag's objects: the
+// object's row, and for a key pair the public half's as well.
+func (r *Registry) rowsComplete(tag []byte, group []kindedObject) bool {
+	var priv, pub bool
+	for _, o := range group {
+		priv = priv || o.class == pkcs11.CKO_PRIVATE_KEY
+		pub = pub || o.class == pkcs11.CKO_PUBLIC_KEY
+	}
+	if _, ok := r.km.Get(ObjectID(tag, false)); !ok {
+		return false
+	}
+	if priv && pub {
+		if _, ok := r.km.Get(ObjectID(tag, true)); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // adopt looks for an identifier the keymap does not know on every signer's token, and records what

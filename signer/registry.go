@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -311,15 +312,23 @@ func (r *Registry) Range(fn func(keymap.Record) bool) { r.km.Range(fn) }
 
 // List returns the rows held by signer (all signers when empty), in identifier order.
 func (r *Registry) List(signer string) []keymap.Record {
-	var out []keymap.Record
-	r.km.Range(func(rec keymap.Record) bool {
-		if signer == "" || rec.Signer == signer {
-			out = append(out, rec)
-		}
-		return true
-	})
+	var q keymap.Query
+	if signer != "" {
+		q.Signers = []string{signer}
+	}
+	var views []keymap.View
+	r.km.Select(q, func(v keymap.View) bool { views = append(views, v); return true })
+	slices.SortFunc(views, func(a, b keymap.View) int { return strings.Compare(a.ID(), b.ID()) })
+	out := make([]keymap.Record, len(views))
+	for i, v := range views {
+		out[i] = v.Record()
+	}
 	return out
 }
+
+// Select calls fn with each row matching q (keymap.Select: in place, in no particular order,
+// visiting the rows filed under q's most selective condition) until fn returns false.
+func (r *Registry) Select(q keymap.Query, fn func(keymap.View) bool) { r.km.Select(q, fn) }
 
 // Update changes the metadata of id (state, names, attributes) for c, who must be allowed to manage
 // it, and persists it before returning. fn must not change the fields that bind the row to the
@@ -423,13 +432,13 @@ type Counts map[keymap.State]int
 // Census counts the rows of each signer by state: what still depends on each token.
 func (r *Registry) Census() map[string]Counts {
 	out := map[string]Counts{}
-	r.km.Range(func(rec keymap.Record) bool {
-		c := out[rec.Signer]
+	r.km.Select(keymap.Query{}, func(v keymap.View) bool {
+		c := out[v.Signer()]
 		if c == nil {
 			c = Counts{}
-			out[rec.Signer] = c
+			out[v.Signer()] = c
 		}
-		c[rec.State]++
+		c[v.State()]++
 		return true
 	})
 	return out

@@ -3,6 +3,7 @@ package signer
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -34,15 +35,54 @@ func TestScanSeesAsSees(t *testing.T) {
 			}
 			return true
 		})
-		testReg.Scan(c, func(v keymap.View) bool {
+		testReg.Scan(c, keymap.Query{}, func(v keymap.View) bool {
 			got = append(got, v.ID())
 			return true
 		})
+		slices.Sort(got)
 		if !slices.Equal(got, want) {
 			t.Errorf("%+v: Scan visits %v, Sees allows %v", c, got, want)
 		}
 		if c.Identity == "scan-carol" && len(got) < 3 {
 			t.Errorf("the pattern scan-* reaches %d rows, want at least 3", len(got))
+		}
+	}
+}
+
+// StoredStates lists every stored state from which a row can be in a given state now, whatever
+// its dates: a Locate by State that looks only at rows stored in those states misses none.
+func TestStoredStatesCoverEffective(t *testing.T) {
+	now := time.Now()
+	past, future := now.Add(-time.Hour), now.Add(time.Hour)
+	dates := []time.Time{{}, past, future}
+	for _, st := range []keymap.State{"", keymap.PreActive, keymap.Active, keymap.Deactivated, keymap.Compromised, keymap.Destroyed, keymap.DestroyedCompromised} {
+		for _, act := range dates {
+			for _, deact := range dates {
+				rec := keymap.Record{State: st}
+				SetDate(&rec, AttrActivationDate, act, !act.IsZero())
+				SetDate(&rec, AttrDeactivationDate, deact, !deact.IsZero())
+				eff := EffectiveState(rec, now)
+				if !slices.Contains(StoredStates(eff), st) {
+					t.Errorf("stored %q, activation %v, deactivation %v: %q now, but StoredStates(%q) = %v", st, act, deact, eff, eff, StoredStates(eff))
+				}
+			}
+		}
+	}
+}
+
+// narrow only drops rows Sees would refuse.
+func TestNarrowKeepsWhatSeesAllows(t *testing.T) {
+	rows := []keymap.Record{{ID: "1", Owner: "a", Name: "k"}, {ID: "2", Owner: "b", Name: "k"}, {ID: "3", Name: "k"}}
+	for _, c := range []Caller{{Identity: "a"}, {Identity: ""}, {Identity: "a", Keys: []string{"k"}, Team: func(string) bool { return true }}, {Admin: true}} {
+		for _, q := range []keymap.Query{{}, {Owners: []string{"b"}}, {Owners: []string{"a", "b"}}} {
+			n := c.narrow(q)
+			for _, r := range rows {
+				inQ := q.Owners == nil || slices.Contains(q.Owners, r.Owner)
+				inN := n.Owners == nil || slices.Contains(n.Owners, r.Owner)
+				if inQ && c.Sees(r) && !inN {
+					t.Errorf("%+v, %+v: narrowed to %+v, which drops row %s that the caller sees", c, q, n, r.ID)
+				}
+			}
 		}
 	}
 }

@@ -25,6 +25,10 @@ type Store interface {
 	Range(fn func(keymap.Record) bool)
 	// RangeViews is Range without copies: views of the rows as the store holds them in memory.
 	RangeViews(fn func(keymap.View) bool)
+	// Select is RangeViews of the rows matching q, in no particular order, visiting only the rows
+	// filed under q's most selective condition; Count counts them.
+	Select(q keymap.Query, fn func(keymap.View) bool)
+	Count(q keymap.Query) int
 	Len() int
 	// Changes counts the changes this process has seen; caches are good while it stays put.
 	Changes() uint64

@@ -23,6 +23,10 @@ import (
 const (
 	attrPrefix   = "kmip."
 	customPrefix = "x."
+	// moreNames marks a row with more than one live Name instance: the keymap indexes the first
+	// (the row's Name) only, so a Locate by Name looks at the marked rows besides those the name
+	// index gives.
+	moreNames = attrPrefix + "Name+"
 )
 
 func storeKey(d *attrDef, name string) string {
@@ -106,6 +110,32 @@ func (s *Server) storedValues(id, recName string, d *attrDef, name, raw string, 
 	return vals
 }
 
+// markFurtherNames gives the mark moreNames to the rows with further Name instances that earlier
+// versions stored without it, so that Locate finds them by those names too. Only rows stored
+// that way are written, once.
+func (s *Server) markFurtherNames() {
+	key := def(kmip14.TagName).key
+	var ids []string
+	s.reg.Scan(signer.Operator, keymap.Query{Attrs: []string{key}}, func(v keymap.View) bool {
+		raw, _ := v.Attr(key)
+		// Every live instance names its NameValue once; deleted ones are null. A value that
+		// happens to contain the word only costs a mark too many, which Locate tolerates.
+		if _, marked := v.Attr(moreNames); !marked && strings.Count(raw, "NameValue") > 1 {
+			ids = append(ids, v.ID())
+		}
+		return true
+	})
+	for _, id := range ids {
+		_, err := s.reg.Update(signer.Operator, id, func(rec *keymap.Record) error {
+			rec.Attrs[moreNames] = "1"
+			return nil
+		})
+		if err != nil {
+			s.log.Warn("kmip: could not mark an object's further names; Locate may not find it by them", "id", id, "err", err)
+		}
+	}
+}
+
 // factNode reads an attribute the registry keeps in its own form.
 func factNode(rec keymap.Record, d *attrDef) *node {
 	if d.tag == kmip14.TagCryptographicUsageMask {
@@ -130,9 +160,11 @@ type storedChange struct {
 	size int    // bytes the key and value take in the row (0 when deleted)
 	// fact sets an attribute the registry keeps in its own form (usage mask, lifecycle dates).
 	fact func(*keymap.Record)
-	// name, for the Name attribute, is the keymap's Name afterwards: the first live instance's.
+	// name, for the Name attribute, is the keymap's Name afterwards: the first live instance's;
+	// more says whether further live instances follow it (moreNames).
 	name    string
 	setName bool
+	more    bool
 }
 
 // storeHook, when set (tests), is called as prepareStored starts, with the attribute's name.
@@ -153,10 +185,13 @@ func prepareStored(d *attrDef, name string, vals []*node) (storedChange, error) 
 		tag = d.tag
 	}
 	var first *node
+	live := 0
 	for _, v := range vals {
 		if v != nil {
-			first = v
-			break
+			if first == nil {
+				first = v
+			}
+			live++
 		}
 	}
 	if first != nil {
@@ -168,7 +203,7 @@ func prepareStored(d *attrDef, name string, vals []*node) (storedChange, error) 
 	}
 	if d == def(kmip14.TagName) {
 		// The keymap's Name (CKA_LABEL, name lookups) follows the first live instance.
-		c.setName = true
+		c.setName, c.more = true, live > 1
 		var nm kName
 		if first != nil && decodeStruct(first, &nm) == nil {
 			c.name = nm.Value
@@ -220,6 +255,11 @@ func (c storedChange) apply(rec *keymap.Record) {
 	}
 	if c.setName {
 		rec.Name = c.name
+		if c.more {
+			rec.Attrs[moreNames] = "1"
+		} else {
+			delete(rec.Attrs, moreNames)
+		}
 	}
 }
 

@@ -3,12 +3,15 @@ package ttlv
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/payloads"
 
+	"github.com/p11bridge/p11bridge/keymap"
 	"github.com/p11bridge/p11bridge/signer"
 )
 
@@ -80,5 +83,88 @@ func TestLocateDoesNotCopyRows(t *testing.T) {
 	t.Logf("a Locate over %d rows that matches none allocated %.0f objects", rows, allocs)
 	if allocs > float64(rows)/2 {
 		t.Errorf("a Locate over %d rows allocated %.0f objects: rows are copied before they are filtered", rows, allocs)
+	}
+}
+
+// TestLocatePlanMissesNothing: Locate through the keymap's indexes (locatePlan) answers exactly
+// what a walk over every row answers, for filters on further Name instances, date-driven states,
+// algorithms a client asked for (HMAC-SHA384), KES keys made through the registry, custom and
+// stored attributes, and their combinations.
+func TestLocatePlanMissesNothing(t *testing.T) {
+	r := newRaw(t, "admin")
+	name := func(n string) *node {
+		return attribute1("Name", encodeStruct(kmip14.TagName, kName{Value: n, Type: uint32(kmip14.NameTypeUninterpretedTextString)}))
+	}
+	custom := attribute1("x-plan", newText(0, "yes"))
+	twoNames := createdID(t, r.call(v14, kmip14.OperationCreate, createAES(name("plan-first"), name("plan-second"), custom)))
+	createdID(t, r.call(v14, kmip14.OperationCreate, createAES(name("plan-dated"),
+		attribute1("Activation Date", newDateTime(0, time.Now().Add(-time.Hour))))))
+	hmac := newStruct(0, newEnum(kmip14.TagObjectType, uint32(kmip14.ObjectTypeSymmetricKey)), newStruct(kmip14.TagTemplateAttribute,
+		attribute1("Cryptographic Algorithm", newEnum(0, uint32(kmip14.CryptographicAlgorithmHMAC_SHA384))),
+		attribute1("Cryptographic Length", newInt(0, 384)), name("plan-hmac")))
+	createdID(t, r.call(v14, kmip14.OperationCreate, hmac))
+	renamed := createdID(t, r.call(v14, kmip14.OperationCreate, createAES(name("plan-old"))))
+	ok(t, addAttr1(r, renamed, "Name", encodeStruct(kmip14.TagName, kName{Value: "plan-added", Type: uint32(kmip14.NameTypeUninterpretedTextString)})))
+	if _, err := env.reg.CreateKESKey(context.Background(), signer.Operator, "plan-kes"); err != nil {
+		t.Fatal(err)
+	}
+	// A row with two names loses one: its mark goes with it.
+	ok(t, r.call(v14, kmip14.OperationDeleteAttribute, newStruct(0, newText(kmip14.TagUniqueIdentifier, twoNames),
+		newText(kmip14.TagAttributeName, "Name"), newInt(kmip14.TagAttributeIndex, 1))))
+	ok(t, addAttr1(r, twoNames, "Name", encodeStruct(kmip14.TagName, kName{Value: "plan-third", Type: uint32(kmip14.NameTypeUninterpretedTextString)})))
+
+	enum := func(n string, v uint32) *node { return attribute1(n, newEnum(0, v)) }
+	symmetric := enum("Object Type", uint32(kmip14.ObjectTypeSymmetricKey))
+	active := enum("State", uint32(kmip14.StateActive))
+	queries := map[string][]*node{
+		"first name":        {name("plan-first")},
+		"further name":      {name("plan-third")},
+		"gone name":         {name("plan-second")},
+		"added name":        {name("plan-added")},
+		"KES name":          {name("plan-kes")},
+		"two names":         {name("plan-first"), name("plan-third")},
+		"name and state":    {name("plan-dated"), active},
+		"active":            {active},
+		"pre-active":        {enum("State", uint32(kmip14.StatePreActive))},
+		"active AES":        {symmetric, enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmAES)), active},
+		"HMAC-SHA384":       {enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmHMAC_SHA384))},
+		"HMAC-SHA256":       {enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmHMAC_SHA256))},
+		"RSA private keys":  {enum("Object Type", uint32(kmip14.ObjectTypePrivateKey)), enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmRSA))},
+		"custom":            {custom},
+		"custom and length": {custom, attribute1("Cryptographic Length", newInt(0, 256))},
+		"opaque":            {enum("Object Type", uint32(kmip14.ObjectTypeOpaqueObject))},
+		"everything":        nil,
+	}
+	answer := func(filters []*node, scanAll bool) (int32, []string) {
+		locateScanAll = scanAll
+		defer func() { locateScanAll = false }()
+		var resp locateResponse
+		if err := decodeStruct(ok(t, r.call(v14, kmip14.OperationLocate, newStruct(0, filters...))), &resp); err != nil {
+			t.Fatal(err)
+		}
+		return *resp.LocatedItems, resp.UIDs
+	}
+	for what, filters := range queries {
+		n, ids := answer(filters, false)
+		wantN, wantIDs := answer(filters, true)
+		if n != wantN || !slices.Equal(ids, wantIDs) {
+			t.Errorf("%s: the plan located %d (%v), a walk over every row %d (%v)", what, n, ids, wantN, wantIDs)
+		}
+		if what != "gone name" && what != "opaque" && what != "HMAC-SHA256" && what != "RSA private keys" && n == 0 {
+			t.Errorf("%s: nothing located", what)
+		}
+	}
+
+	// A row an earlier version stored with further names has no mark; markFurtherNames, run at
+	// start, gives it one.
+	if _, err := env.km.Update(twoNames, func(rec *keymap.Record) error { delete(rec.Attrs, moreNames); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := answer(queries["further name"], false); n != 0 {
+		t.Fatalf("an unmarked row was found by a further name: the test shows nothing")
+	}
+	env.srv.markFurtherNames()
+	if n, _ := answer(queries["further name"], false); n != 1 {
+		t.Fatalf("after markFurtherNames, a further name located %d objects, want 1", n)
 	}
 }

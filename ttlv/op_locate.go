@@ -15,6 +15,21 @@ import (
 	"github.com/p11bridge/p11bridge/signer"
 )
 
+// Inverses of classTypes and stateEnums, for Locate's searches.
+var (
+	classOfType = map[kmip14.ObjectType]keymap.Class{}
+	stateOfEnum = map[kmip14.State]keymap.State{}
+)
+
+func init() {
+	for c, t := range classTypes {
+		classOfType[t] = c
+	}
+	for s, e := range stateEnums {
+		stateOfEnum[e] = s
+	}
+}
+
 func init() {
 	register(kmip14.OperationLocate, v10, locate)
 }
@@ -76,27 +91,38 @@ func locate(o *op, p *node) (any, error) {
 		return nil, err
 	}
 	now := time.Now()
-	o.s.reg.Scan(o.caller, func(v keymap.View) bool {
-		if o.matches(v, filters, now) {
-			found = append(found, v)
-		}
-		return true
-	})
-	slices.SortFunc(found, func(a, b keymap.View) int {
-		if c := b.Created().Compare(a.Created()); c != 0 {
-			return c // newest first
-		}
-		return strings.Compare(a.ID(), b.ID())
-	})
+	plan := locatePlan(filters)
+	if locateScanAll {
+		plan = []branch{{}}
+	}
+	for _, b := range plan {
+		o.s.reg.Scan(o.caller, b.q, func(v keymap.View) bool {
+			if b.without != "" {
+				if _, ok := v.Attr(b.without); ok {
+					return true // another branch of the plan visits it
+				}
+			}
+			if o.matches(v, filters, now) {
+				found = append(found, v)
+			}
+			return true
+		})
+	}
 	total := len(found)
+	offset := 0
 	if req.OffsetItems != nil && *req.OffsetItems > 0 {
-		found = found[min(int(*req.OffsetItems), len(found)):]
+		offset = int(*req.OffsetItems)
 	}
 	limit := o.s.opts.MaxLocateItems
 	if req.MaximumItems != nil && *req.MaximumItems > 0 {
 		limit = min(limit, int(*req.MaximumItems))
 	}
-	found = found[:min(limit, len(found))]
+	found = keymap.Page(found, offset, limit, func(a, b keymap.View) int {
+		if c := b.Created().Compare(a.Created()); c != 0 {
+			return c // newest first
+		}
+		return strings.Compare(a.ID(), b.ID())
+	})
 	resp := locateResponse{}
 	if o.v.atLeast(1, 3) {
 		resp.LocatedItems = ptr(int32(total))
@@ -108,6 +134,83 @@ func locate(o *op, p *node) (any, error) {
 		o.produced(found[0].ID(), kmip20.UniqueIdentifierLocate)
 	}
 	return resp, nil
+}
+
+// locateScanAll makes Locate visit every row (tests compare its answers with the plan's).
+var locateScanAll bool
+
+// branch is one search of a Locate: the rows the keymap files under q, less those with the
+// attribute without (which another branch visits).
+type branch struct {
+	q       keymap.Query
+	without string
+}
+
+// locatePlan turns filters into keymap searches whose rows include every row the filters can
+// match; matches decides each row. The keymap indexes the row's first Name, class, stored state,
+// registry algorithm and attribute names: a Name or an algorithm that a row may hold elsewhere
+// (further Name instances, the KMIP algorithm a client asked for) gives a second branch over the
+// rows that do.
+func locatePlan(filters []*filter) []branch {
+	var q keymap.Query
+	var alt *branch
+	for _, f := range filters {
+		if f.a.def == nil {
+			q.Attrs = append(q.Attrs, storeKey(nil, f.a.name))
+			continue
+		}
+		switch d := f.a.def; {
+		case d.tag == kmip14.TagObjectType:
+			c, ok := classOfType[kmip14.ObjectType(f.vals[0].u32())]
+			if !ok {
+				return nil // no row has it
+			}
+			q.Classes = []keymap.Class{c}
+		case d.tag == kmip14.TagState:
+			st, ok := stateOfEnum[kmip14.State(f.vals[0].u32())]
+			if !ok {
+				return nil
+			}
+			q.States = signer.StoredStates(st)
+		case d.tag == kmip14.TagName && alt == nil:
+			if nv := f.vals[0].find(kmip14.TagNameValue); nv != nil {
+				q.Names = []string{nv.text()}
+				alt = &branch{q: keymap.Query{Attrs: []string{moreNames}}}
+			}
+		case d.tag == kmip14.TagCryptographicAlgorithm && alt == nil:
+			if a, ok := registryAlgorithm(kmip14.CryptographicAlgorithm(f.vals[0].u32())); ok {
+				q.Algorithms = []string{a}
+				alt = &branch{q: keymap.Query{Attrs: []string{d.key}}}
+			}
+		case d.fact == "" && storedAlone(d) && d.tag != kmip14.TagName && d.tag != kmip14.TagCryptographicAlgorithm:
+			// Read from the row's attribute alone: a row without it has no instance to match.
+			q.Attrs = append(q.Attrs, d.key)
+		}
+	}
+	if alt == nil {
+		return []branch{{q: q}}
+	}
+	// The second branch keeps every other condition; the first leaves its rows to it.
+	b2 := q
+	b2.Names, b2.Algorithms = nil, nil
+	b2.Attrs = append(slices.Clone(q.Attrs), alt.q.Attrs...)
+	return []branch{{q: q, without: alt.q.Attrs[0]}, {q: b2}}
+}
+
+// registryAlgorithm is the registry algorithm of the rows that report a as their Cryptographic
+// Algorithm without a stored one (kmipAlgorithm).
+func registryAlgorithm(a kmip14.CryptographicAlgorithm) (string, bool) {
+	switch a {
+	case kmip14.CryptographicAlgorithmAES:
+		return signer.AES, true
+	case kmip14.CryptographicAlgorithmRSA:
+		return signer.RSA, true
+	case kmip14.CryptographicAlgorithmHMAC_SHA256:
+		return signer.HMAC, true
+	case kmip14.CryptographicAlgorithmEC, kmip14.CryptographicAlgorithmECDSA:
+		return signer.EC, true
+	}
+	return "", false
 }
 
 // cost orders filters: those read from the row in place, then those that need a copy of it.

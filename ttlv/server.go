@@ -143,6 +143,9 @@ func New(opts Options) *Server {
 	}
 	s.admit, _ = opts.Auth.(Admitter)
 	s.base, s.cancel = context.WithCancel(context.Background())
+	if s.reg != nil {
+		s.markFurtherNames()
+	}
 	return s
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -12,12 +13,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/p11bridge/p11bridge/conf"
 	"github.com/p11bridge/p11bridge/kes"
@@ -329,26 +332,58 @@ func ownerOrNobody(o string) string {
 	return o
 }
 
+// keysList prints the rows (of one signer, when only is set) in identifier order, then a count per
+// signer and state. It reads the rows where the keymap keeps them and writes each line as it goes:
+// a first pass sizes the columns (as a tabwriter would, without holding the text), so memory
+// beyond the loaded keymap is a pointer a row.
 func keysList(km signer.Store, only string, stdout io.Writer) error {
-	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSIGNER\tCLASS\tALGORITHM\tSTATE\tNAME")
+	var q keymap.Query
+	if only != "" {
+		q.Signers = []string{only}
+	}
+	var views []keymap.View
+	km.Select(q, func(v keymap.View) bool { views = append(views, v); return true })
+	slices.SortFunc(views, func(a, b keymap.View) int { return strings.Compare(a.ID(), b.ID()) })
+	alg := func(v keymap.View) string {
+		if v.Size() > 0 {
+			return v.Algorithm() + "-" + strconv.Itoa(v.Size())
+		}
+		return v.Algorithm()
+	}
+	head := []string{"ID", "SIGNER", "CLASS", "ALGORITHM", "STATE", "NAME"}
+	width := make([]int, len(head)-1)
+	grow := func(i int, s string) { width[i] = max(width[i], utf8.RuneCountInString(s)) }
 	counts := map[string]map[keymap.State]int{}
-	km.Range(func(r keymap.Record) bool {
-		if only != "" && r.Signer != only {
-			return true
+	for i, h := range head[:len(width)] {
+		grow(i, h)
+	}
+	for _, v := range views {
+		grow(0, v.ID())
+		grow(1, v.Signer())
+		grow(2, string(v.Class()))
+		grow(3, alg(v))
+		grow(4, string(v.State()))
+		if counts[v.Signer()] == nil {
+			counts[v.Signer()] = map[keymap.State]int{}
 		}
-		alg := r.Algorithm
-		if r.Size > 0 {
-			alg = fmt.Sprintf("%s-%d", r.Algorithm, r.Size)
+		counts[v.Signer()][v.State()]++
+	}
+	w := bufio.NewWriterSize(stdout, 64<<10)
+	line := func(cells ...string) {
+		for i, c := range cells[:len(width)] {
+			w.WriteString(c)
+			// Two spaces after the widest cell of a column, as tabwriter's padding of 2 gives.
+			for n := utf8.RuneCountInString(c); n < width[i]+2; n++ {
+				w.WriteByte(' ')
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Signer, r.Class, alg, r.State, r.Name)
-		if counts[r.Signer] == nil {
-			counts[r.Signer] = map[keymap.State]int{}
-		}
-		counts[r.Signer][r.State]++
-		return true
-	})
-	tw.Flush()
+		w.WriteString(cells[len(width)])
+		w.WriteByte('\n')
+	}
+	line(head...)
+	for _, v := range views {
+		line(v.ID(), v.Signer(), string(v.Class()), alg(v), string(v.State()), v.Name())
+	}
 	names := make([]string, 0, len(counts))
 	for n := range counts {
 		names = append(names, n)
@@ -360,9 +395,9 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 			parts = append(parts, fmt.Sprintf("%d %s", c, st))
 		}
 		sort.Strings(parts)
-		fmt.Fprintf(stdout, "signer %s: %s\n", n, strings.Join(parts, ", "))
+		fmt.Fprintf(w, "signer %s: %s\n", n, strings.Join(parts, ", "))
 	}
-	return nil
+	return w.Flush()
 }
 
 func showRecord(r keymap.Record, stdout io.Writer) error {

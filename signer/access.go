@@ -205,6 +205,31 @@ func EffectiveState(rec keymap.Record, now time.Time) keymap.State {
 	return factsOf(rec).state(rec.State, now)
 }
 
+// EffectiveStateOf is EffectiveState of a row read where the keymap keeps it (KMIP Locate's State
+// filter visits many rows): only the two dates that move a state are read, and only for the states
+// they move; a row with a date in the form of earlier versions is copied and read as EffectiveState
+// reads it.
+func EffectiveStateOf(v keymap.View, now time.Time) keymap.State {
+	st := v.State()
+	if st != "" && st != keymap.PreActive && st != keymap.Active {
+		return st
+	}
+	var f facts
+	for _, d := range []struct {
+		attr string
+		t    *time.Time
+	}{{AttrActivationDate, &f.activation}, {AttrDeactivationDate, &f.deactivation}} {
+		if s, ok := v.Attr(d.attr); ok {
+			if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+				*d.t = t
+			}
+		} else if _, old := v.Attr(legacyAttrs[d.attr]); old {
+			return EffectiveState(v.Record(), now)
+		}
+	}
+	return f.state(st, now)
+}
+
 func (f facts) state(st keymap.State, now time.Time) keymap.State {
 	if st == "" {
 		st = keymap.PreActive

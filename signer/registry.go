@@ -33,6 +33,9 @@ type Options struct {
 	Default  string
 	Rollover string
 	Logger   *slog.Logger
+	// NoIndex skips the handle index pass (index.go) of the signers opened: for commands that use
+	// a few keys, or scan the token themselves, and exit.
+	NoIndex bool
 }
 
 type state struct {
@@ -113,7 +116,7 @@ func (r *Registry) Reconfigure(opts Options) error {
 				continue
 			}
 		}
-		t, err := openToken(c, r.log)
+		t, err := openToken(c, r.log, !opts.NoIndex)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -1,6 +1,7 @@
 package signer
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -55,6 +56,7 @@ func TestStoredStatesCoverEffective(t *testing.T) {
 	now := time.Now()
 	past, future := now.Add(-time.Hour), now.Add(time.Hour)
 	dates := []time.Time{{}, past, future}
+	n := 0
 	for _, st := range []keymap.State{"", keymap.PreActive, keymap.Active, keymap.Deactivated, keymap.Compromised, keymap.Destroyed, keymap.DestroyedCompromised} {
 		for _, act := range dates {
 			for _, deact := range dates {
@@ -65,6 +67,18 @@ func TestStoredStatesCoverEffective(t *testing.T) {
 				if !slices.Contains(StoredStates(eff), st) {
 					t.Errorf("stored %q, activation %v, deactivation %v: %q now, but StoredStates(%q) = %v", st, act, deact, eff, eff, StoredStates(eff))
 				}
+				// The same row read in place.
+				rec.ID, rec.Tag, rec.Class, rec.Name = fmt.Sprintf("eff-%d", n), []byte(fmt.Sprintf("eff-%d", n)), keymap.SecretKey, fmt.Sprintf("eff-%d", n)
+				n++
+				if err := testKM.Put(rec); err != nil {
+					t.Fatal(err)
+				}
+				testKM.Select(keymap.Query{Names: []string{rec.Name}}, func(v keymap.View) bool {
+					if got := EffectiveStateOf(v, now); got != eff {
+						t.Errorf("stored %q, activation %v, deactivation %v: EffectiveStateOf %q, EffectiveState %q", st, act, deact, got, eff)
+					}
+					return true
+				})
 			}
 		}
 	}

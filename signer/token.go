@@ -91,7 +91,7 @@ type Token struct {
 }
 
 // openToken loads the module, finds the token, logs in once and fills the pool lazily.
-func openToken(cfg Config, log *slog.Logger) (*Token, error) {
+func openToken(cfg Config, log *slog.Logger, index bool) (*Token, error) {
 	where := fmt.Sprintf("signer %q (module %s, %s)", cfg.Name, cfg.Module, cfg.selector())
 	mod, err := openModule(cfg.Module)
 	if err != nil {
@@ -143,7 +143,9 @@ func openToken(cfg Config, log *slog.Logger) (*Token, error) {
 	}
 	t.healthy.Store(true)
 	ok = true
-	t.startIndex()
+	if index {
+		t.startIndex()
+	}
 	return t, nil
 }
 

@@ -298,13 +298,19 @@ func (s *Server) storedFirst(rec keymap.Record, tag tt.Tag) *node {
 	if !ok {
 		return nil
 	}
+	return s.firstOf(rec.ID, d, raw)
+}
+
+// firstOf is the first instance of the stored value raw of attribute d, decoded once per distinct
+// value (firstCache).
+func (s *Server) firstOf(id string, d *attrDef, raw string) *node {
 	if n, ok := firstCache.m.Load(raw); ok {
 		return n.(*node)
 	}
 	vals, err := decodeValues(raw)
 	if err != nil {
 		// Not remembered: it is logged each time, as stored does.
-		s.log.Error("kmip: stored attribute does not decode; ignoring it", "key", rec.ID, "attribute", d.name, "err", err)
+		s.log.Error("kmip: stored attribute does not decode; ignoring it", "key", id, "attribute", d.name, "err", err)
 		return nil
 	}
 	var first *node
@@ -371,6 +377,30 @@ func (s *Server) kmipAlgorithm(rec keymap.Record, v ProtocolVersion) (uint32, bo
 		return uint32(kmip14.CryptographicAlgorithmHMAC_SHA256), true
 	case signer.EC:
 		if v.atLeast(1, 2) {
+			return uint32(kmip14.CryptographicAlgorithmEC), true
+		}
+		return uint32(kmip14.CryptographicAlgorithmECDSA), true
+	}
+	return 0, false
+}
+
+// viewAlgorithm is kmipAlgorithm of a row read in place (Locate's filter).
+func (s *Server) viewAlgorithm(v keymap.View, ver ProtocolVersion) (uint32, bool) {
+	d := def(kmip14.TagCryptographicAlgorithm)
+	if raw, ok := v.Attr(d.key); ok {
+		if n := s.firstOf(v.ID(), d, raw); n != nil {
+			return n.u32(), true
+		}
+	}
+	switch v.Algorithm() {
+	case signer.AES:
+		return uint32(kmip14.CryptographicAlgorithmAES), true
+	case signer.RSA:
+		return uint32(kmip14.CryptographicAlgorithmRSA), true
+	case signer.HMAC:
+		return uint32(kmip14.CryptographicAlgorithmHMAC_SHA256), true
+	case signer.EC:
+		if ver.atLeast(1, 2) {
 			return uint32(kmip14.CryptographicAlgorithmEC), true
 		}
 		return uint32(kmip14.CryptographicAlgorithmECDSA), true

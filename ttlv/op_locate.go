@@ -217,10 +217,8 @@ func registryAlgorithm(a kmip14.CryptographicAlgorithm) (string, bool) {
 func (f *filter) cost() int {
 	if f.a.def != nil {
 		switch f.a.def.tag {
-		case kmip14.TagObjectType, kmip14.TagCryptographicLength:
+		case kmip14.TagObjectType, kmip14.TagCryptographicLength, kmip14.TagState, kmip14.TagCryptographicAlgorithm:
 			return 0
-		case kmip14.TagState:
-			return 2
 		}
 		if f.a.def.fact != "" || !storedAlone(f.a.def) {
 			return 2
@@ -258,8 +256,20 @@ func (o *op) matches(v keymap.View, filters []*filter, now time.Time) bool {
 				}
 				continue
 			case kmip14.TagState:
-				if uint32(stateEnums[signer.EffectiveState(record(), now)]) != f.vals[0].u32() {
+				if uint32(stateEnums[signer.EffectiveStateOf(v, now)]) != f.vals[0].u32() {
 					return false
+				}
+				continue
+			case kmip14.TagCryptographicAlgorithm:
+				// Reported for keys only (attributesOf); every instance given must be the one.
+				a, ok := o.s.viewAlgorithm(v, o.v)
+				if !ok || !isKey(v.Class()) {
+					return false
+				}
+				for _, want := range f.vals {
+					if want.u32() != a {
+						return false
+					}
 				}
 				continue
 			case kmip14.TagCryptographicLength:

@@ -112,7 +112,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	}
 	defer func() { km.Close(); os.Remove(km.Path()) }()
 	for _, sc := range server.SignerConfigs(cfg) {
-		reg, err := signer.Open(signer.Options{Signers: []signer.Config{sc}, Default: sc.Name}, km)
+		reg, err := signer.Open(signer.Options{Signers: []signer.Config{sc}, Default: sc.Name, NoIndex: true}, km)
 		if err != nil {
 			failed++
 			fmt.Fprintf(stdout, "FAIL %v\n", err)
@@ -239,7 +239,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		if *only == "" {
 			return usageError("keys rebuild --signer S")
 		}
-		reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}, km)
+		reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner, NoIndex: true}, km)
 		if err != nil {
 			return err
 		}
@@ -266,7 +266,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		if fs.NArg() != 1 {
 			return usageError("keys rotate NAME")
 		}
-		reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}, km)
+		reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner, NoIndex: true}, km)
 		if err != nil {
 			return err
 		}
@@ -293,7 +293,7 @@ func keysShareKES(cfg *conf.Config, km signer.Store, fs *flag.FlagSet, stdout io
 	if !kes.ValidName(name) {
 		return fmt.Errorf("KES key name %q: use 1 to %d of [0-9A-Za-z_-]", name, kes.MaxNameLen)
 	}
-	reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner}, km)
+	reg, err := signer.Open(signer.Options{Signers: server.SignerConfigs(cfg), Default: cfg.DefaultSigner, Rollover: cfg.RolloverSigner, NoIndex: true}, km)
 	if err != nil {
 		return err
 	}

@@ -86,6 +86,7 @@ type result struct {
 	status                     float64 // ms
 	searches                   int64
 	startRSS                   float64 // MiB at the end of the index pass
+	goHeap                     float64 // MiB of Go heap in use after the runs (most of the rest of RSS is SoftHSM2's copy of the objects)
 }
 
 func run(bin, sizeList, base string, workers, sample int) error {
@@ -318,6 +319,8 @@ func measure(bin, dir string, n, workers, sample int) (result, error) {
 	}
 	r.searches = st.Signers[0].Index.Searches
 	r.rss, _ = procMiB(srv.Process.Pid, "VmRSS")
+	r.goHeap, _ = metric(hc, opts.Ops, "go_memstats_heap_inuse_bytes")
+	r.goHeap /= 1 << 20
 	r.hwm, _ = procMiB(srv.Process.Pid, "VmHWM")
 	if fi, err := os.Stat(filepath.Join(dir, "keymap.csv")); err == nil {
 		r.keymapMiB = float64(fi.Size()) / (1 << 20)
@@ -343,7 +346,7 @@ func createKeys(path string, n, workers int) error {
 	for i := range sc {
 		sc[i].MaxSessions = max(sc[i].MaxSessions, workers)
 	}
-	reg, err := signer.Open(signer.Options{Signers: sc, Default: cfg.DefaultSigner, Logger: quiet}, km)
+	reg, err := signer.Open(signer.Options{Signers: sc, Default: cfg.DefaultSigner, Logger: quiet, NoIndex: true}, km)
 	if err != nil {
 		return err
 	}
@@ -443,6 +446,22 @@ func status(hc *http.Client, ops string) (statusView, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// metric reads one unlabelled value from the ops listener's /metrics.
+func metric(hc *http.Client, ops, name string) (float64, error) {
+	resp, err := hc.Get("http://" + ops + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not in /metrics", name)
+}
+
 // procMiB reads a memory figure (VmRSS, VmHWM) of a process.
 func procMiB(pid int, field string) (float64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -495,6 +514,7 @@ func figures(r result) []struct {
 		{"server RSS when warm", r.startRSS, "MiB"},
 		{"server RSS after the runs", r.rss, "MiB"},
 		{"server peak RSS", r.hwm, "MiB"},
+		{"  of which Go heap in use", r.goHeap, "MiB"},
 		{"keymap on disk", r.keymapMiB, "MiB"},
 		{"Locate by Name p50", r.nameP50, "ms"},
 		{"Locate by Name p99", r.nameP99, "ms"},

@@ -73,6 +73,11 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	tuneGC()
+	stop, err := cpuProfile()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	return server.Run(*cfg, server.Options{Version: version, Dev: *dev, Stderr: stderr, MaxInFlightPerIdentity: *inFlight})
 }
 

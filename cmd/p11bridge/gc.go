@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 )
 
 // gcPercent is the GOGC that serve and dev run with when the environment sets none. A key
@@ -18,4 +20,26 @@ func tuneGC() {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(gcPercent)
 	}
+}
+
+// cpuProfile writes a CPU profile of serve, from its start to its stop, to the file that
+// P11BRIDGE_CPU_PROFILE names (the KES comparison of `make bench` reads it with go tool pprof).
+// Without it, it does nothing.
+func cpuProfile() (stop func(), err error) {
+	path := os.Getenv("P11BRIDGE_CPU_PROFILE")
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("P11BRIDGE_CPU_PROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("P11BRIDGE_CPU_PROFILE: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -32,3 +32,23 @@ func TestPageAsSortAndSlice(t *testing.T) {
 		}
 	}
 }
+
+// Page takes a number of compares linear in the items, also on items already in (or against) the
+// order, as a keymap's rows often are.
+func TestPageLinear(t *testing.T) {
+	const n = 100000
+	for _, order := range []string{"sorted", "reversed"} {
+		xs := make([]int, n)
+		for i := range xs {
+			xs[i] = i
+			if order == "reversed" {
+				xs[i] = n - i
+			}
+		}
+		compares := 0
+		Page(xs, n/2, 1000, func(a, b int) int { compares++; return cmp.Compare(a, b) })
+		if compares > 20*n {
+			t.Errorf("%s: %d compares for a page of %d items (%.0f an item)", order, compares, n, float64(compares)/n)
+		}
+	}
+}

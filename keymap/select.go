@@ -53,6 +53,24 @@ func (m *Map) Count(q Query) int {
 	return n
 }
 
+// Census counts the live records per signer and state, from the indexes (a bitset intersection
+// per pair where the sets are large): /status and the metrics ask for it often.
+func (m *Map) Census() map[string]map[State]int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := map[string]map[State]int{}
+	for sg, ps := range m.fields[fSigner].vals {
+		c := map[State]int{}
+		for st, pst := range m.fields[fState].vals {
+			if n := ps.intersect(pst); n > 0 {
+				c[State(st)] = n
+			}
+		}
+		out[sg] = c
+	}
+	return out
+}
+
 func (m *Map) selectLocked(q Query) []*stored {
 	var out []*stored
 	m.eachLocked(q, func(st *stored) { out = append(out, st) })
@@ -369,6 +387,37 @@ func (p *postings) del(s uint32, universe int) {
 			p.list = slices.Clone(p.list) // give back what deletes left unused
 		}
 	}
+}
+
+// has says whether s is in p.
+func (p *postings) has(s uint32) bool {
+	if p.bits != nil {
+		w := int(s / 64)
+		return w < len(p.bits) && p.bits[w]&(1<<(s%64)) != 0
+	}
+	_, found := slices.BinarySearch(p.list, s)
+	return found
+}
+
+// intersect counts the slots in both p and q.
+func (p *postings) intersect(q *postings) int {
+	if p.bits != nil && q.bits != nil {
+		n := 0
+		for i := range min(len(p.bits), len(q.bits)) {
+			n += bits.OnesCount64(p.bits[i] & q.bits[i])
+		}
+		return n
+	}
+	if q.n < p.n {
+		p, q = q, p
+	}
+	n := 0
+	p.each(func(s uint32) {
+		if q.has(s) {
+			n++
+		}
+	})
+	return n
 }
 
 func (p *postings) each(fn func(uint32)) {

@@ -2,6 +2,7 @@ package keymap
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -67,6 +68,17 @@ func TestSelectAgreesWithScan(t *testing.T) {
 			if n := m.Count(q); n != len(want) {
 				t.Fatalf("step %d, query %d: Count %d, want %d", step, qi, n, len(want))
 			}
+		}
+		census := map[string]map[State]int{}
+		m.RangeViews(func(v View) bool {
+			if census[v.Signer()] == nil {
+				census[v.Signer()] = map[State]int{}
+			}
+			census[v.Signer()][v.State()]++
+			return true
+		})
+		if got := m.Census(); !maps.EqualFunc(got, census, maps.Equal) {
+			t.Fatalf("step %d: Census %v, counted %v", step, got, census)
 		}
 	}
 	// forms counts the sets seen as lists and as bitsets, to show both were exercised.

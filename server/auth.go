@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/p11bridge/p11bridge/conf"
@@ -37,7 +38,14 @@ type auth struct {
 	// expired records configured identities seen with an expired certificate (they are taken
 	// anyway, as KES takes them), for /status; shared by every auth of the process.
 	expired *expiredCerts
+	// callers caches caller's answer per identity: it depends on this configuration alone, which
+	// a reload replaces whole (with its cache), and building it allocated on every request.
+	callers  sync.Map // identity -> signer.Caller
+	ncallers atomic.Int32
 }
+
+// maxCachedCallers bounds callers: identities that chain to the client CA may be many.
+const maxCachedCallers = 4096
 
 // expiredCerts remembers, per identity, the expiry of the last expired certificate it presented.
 type expiredCerts struct {
@@ -122,6 +130,19 @@ func (a *auth) allowPath(identity, path string) bool {
 // caller is identity as the registry's key model sees it. The policy's keys patterns are applied
 // there, to KES and KMIP alike.
 func (a *auth) caller(identity string) signer.Caller {
+	if c, ok := a.callers.Load(identity); ok {
+		return c.(signer.Caller)
+	}
+	c := a.makeCaller(identity)
+	if a.ncallers.Load() < maxCachedCallers {
+		if _, loaded := a.callers.LoadOrStore(identity, c); !loaded {
+			a.ncallers.Add(1)
+		}
+	}
+	return c
+}
+
+func (a *auth) makeCaller(identity string) signer.Caller {
 	if a.revoked[identity] {
 		return signer.Caller{Identity: identity}
 	}
@@ -206,7 +227,7 @@ func identify(cs *tls.ConnectionState, a *auth, pool *x509.CertPool) (string, er
 // other certificate must chain to the client CA, for client authentication. There is no third
 // way: an unknown self-signed certificate is nobody.
 func (a *auth) identifyCert(leaf *x509.Certificate, chain []*x509.Certificate, pool *x509.CertPool) (string, error) {
-	id := pki.Identity(leaf)
+	id := certIdentity(leaf)
 	if a.revoked[id] {
 		return "", errors.New("client certificate identity " + id + " is revoked")
 	}
@@ -286,8 +307,32 @@ func peerIdentity(cs *tls.ConnectionState) string {
 	if cs == nil || len(cs.PeerCertificates) == 0 {
 		return ""
 	}
-	return pki.Identity(cs.PeerCertificates[0])
+	return certIdentity(cs.PeerCertificates[0])
 }
+
+// certIdentity is pki.Identity, remembered per certificate: every request of a connection
+// presents the same parsed certificate, whose identity (a hash of its public key) never changes.
+// What an identity may do is still decided on every request.
+func certIdentity(c *x509.Certificate) string {
+	if id, ok := certIDs.m.Load(c); ok {
+		return id.(string)
+	}
+	id := pki.Identity(c)
+	if certIDs.n.Add(1) > maxCertIDs {
+		// Bounded: certificates of closed connections would otherwise stay. Start over.
+		certIDs.m.Clear()
+		certIDs.n.Store(1)
+	}
+	certIDs.m.Store(c, id)
+	return id
+}
+
+var certIDs struct {
+	m sync.Map // *x509.Certificate -> string
+	n atomic.Int32
+}
+
+const maxCertIDs = 4096
 
 // kmipAuth and kesAuth adapt auth to what each front end asks.
 type kmipAuth struct{ s *Server }

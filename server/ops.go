@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -138,7 +139,10 @@ func (c signerCollector) Collect(ch chan<- prometheus.Metric) {
 
 func (s *Server) opsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	reg.MustRegister(collectors.NewGoCollector(
+		// The live heap (what the last collection kept), besides the MemStats figures: with GOGC=400
+		// the heap in use may be five times it, garbage not yet collected.
+		collectors.WithGoCollectorRuntimeMetrics(collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)})), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		signerCollector{s: s,
 			up:   prometheus.NewDesc("p11bridge_signer_up", "Whether the signer's last token calls succeeded.", []string{"signer"}, nil),
 			keys: prometheus.NewDesc("p11bridge_keys", "Live objects per signer and KMIP state.", []string{"signer", "state"}, nil),

@@ -435,14 +435,8 @@ type Counts map[keymap.State]int
 // Census counts the rows of each signer by state: what still depends on each token.
 func (r *Registry) Census() map[string]Counts {
 	out := map[string]Counts{}
-	r.km.Select(keymap.Query{}, func(v keymap.View) bool {
-		c := out[v.Signer()]
-		if c == nil {
-			c = Counts{}
-			out[v.Signer()] = c
-		}
-		c[v.State()]++
-		return true
-	})
+	for sg, c := range r.km.Census() {
+		out[sg] = c
+	}
 	return out
 }

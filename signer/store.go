@@ -29,6 +29,8 @@ type Store interface {
 	// filed under q's most selective condition; Count counts them.
 	Select(q keymap.Query, fn func(keymap.View) bool)
 	Count(q keymap.Query) int
+	// Census counts the live rows per signer and state.
+	Census() map[string]map[keymap.State]int
 	Len() int
 	// Changes counts the changes this process has seen; caches are good while it stays put.
 	Changes() uint64

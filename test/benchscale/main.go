@@ -86,7 +86,7 @@ type result struct {
 	status                     float64 // ms
 	searches                   int64
 	startRSS                   float64 // MiB at the end of the index pass
-	goHeap                     float64 // MiB of Go heap in use after the runs (most of the rest of RSS is SoftHSM2's copy of the objects)
+	goHeap                     float64 // MiB of live Go heap after the runs (most of the rest of RSS is SoftHSM2's copy of the objects)
 }
 
 func run(bin, sizeList, base string, workers, sample int) error {
@@ -319,7 +319,7 @@ func measure(bin, dir string, n, workers, sample int) (result, error) {
 	}
 	r.searches = st.Signers[0].Index.Searches
 	r.rss, _ = procMiB(srv.Process.Pid, "VmRSS")
-	r.goHeap, _ = metric(hc, opts.Ops, "go_memstats_heap_inuse_bytes")
+	r.goHeap, _ = metric(hc, opts.Ops, "go_gc_heap_live_bytes")
 	r.goHeap /= 1 << 20
 	r.hwm, _ = procMiB(srv.Process.Pid, "VmHWM")
 	if fi, err := os.Stat(filepath.Join(dir, "keymap.csv")); err == nil {
@@ -514,7 +514,7 @@ func figures(r result) []struct {
 		{"server RSS when warm", r.startRSS, "MiB"},
 		{"server RSS after the runs", r.rss, "MiB"},
 		{"server peak RSS", r.hwm, "MiB"},
-		{"  of which Go heap in use", r.goHeap, "MiB"},
+		{"  of which live Go heap (after the last GC)", r.goHeap, "MiB"},
 		{"keymap on disk", r.keymapMiB, "MiB"},
 		{"Locate by Name p50", r.nameP50, "ms"},
 		{"Locate by Name p99", r.nameP99, "ms"},

@@ -51,6 +51,8 @@ func main() {
 	profile := flag.String("profile", "", "directory for p11bridge's CPU profile of the run")
 	keep := flag.String("dir", "", "directory for the servers' files (default: temporary, removed after)")
 	buildOnly := flag.Bool("build-kes", false, "only find or build the KES binary")
+	bBin := flag.String("b-bin", "", "tuning: a second p11bridge binary, measured in turn with the first and KES")
+	bEnv := flag.String("b-env", "", "tuning: environment (K=V,K=V) of a second p11bridge run of -bin (or -b-bin)")
 	flag.Parse()
 	if *buildOnly {
 		bin, err := kesref.Binary()
@@ -61,7 +63,7 @@ func main() {
 		fmt.Println("KES", kesref.Version, "at", bin)
 		return
 	}
-	if err := run(*bin, *rounds, *slice, *concs, *opsFlag, *profile, *keep); err != nil {
+	if err := run(*bin, *rounds, *slice, *concs, *opsFlag, *profile, *keep, *bBin, *bEnv); err != nil {
 		fmt.Fprintln(os.Stderr, "kesbench:", err)
 		os.Exit(1)
 	}
@@ -85,7 +87,7 @@ type subject struct {
 	dek    []byte // a ciphertext of keyName's, for decrypt
 }
 
-func run(bin string, rounds int, slice time.Duration, concList, opList, profile, dir string) error {
+func run(bin string, rounds int, slice time.Duration, concList, opList, profile, dir, bBin, bEnv string) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -104,47 +106,14 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 	load0 := loadavg()
 
 	// p11bridge: dev mode's setup, run by serve.
-	opts := server.DevOptions{Dir: filepath.Join(dir, "p11bridge"), KMIP: freeAddr(), KES: freeAddr(), Ops: freeAddr()}
-	d, err := server.PrepareDev(opts)
+	d, endpoint, pid, stop, err := startP11(bin, filepath.Join(dir, "p11bridge"), nil, profile)
 	if err != nil {
 		return err
 	}
+	defer stop()
 	env, err := readEnv(filepath.Join(d.Dir, "minio.env"))
 	if err != nil {
 		return err
-	}
-	srvEnv := append(os.Environ(), "SOFTHSM2_CONF="+d.Token.Conf)
-	if profile != "" {
-		if err := os.MkdirAll(profile, 0o755); err != nil {
-			return err
-		}
-		p, _ := filepath.Abs(filepath.Join(profile, "p11bridge.pprof"))
-		srvEnv = append(srvEnv, "P11BRIDGE_CPU_PROFILE="+p)
-	}
-	srv := exec.Command(bin, "serve", "--config", d.Config)
-	srv.Env = srvEnv
-	logf, err := os.Create(filepath.Join(dir, "p11bridge.log"))
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	srv.Stdout, srv.Stderr = logf, logf
-	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { _ = srv.Wait(); close(exited) }()
-	defer func() {
-		_ = srv.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = srv.Process.Kill()
-		}
-	}()
-	if err := waitReady(opts.Ops, exited); err != nil {
-		return fmt.Errorf("p11bridge serve: %w (log: %s)", err, logf.Name())
 	}
 
 	// KES with the same API key, policy and certificate authority.
@@ -193,8 +162,39 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 		return kesclient.NewClientWithConfig(endpoint, &tls.Config{Certificates: []tls.Certificate{ccert}, RootCAs: roots})
 	}
 	subjects := []*subject{
-		{name: "p11bridge", client: newClient(env["MINIO_KMS_KES_ENDPOINT"]), pid: srv.Process.Pid},
+		{name: "p11bridge", client: newClient(endpoint), pid: pid},
 		{name: "kes-v0.24", client: newClient("https://" + ref.Addr), pid: ref.Pid()},
+	}
+	if bBin != "" || bEnv != "" {
+		// A second p11bridge on a setup of its own, with the same API key (its minio.key copied in
+		// before the setup reads it), for comparing two builds or settings in one run.
+		bDir := filepath.Join(dir, "p11bridge-b")
+		if err := os.MkdirAll(bDir, 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(bDir, "minio.key"), []byte(env["MINIO_KMS_KES_API_KEY"]+"\n"), 0o600); err != nil {
+			return err
+		}
+		if bBin == "" {
+			bBin = bin
+		}
+		var extra []string
+		if bEnv != "" {
+			extra = strings.Split(bEnv, ",")
+		}
+		bd, bEndpoint, bPid, bStop, err := startP11(bBin, bDir, extra, "")
+		if err != nil {
+			return err
+		}
+		defer bStop()
+		bCA, err := os.ReadFile(filepath.Join(bd.Dir, "tls", "ca.pem"))
+		if err != nil {
+			return err
+		}
+		bRoots := x509.NewCertPool()
+		bRoots.AppendCertsFromPEM(bCA)
+		bc := kesclient.NewClientWithConfig(bEndpoint, &tls.Config{Certificates: []tls.Certificate{ccert}, RootCAs: bRoots})
+		subjects = append(subjects, &subject{name: "p11bridge-b", client: bc, pid: bPid})
 	}
 	cx := context.Background()
 	for _, s := range subjects {
@@ -241,10 +241,12 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 					return err
 				}
 			}
+			var bRatios []float64
 			for r := range rounds {
-				order := subjects
+				// Each round in another order, so that no subject always follows the same one.
+				order := slices.Clone(subjects)
 				if r%2 == 1 {
-					order = []*subject{subjects[1], subjects[0]}
+					slices.Reverse(order)
 				}
 				got := map[string]float64{}
 				for _, s := range order {
@@ -258,16 +260,70 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 					cliCPU[s.name] = append(cliCPU[s.name], m.cliPerOp)
 				}
 				ratios = append(ratios, got["p11bridge"]/got["kes-v0.24"])
+				if len(subjects) > 2 {
+					bRatios = append(bRatios, got["p11bridge-b"]/got["kes-v0.24"])
+				}
 			}
 			lo, hi := slices.Min(ratios), slices.Max(ratios)
 			fmt.Printf("%-9s c%-3d %12.0f %12.0f %10.2f× (%.2f–%.2f) %16.1f %16.1f %6.1f / %-6.1f\n", opName, conc,
 				median(rate["p11bridge"]), median(rate["kes-v0.24"]), median(ratios), lo, hi,
 				median(srvCPU["p11bridge"]), median(srvCPU["kes-v0.24"]), median(cliCPU["p11bridge"]), median(cliCPU["kes-v0.24"]))
+			if len(bRatios) > 0 {
+				fmt.Printf("%-9s c%-3d %12.0f %12s %10.2f× (%.2f–%.2f) %16.1f   (second p11bridge)\n", opName, conc,
+					median(rate["p11bridge-b"]), "", median(bRatios), slices.Min(bRatios), slices.Max(bRatios), median(srvCPU["p11bridge-b"]))
+			}
 		}
 	}
 	fmt.Printf("\nload average %s at the end (%s); ratio = p11bridge ops/s ÷ KES ops/s in adjacent slices; srv µs/op = each server process's CPU per request; client µs/op = this process's, against p11bridge / KES\n",
 		loadavg(), time.Now().UTC().Format("15:04 UTC"))
 	return nil
+}
+
+// startP11 prepares dev mode's setup in dir and runs `bin serve` on it with extra environment
+// (and a CPU profile into profile, when set); it returns once /ready answers.
+func startP11(bin, dir string, extra []string, profile string) (*server.DevSetup, string, int, func(), error) {
+	opts := server.DevOptions{Dir: dir, KMIP: freeAddr(), KES: freeAddr(), Ops: freeAddr()}
+	d, err := server.PrepareDev(opts)
+	if err != nil {
+		return nil, "", 0, nil, err
+	}
+	env := append(os.Environ(), "SOFTHSM2_CONF="+d.Token.Conf)
+	env = append(env, extra...)
+	if profile != "" {
+		if err := os.MkdirAll(profile, 0o755); err != nil {
+			return nil, "", 0, nil, err
+		}
+		p, _ := filepath.Abs(filepath.Join(profile, "p11bridge.pprof"))
+		env = append(env, "P11BRIDGE_CPU_PROFILE="+p)
+	}
+	srv := exec.Command(bin, "serve", "--config", d.Config)
+	srv.Env = env
+	logf, err := os.Create(filepath.Join(dir, "serve.log"))
+	if err != nil {
+		return nil, "", 0, nil, err
+	}
+	srv.Stdout, srv.Stderr = logf, logf
+	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := srv.Start(); err != nil {
+		logf.Close()
+		return nil, "", 0, nil, err
+	}
+	exited := make(chan struct{})
+	go func() { _ = srv.Wait(); close(exited) }()
+	stop := func() {
+		_ = srv.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = srv.Process.Kill()
+		}
+		logf.Close()
+	}
+	if err := waitReady(opts.Ops, exited); err != nil {
+		stop()
+		return nil, "", 0, nil, fmt.Errorf("p11bridge serve: %w (log: %s)", err, logf.Name())
+	}
+	return d, "https://" + opts.KES, srv.Process.Pid, stop, nil
 }
 
 type measurement struct {

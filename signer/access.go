@@ -40,11 +40,14 @@ type Caller struct {
 	// are that policy's (and the admin's) to give, so no one else can squat a name its identities
 	// would use.
 	Reserved func(name string) bool
+	// Export is the right to make keys that may leave the token (policy `export = true`, and the
+	// admin) and to take generated keys out of it (Get, in plain or wrapped): see exportable.
+	Export bool
 }
 
 // Operator is the operator at the command line, and the server acting for itself: every key, owned
 // by nobody when it makes one.
-var Operator = Caller{Admin: true, SHA1: true}
+var Operator = Caller{Admin: true, SHA1: true, Export: true}
 
 // Use is what a caller wants to do with a key.
 type Use uint8
@@ -66,6 +69,15 @@ const (
 	UseMACVerify
 	// UseExport is reading the key's material (KMIP Get).
 	UseExport
+	// UseExportWrapped is taking the key's material out wrapped under another key (KMIP Get with a
+	// Key Wrapping Specification): as UseExport, also for a key that may leave the token only
+	// wrapped (KMIP Sensitive).
+	UseExportWrapped
+	// UseWrap is wrapping another key under this one, UseUnwrap unwrapping key material into the
+	// token with it, UseDerive deriving a new key from it.
+	UseWrap
+	UseUnwrap
+	UseDerive
 )
 
 func (u Use) String() string {
@@ -88,13 +100,27 @@ func (u Use) String() string {
 		return "verify MACs"
 	case UseExport:
 		return "export"
+	case UseExportWrapped:
+		return "export wrapped"
+	case UseWrap:
+		return "wrap keys"
+	case UseUnwrap:
+		return "unwrap keys"
+	case UseDerive:
+		return "derive keys"
 	}
 	return "use " + strconv.Itoa(int(u))
 }
 
-func (u Use) protects() bool { return u == UseEncrypt || u == UseSign || u == UseMAC }
+// Wrapping and deriving make something new with the key, like encrypting; unwrapping processes
+// what it protected, like decrypting.
+func (u Use) protects() bool {
+	return u == UseEncrypt || u == UseSign || u == UseMAC || u == UseWrap || u == UseDerive
+}
 
-func (u Use) processes() bool { return u == UseDecrypt || u == UseVerify || u == UseMACVerify }
+func (u Use) processes() bool {
+	return u == UseDecrypt || u == UseVerify || u == UseMACVerify || u == UseUnwrap
+}
 
 // KMIP Cryptographic Usage Mask bits (KMIP 1.4, 9.1.3.3.1), the registry's vocabulary for usage.
 const (
@@ -127,6 +153,12 @@ func (u Use) usageBits() uint32 {
 		return UsageMACGen
 	case UseMACVerify:
 		return UsageMACVerify | UsageMACGen
+	case UseWrap:
+		return UsageWrapKey
+	case UseUnwrap:
+		return UsageUnwrapKey
+	case UseDerive:
+		return UsageDeriveKey
 	}
 	return usageAnyAllowed
 }
@@ -297,11 +329,11 @@ func allow(c Caller, rec keymap.Record, f facts, u Use, now time.Time) error {
 	case rec.Attrs[AttrDestroying] != "":
 		// Only a retry of the destroy (UseManage, above) is left to do with it.
 		return errorf(ErrWrongState, "object %q is being destroyed", rec.ID)
-	case u == UseExport:
-		if rec.Class != keymap.PublicKey && rec.Attrs[AttrExportable] == "" {
-			return errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", rec.ID, rec.Class)
-		}
-		return nil
+	case !live(rec):
+		// Its metadata stays (UseSee, UseManage); its material is gone from the token.
+		return errorf(ErrWrongState, "object %q is %s: its key material is gone", rec.ID, stateWord(rec.State))
+	case u == UseExport || u == UseExportWrapped:
+		return c.mayExport(rec, u)
 	}
 	st := f.state(rec.State, now)
 	if u.protects() && st != keymap.Active {
@@ -320,6 +352,51 @@ func allow(c Caller, rec keymap.Record, f facts, u Use, now time.Time) error {
 		return errorf(ErrUsage, "object %q: its Cryptographic Usage Mask (0x%x) does not allow it to %s", rec.ID, f.usage, u)
 	}
 	return nil
+}
+
+// Exportability of a row (AttrExportable): what a client registered it knew already, and may have
+// back; a key generated (or unwrapped, derived, re-keyed) in the token leaves it only when it was
+// made exportable under the export right, and only to callers that hold that right.
+const (
+	ExportRegistered = "1"
+	ExportByPolicy   = "policy"
+	// AttrWrapOnly marks an exportable key that may leave the token only wrapped under another key
+	// (KMIP Sensitive).
+	AttrWrapOnly = "p11.wrap-only"
+)
+
+// mayExport decides whether c may take rec's material out of the token (u: in plain, or wrapped).
+// The export right is asked first: an identity without it is refused every generated key alike,
+// whether or not the key could leave, so it learns nothing of which could.
+func (c Caller) mayExport(rec keymap.Record, u Use) error {
+	switch ex := rec.Attrs[AttrExportable]; {
+	case rec.Class == keymap.PublicKey, rec.Class == keymap.Certificate:
+		return nil
+	case ex == ExportRegistered:
+		// Material the registrant knew; earlier versions marked registered objects so.
+	case !c.Export:
+		return errorf(ErrDenied, "object %q: this identity's policy does not allow keys to leave the token (export)", rec.ID)
+	case ex == "":
+		return errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", rec.ID, rec.Class)
+	}
+	if u == UseExport && rec.Attrs[AttrWrapOnly] != "" {
+		return errorf(ErrNotExtractable, "object %q may leave the token only wrapped under another key (it is Sensitive)", rec.ID)
+	}
+	return nil
+}
+
+// newExportable decides whether a key c makes may leave the token: asked is what the request says
+// (KMIP Extractable), nil when it says nothing. Asking for an exportable key takes the export
+// right; without a word, a policy's identities get what their right allows, and the admin (whose
+// certificate often serves many tools) keeps keys in the token unless it asks.
+func (c Caller) newExportable(asked *bool) (bool, error) {
+	if asked != nil {
+		if *asked && !c.Export {
+			return false, errorf(ErrDenied, "this identity's policy does not allow keys that leave the token (export); ask for a non-extractable key")
+		}
+		return *asked, nil
+	}
+	return c.Export && !c.Admin, nil
 }
 
 func stateWord(st keymap.State) string {

@@ -16,7 +16,7 @@ import (
 func TestKeyModelOwnersAndPatterns(t *testing.T) {
 	alice := Caller{Identity: "alice"}
 	bob := Caller{Identity: "bob"}
-	admin := Caller{Identity: "root", Admin: true}
+	admin := Caller{Identity: "root", Admin: true, Export: true}
 	// carol's policy names shared-* and has alice in it: its patterns grant alice's keys.
 	granted := Caller{Identity: "carol", Keys: []string{"shared-*"}, Team: func(o string) bool { return o == "alice" || o == "carol" }}
 	outsider := Caller{Identity: "dave", Keys: []string{"shared-*"}, Team: func(o string) bool { return o == "dave" }}
@@ -47,7 +47,9 @@ func TestKeyModelOwnersAndPatterns(t *testing.T) {
 		{"granted may not manage", granted, UseManage, ErrDenied},
 		{"patterns hide even own keys", limited, UseSee, ErrNotFound},
 		{"patterns grant no key of another policy's identity", outsider, UseEncrypt, ErrNotFound},
-		{"no export of a generated key", alice, UseExport, ErrNotExtractable},
+		{"no export without the export right", alice, UseExport, ErrDenied},
+		{"no wrapped export without the export right", alice, UseExportWrapped, ErrDenied},
+		{"no export of a key made in the token", admin, UseExport, ErrNotExtractable},
 	} {
 		_, err := testReg.Access(c.c, shared.ID, c.u)
 		if !errIs(err, c.want) {
@@ -324,7 +326,7 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if k, ok := testReg.KESKey(attacker, "to-share"); !ok || k.Current().ID != kmipKey.ID {
 		t.Fatalf("shared key: %+v", k)
 	}
-	// Deleting is the owner's: the same record as a KMIP Destroy is left behind (none).
+	// Deleting is the owner's: the same record as a KMIP Destroy is left behind (a Destroyed row).
 	if err := testReg.DeleteKESKey(ctx, attacker, "minio-default", nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("another identity deletes MinIO's key: %v", err)
 	}
@@ -334,8 +336,11 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if _, ok := testReg.KESKey(Operator, "minio-default"); ok {
 		t.Error("deleted KES key still there")
 	}
-	if _, err := testReg.Get(real.ID); !errors.Is(err, ErrNotFound) {
-		t.Errorf("deleted version's row: %v", err)
+	if rec, err := testReg.Get(real.ID); err != nil || Live(rec) || rec.Attrs[AttrDestroyDate] == "" {
+		t.Errorf("deleted version's row: %+v %v, want it Destroyed with its Destroy Date", rec, err)
+	}
+	if _, err := testReg.CreateKESKey(ctx, minio, "minio-default"); err != nil {
+		t.Errorf("KES create of a deleted key's name: %v (a Destroyed version binds no name)", err)
 	}
 }
 

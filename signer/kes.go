@@ -161,6 +161,8 @@ func (r *Registry) lockName(ctx context.Context, name string) (func(), error) {
 	return unlock, nil
 }
 
+func no() *bool { f := false; return &f }
+
 // errKESExists answers create, import or share of a name that a KES key holds.
 var errKESExists = errorf(ErrExists, "a KES key of that name exists")
 
@@ -180,8 +182,9 @@ func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (key
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
 	}
+	// A KES key never leaves the token, whatever the caller's export right.
 	return r.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{
-		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrBlockMode: ModeGCM},
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrBlockMode: ModeGCM}, Extractable: no(),
 	})
 }
 
@@ -204,7 +207,7 @@ func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key 
 	}
 	// Marked at once (the key's id follows), so the caller's key patterns match it by the KES name.
 	hm, err := r.Create(ctx, c, KeySpec{Algorithm: HMAC, Size: 256}, Meta{Name: name + ".hmac", State: keymap.Active,
-		Attrs: map[string]string{AttrKESHMACOf: ""}})
+		Attrs: map[string]string{AttrKESHMACOf: ""}, Extractable: no()})
 	if err != nil {
 		return keymap.Record{}, fmt.Errorf("import key: generate its HMAC key: %w", err)
 	}

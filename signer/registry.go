@@ -300,7 +300,7 @@ func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 // Changes counts the keymap's changes: a cache of rows is good while it stays the same.
 func (r *Registry) Changes() uint64 { return r.km.Changes() }
 
-// ByName returns the live rows named name.
+// ByName returns the rows named name, Destroyed ones included.
 func (r *Registry) ByName(name string) []keymap.Record { return r.km.ByName(name) }
 
 // ByKeyID returns the rows whose public key has that X.509 key identifier.
@@ -369,8 +369,14 @@ func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*k
 	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
 		return errorf(ErrInvalid, "object %q: identity fields cannot change", id)
 	}
-	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
+	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName]) {
 		return errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
+	}
+	if rec.Attrs[AttrExportable] != old.Attrs[AttrExportable] || rec.Attrs[AttrWrapOnly] != old.Attrs[AttrWrapOnly] ||
+		rec.Attrs[AttrDestroyDate] != old.Attrs[AttrDestroyDate] || live(*rec) != live(old) {
+		// Fixed when the key is made (its token objects say the same), and a destroy is the
+		// registry's own: nobody, the admin included, changes them afterwards.
+		return errorf(ErrDenied, "object %q: its exportability and destruction are not the caller's to change", id)
 	}
 	*renamed = rec.Name != old.Name
 	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {

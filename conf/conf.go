@@ -154,6 +154,9 @@ type Policy struct {
 	// ClientIVSharedKeys lets its identities choose IVs on keys others use too (docs/guarantees.md
 	// says what that risks).
 	ClientIVSharedKeys bool
+	// Export lets its identities make keys that may leave the token, and take them out (KMIP Get):
+	// never by default (signer/access.go).
+	Export bool
 }
 
 // KMIP tunes the KMIP listener.

@@ -137,6 +137,18 @@ policy "rpki-ca" {
   identities = ["0e6b69fbd1836bbd274587164bdbde0221901974ec4ade407e4bf4c357273eed"]
 }
 
+# Storage arrays and databases fetch their keys (KMIP Get). export = true
+# lets a policy's identities make keys that may leave the token: generated in
+# the token all the same, given back wrapped in it, each export audited. Their
+# keys are exportable unless a KMIP 1.4/2.0 request says Extractable = false.
+# Without it (the default) generated keys never leave the token.
+policy "storage" {
+  kmip       = ["Create", "Register", "Get", "Locate", "GetAttributes", "Activate", "ReKey", "Revoke", "Destroy"]
+  export     = true
+  keys       = ["array-*"]
+  identities = ["731855c2d1351421793d943f800c0c3242b057090a89ea680331e939a855a9a4"]
+}
+
 # Limits of the KMIP listener.
 kmip {
   max_message_size = "1MiB"

@@ -46,6 +46,9 @@ func (d *decoder) policies(blocks []*hclsyntax.Block, cfg *Config) {
 		if a := c.attrs["client_iv_shared_keys"]; a != nil {
 			p.ClientIVSharedKeys, _ = d.boolean(a)
 		}
+		if a := c.attrs["export"]; a != nil {
+			p.Export, _ = d.boolean(a)
+		}
 		p.Identities = d.patterns(c.attrs["identities"], in, func(it item, in string) bool {
 			if !d.identity(it.s, it.at, "identity", in) {
 				return false

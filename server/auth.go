@@ -126,7 +126,7 @@ func (a *auth) caller(identity string) signer.Caller {
 		return signer.Caller{Identity: identity}
 	}
 	if a.isAdmin(identity) {
-		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares}
+		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares, Export: true}
 	}
 	c := signer.Caller{Identity: identity, Shares: a.shares}
 	p := a.byIdentity[identity]
@@ -136,7 +136,7 @@ func (a *auth) caller(identity string) signer.Caller {
 	}
 	c.Reserved = func(name string) bool { return a.reserved(name, own) }
 	if p != nil {
-		c.Keys, c.SHA1, c.ClientIVShared = p.Keys, p.SHA1, p.ClientIVSharedKeys
+		c.Keys, c.SHA1, c.ClientIVShared, c.Export = p.Keys, p.SHA1, p.ClientIVSharedKeys, p.Export
 		c.Team = func(owner string) bool { return owner == a.admin || slices.Contains(p.Identities, owner) }
 	}
 	return c

@@ -321,3 +321,64 @@ func TestWrappedExportAndImport(t *testing.T) {
 		t.Fatalf("another identity unwraps under the owner's key: %v", err)
 	}
 }
+
+// DeriveKey: the new key is the base key's encryption of the data, made in the token; the rules
+// of client-chosen IVs and block mode families hold for the base key.
+func TestDerive(t *testing.T) {
+	c := Caller{Identity: "deriver", Export: true}
+	base, err := testReg.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "d-base", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, err := testReg.Export(ctx, c, base.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := aes.NewCipher(bm.Secret)
+	data := bytes.Repeat([]byte("derivation data!"), 2)
+	iv := bytes.Repeat([]byte{9}, 16)
+	for _, mode := range []string{"cbc", "ecb"} {
+		d, err := testReg.Derive(ctx, c, base.ID, Derivation{Mode: mode, IV: iv, Data: data}, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "d-" + mode, State: keymap.Active})
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		if d.Attrs[AttrDerivedFrom] != base.ID || d.Size != 256 || d.Owner != "deriver" {
+			t.Fatalf("%s: derived row %+v", mode, d)
+		}
+		want := make([]byte, len(data))
+		if mode == "cbc" {
+			cipher.NewCBCEncrypter(blk, iv).CryptBlocks(want, data)
+		} else {
+			for i := 0; i < len(data); i += 16 {
+				blk.Encrypt(want[i:i+16], data[i:i+16])
+			}
+		}
+		dm, err := testReg.Export(ctx, c, d.ID)
+		if err != nil || !bytes.Equal(dm.Secret, want[:32]) {
+			t.Fatalf("%s: derived value %x %v, want %x", mode, dm.Secret, err, want[:32])
+		}
+	}
+	if b, _ := testReg.Get(base.ID); b.Attrs[AttrBlockMode] != ModeCBC {
+		t.Fatalf("base key's block mode after derivation: %q", b.Attrs[AttrBlockMode])
+	}
+	// A GCM key derives nothing: its encryptions must not be had for chosen data.
+	g, _ := testReg.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "d-gcm", State: keymap.Active})
+	if _, _, err := testReg.Seal(ctx, c, g.ID, nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testReg.Derive(ctx, c, g.ID, Derivation{Mode: "cbc", IV: iv, Data: data}, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "d-x"}); !errors.Is(err, ErrUsage) {
+		t.Fatalf("derivation from a GCM key: %v", err)
+	}
+	// The usage mask decides, and the data must cover the key.
+	nod, _ := testReg.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "d-noderive", State: keymap.Active, Attrs: usage(UsageEncrypt)})
+	if _, err := testReg.Derive(ctx, c, nod.ID, Derivation{Mode: "ecb", Data: data}, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "d-y"}); !errors.Is(err, ErrUsage) {
+		t.Fatalf("derivation from a key without Derive Key: %v", err)
+	}
+	if _, err := testReg.Derive(ctx, c, base.ID, Derivation{Mode: "ecb", Data: data[:16]}, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "d-z"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("16 bytes of data for a 32-byte key: %v", err)
+	}
+	// Another identity's key derives nothing for it.
+	if _, err := testReg.Derive(ctx, Caller{Identity: "stranger"}, base.ID, Derivation{Mode: "ecb", Data: data}, KeySpec{Algorithm: AES, Size: 128}, Meta{}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("derivation from another identity's key: %v", err)
+	}
+}

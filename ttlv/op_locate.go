@@ -33,6 +33,12 @@ type locateResponse struct {
 	UIDs         []string `kmip:"UniqueIdentifier"`
 }
 
+// live says whether an object in state st still has its key material.
+func live(st keymap.State) bool { return st != keymap.Destroyed && st != keymap.DestroyedCompromised }
+
+// storageDestroyed is KMIP 2.0's Destroyed Storage bit of the Storage Status Mask.
+const storageDestroyed = 0x4
+
 // filter is one attribute of a Locate request with all the instances given for it.
 type filter struct {
 	a    attr
@@ -67,6 +73,17 @@ func locate(o *op, p *node) (any, error) {
 		}
 		f.vals = append(f.vals, a.value)
 	}
+	// Destroyed objects keep their metadata but are found only when asked for: by a State filter
+	// naming a destroyed state, or (2.0) a Storage Status Mask with Destroyed Storage.
+	destroyed := req.StorageStatusMask != nil && *req.StorageStatusMask&storageDestroyed != 0
+	if f := byName[def(kmip14.TagState).name]; f != nil {
+		for _, v := range f.vals {
+			switch kmip14.State(v.u32()) {
+			case kmip14.StateDestroyed, kmip14.StateDestroyedCompromised:
+				destroyed = true
+			}
+		}
+	}
 	// Filters that need the whole row (state, server-maintained attributes) come last: most rows
 	// are rejected by the cheap ones, read in place, and are never copied.
 	slices.SortStableFunc(filters, func(x, y *filter) int { return cmp.Compare(x.cost(), y.cost()) })
@@ -77,12 +94,22 @@ func locate(o *op, p *node) (any, error) {
 	}
 	now := time.Now()
 	o.s.reg.Scan(o.caller, func(v keymap.View) bool {
-		if o.matches(v, filters, now) {
+		if (destroyed || live(v.State())) && o.matches(v, filters, now) {
 			found = append(found, v)
 		}
 		return true
 	})
+	// Keys in use first: a key not replaced before one that was (Locate by Name after a ReKey
+	// answers the current key first), then the newest first.
 	slices.SortFunc(found, func(a, b keymap.View) int {
+		x, _ := a.Attr(signer.AttrReplacement)
+		y, _ := b.Attr(signer.AttrReplacement)
+		if ra, rb := x != "", y != ""; ra != rb {
+			if ra {
+				return 1
+			}
+			return -1
+		}
 		if c := b.Created().Compare(a.Created()); c != 0 {
 			return c // newest first
 		}

@@ -325,9 +325,11 @@ func freshIdentity(t *testing.T) string {
 		t.Fatal(err)
 	}
 	env.clients[name] = &clientCert{name: name, identity: pki.Identity(c), tls: pair}
-	// The OASIS vectors sign and verify with SHA-1: their identities opt in, as a policy's sha1 does.
+	// The OASIS vectors sign and verify with SHA-1, and Get the keys they create (storage arrays,
+	// tape libraries, key wrapping): their identities opt in, as a policy's sha1 and export do.
 	env.auth.mu.Lock()
 	env.auth.sha1[pki.Identity(c)] = true
+	env.auth.export[pki.Identity(c)] = true
 	env.auth.mu.Unlock()
 	return name
 }

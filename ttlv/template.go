@@ -21,8 +21,8 @@ type template struct {
 	// 2.0 Extractable, Sensitive); nil when it said nothing. The registry decides (access.go).
 	extractable, sensitive *bool
 	vals                   map[string][]*node
-	defs       map[string]*attrDef
-	order      []string
+	defs                   map[string]*attrDef
+	order                  []string
 }
 
 // parseTemplate reads one attribute list (TemplateAttribute in 1.x, Attributes in 2.0).

@@ -21,13 +21,13 @@ type keyInfo struct {
 
 // keyWrapping is a Key Wrapping Specification (request) or Key Wrapping Data (key block).
 type keyWrapping struct {
-	Method   uint32    `kmip:"WrappingMethod,required"`
-	EncKey   *keyInfo  `kmip:"EncryptionKeyInformation"`
-	MACKey   *node     `kmip:"MACSignatureKeyInformation"`
-	MAC      []byte    `kmip:"MACSignature"`
-	IV       []byte    `kmip:"IVCounterNonce"`
-	Names    []*node   `kmip:"AttributeName"`
-	Encoding *uint32   `kmip:"EncodingOption"`
+	Method   uint32   `kmip:"WrappingMethod,required"`
+	EncKey   *keyInfo `kmip:"EncryptionKeyInformation"`
+	MACKey   *node    `kmip:"MACSignatureKeyInformation"`
+	MAC      []byte   `kmip:"MACSignature"`
+	IV       []byte   `kmip:"IVCounterNonce"`
+	Names    []*node  `kmip:"AttributeName"`
+	Encoding *uint32  `kmip:"EncodingOption"`
 }
 
 // keyWrappingData is the Key Wrapping Data of a wrapped key block in an answer: what the client

@@ -315,15 +315,15 @@ func (r *Registry) ExportWrapped(ctx context.Context, c Caller, id string, w Wra
 	if rec.Class != keymap.SecretKey && rec.Class != keymap.PrivateKey {
 		return keymap.Record{}, nil, errorf(ErrUnsupported, "object %q is a %s: the token wraps secret and private keys only", id, rec.Class)
 	}
+	if w.Key == rec.ID {
+		return keymap.Record{}, nil, errorf(ErrInvalid, "object %q cannot be wrapped under itself", id)
+	}
 	kek, t, err := r.wrapKeyRow(c, w, UseWrap)
 	if err != nil {
 		return keymap.Record{}, nil, err
 	}
 	if kek.Signer != rec.Signer {
 		return keymap.Record{}, nil, errorf(ErrUnsupported, "object %q lives on signer %q and the wrapping key %q on %q: a token wraps only under its own keys", id, rec.Signer, kek.ID, kek.Signer)
-	}
-	if kek.ID == rec.ID {
-		return keymap.Record{}, nil, errorf(ErrInvalid, "object %q cannot be wrapped under itself", id)
 	}
 	mech, err := w.mechanism()
 	if err != nil {

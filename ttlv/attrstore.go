@@ -347,6 +347,7 @@ var registryLinks = []struct {
 	{signer.AttrPrivateKey, kmip14.LinkTypePrivateKeyLink},
 	{signer.AttrReplacement, kmip14.LinkTypeReplacementObjectLink},
 	{signer.AttrReplaced, kmip14.LinkTypeReplacedObjectLink},
+	{signer.AttrDerivedFrom, kmip14.LinkTypeDerivationBaseObjectLink},
 }
 
 func isKey(c keymap.Class) bool {

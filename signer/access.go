@@ -138,7 +138,8 @@ const (
 )
 
 // usageBits are the mask bits of which one allows u; verifying is allowed by the bit that allows
-// making what is verified, as KMIP clients set either.
+// making what is verified, as KMIP clients set either (and unwrapping by Wrap Key: a KEK
+// registered to wrap takes back what it wrapped, as the KMIP 1.4 wrapping test case does).
 func (u Use) usageBits() uint32 {
 	switch u {
 	case UseEncrypt:
@@ -156,7 +157,7 @@ func (u Use) usageBits() uint32 {
 	case UseWrap:
 		return UsageWrapKey
 	case UseUnwrap:
-		return UsageUnwrapKey
+		return UsageUnwrapKey | UsageWrapKey
 	case UseDerive:
 		return UsageDeriveKey
 	}

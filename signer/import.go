@@ -82,7 +82,7 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	}
 	var wrap, unwrap bool
 	if mask, ok := UsageMask(keymap.Record{Attrs: meta.Attrs}); ok {
-		wrap, unwrap = mask&UsageWrapKey != 0, mask&UsageUnwrapKey != 0
+		wrap, unwrap = mask&UsageWrapKey != 0, mask&(UsageUnwrapKey|UsageWrapKey) != 0
 	}
 	tag, err := NewTag()
 	if err != nil {

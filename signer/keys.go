@@ -114,7 +114,7 @@ func (t *Token) flagsFor(c Caller, meta *Meta) (keyFlags, error) {
 	}
 	f := keyFlags{exportable: ex, sensitive: !ex || t.wrapsExports(), derive: true}
 	if mask, ok := UsageMask(keymap.Record{Attrs: meta.Attrs}); ok {
-		f.wrap, f.unwrap, f.derive = mask&UsageWrapKey != 0, mask&UsageUnwrapKey != 0, mask&UsageDeriveKey != 0
+		f.wrap, f.unwrap, f.derive = mask&UsageWrapKey != 0, mask&(UsageUnwrapKey|UsageWrapKey) != 0, mask&UsageDeriveKey != 0
 	}
 	if ex {
 		meta.Attrs = withAttr(meta.Attrs, AttrExportable, ExportByPolicy)

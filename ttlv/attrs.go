@@ -116,7 +116,8 @@ var (
 
 func init() {
 	for _, d := range attrDefs {
-		d.name = tt.DefaultRegistry.FormatTagCanonical(d.tag)
+		// The registry spells some names with doubled spaces ("Compromise  Date"): fold them.
+		d.name = normName(tt.DefaultRegistry.FormatTagCanonical(d.tag))
 		d.key = attrPrefix + tagName(d.tag)
 		if f := facts[d.tag]; f != "" {
 			d.fact, d.key = f, f

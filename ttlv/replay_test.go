@@ -34,13 +34,13 @@ var volatile = map[string]bool{
 }
 
 type replay struct {
-	skip     map[tt.Tag]bool // values of these tags are not compared (still learnt when open)
-	ids      map[string]string
+	skip map[tt.Tag]bool // values of these tags are not compared (still learnt when open)
+	ids  map[string]string
 	// generated are the server's identifiers of keys the server made (Create, CreateKeyPair,
 	// ReKey, ReKeyKeyPair, DeriveKey): random material no two servers share.
 	generated map[string]bool
-	vars     map[string][]byte // values the vectors leave open, learnt from responses
-	problems []string
+	vars      map[string][]byte // values the vectors leave open, learnt from responses
+	problems  []string
 }
 
 // varName says which open value a vector placeholder stands for ("" when it is none).

@@ -19,6 +19,9 @@ const (
 	featOAEP    = "RSA-OAEP decrypt"
 	featEC      = "EC key pairs and ECDSA"
 	featRandom  = "random numbers"
+	featKWP     = "AES key wrap with padding (exports wrapped in the token, KMIP Get wrapped)"
+	featKW      = "AES key wrap (KMIP Get wrapped, RFC 3394)"
+	featDerive  = "AES encryption-based derivation (KMIP DeriveKey)"
 )
 
 // Capability is one thing a client can ask of p11bridge, and the token features it takes.
@@ -42,6 +45,9 @@ var capabilities = []Capability{
 	{"KMIP", "Decrypt RSA-OAEP", []string{featRSA, featOAEP}},
 	{"KMIP", "CreateKeyPair EC, Sign ECDSA", []string{featEC}},
 	{"KMIP", "RNGRetrieve", []string{featRandom}},
+	{"KMIP", "Get of exportable keys wrapped in the token (else read as CKA_VALUE); Get and Register wrapped (AES-KWP)", []string{featKWP}},
+	{"KMIP", "Get and Register wrapped with AES key wrap (RFC 3394)", []string{featKW}},
+	{"KMIP", "DeriveKey (encryption with an AES key)", []string{featDerive}},
 	{"TLS", "server key in this token (RSA or ECDSA)", nil}, // either suffices; see backs
 }
 

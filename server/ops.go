@@ -19,8 +19,12 @@ type SignerStatus struct {
 	Healthy  bool           `json:"healthy"`
 	Default  bool           `json:"default"`
 	Rollover bool           `json:"rollover"`
-	Keys     map[string]int `json:"keys"`       // live objects per KMIP state
+	Keys     map[string]int `json:"keys"`       // objects per KMIP state (destroyed ones keep their metadata)
 	Copies   int            `json:"key_copies"` // session copies of keys held in the token
+	// Exportable names the live objects whose material may leave the token (policy export).
+	Exportable []string `json:"exportable_keys"`
+	// ExportWay says how exportable keys leave this signer's token.
+	ExportWay string `json:"export_way"`
 }
 
 // Status is what /status answers: per signer, what it holds, and whether a rollover is in progress.
@@ -50,6 +54,7 @@ type Status struct {
 // Status collects the status view.
 func (s *Server) Status() Status {
 	census := s.reg.Census()
+	exportable := s.reg.Exportable()
 	st := Status{Version: s.opts.Version, Uptime: time.Since(s.start).Seconds(), Default: s.reg.Default(), Rollover: s.reg.Rollover()}
 	st.RolloverUnderway = st.Rollover != ""
 	st.Keymap = storeStatus(context.Background(), s.km)
@@ -63,8 +68,12 @@ func (s *Server) Status() Status {
 		for state, n := range census[t.Name()] {
 			keys[string(state)] = n
 		}
+		ex := exportable[t.Name()]
+		if ex == nil {
+			ex = []string{}
+		}
 		st.Signers = append(st.Signers, SignerStatus{Name: t.Name(), Healthy: t.Healthy(), Default: t.Name() == st.Default,
-			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies()})
+			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies(), Exportable: ex, ExportWay: t.ExportWay()})
 	}
 	for name := range census {
 		if !seen[name] {

@@ -21,6 +21,8 @@ type Probe struct {
 	Mechanisms   int
 	// Features maps a bridge feature to whether the token has the mechanisms for it.
 	Features map[string]bool
+	// ExportWay says how keys made exportable (policy export) leave this token.
+	ExportWay string
 }
 
 // features lists bridge features and the mechanisms each needs.
@@ -37,6 +39,9 @@ var features = []struct {
 	{"RSA-PSS sign", []uint{pkcs11.CKM_RSA_PKCS_PSS, pkcs11.CKM_SHA256_RSA_PKCS_PSS}},
 	{"RSA-OAEP decrypt", []uint{pkcs11.CKM_RSA_PKCS_OAEP}},
 	{"EC key pairs and ECDSA", []uint{pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKM_ECDSA}},
+	{"AES key wrap with padding (exports wrapped in the token, KMIP Get wrapped)", []uint{pkcs11.CKM_AES_KEY_WRAP_PAD}},
+	{"AES key wrap (KMIP Get wrapped, RFC 3394)", []uint{pkcs11.CKM_AES_KEY_WRAP}},
+	{"AES encryption-based derivation (KMIP DeriveKey)", []uint{pkcs11.CKM_AES_CBC_ENCRYPT_DATA, pkcs11.CKM_AES_ECB_ENCRYPT_DATA}},
 	{"random numbers", nil},
 }
 
@@ -53,6 +58,7 @@ func (r *Registry) Probe(ctx context.Context, name string) (Probe, error) {
 	p := Probe{
 		Signer: name, Module: t.mod.path, Slot: t.slot, Label: t.info.Label, Serial: t.info.SerialNumber,
 		Manufacturer: t.info.ManufacturerID, Model: t.info.Model, Mechanisms: len(t.mechs), Features: map[string]bool{},
+		ExportWay: t.ExportWay(),
 	}
 	for _, f := range features {
 		ok := true
@@ -80,6 +86,9 @@ func (p Probe) String() string {
 			mark = "NO "
 		}
 		fmt.Fprintf(&b, "  %s  %s\n", mark, n)
+	}
+	if p.ExportWay != "" {
+		fmt.Fprintf(&b, "  exports: %s\n", p.ExportWay)
 	}
 	return b.String()
 }

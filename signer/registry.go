@@ -423,7 +423,7 @@ func (r *Registry) tokenOf(rec keymap.Record) (*Token, error) {
 	return t, nil
 }
 
-// Counts is how many live objects a signer holds per state.
+// Counts is how many objects a signer holds per state (Destroyed ones keep their metadata).
 type Counts map[keymap.State]int
 
 // Census counts the rows of each signer by state: what still depends on each token.
@@ -439,4 +439,23 @@ func (r *Registry) Census() map[string]Counts {
 		return true
 	})
 	return out
+}
+
+// Exportable lists, per signer, the live objects whose material may leave the token (secret and
+// private keys, secret data and opaque objects marked exportable), in identifier order.
+func (r *Registry) Exportable() map[string][]string {
+	out := map[string][]string{}
+	r.km.Range(func(rec keymap.Record) bool {
+		if IsExportable(rec) {
+			out[rec.Signer] = append(out[rec.Signer], rec.ID)
+		}
+		return true
+	})
+	return out
+}
+
+// IsExportable says whether rec is a live object whose secret material may leave its token (to a
+// caller the key model allows): not a public key or certificate, which always may.
+func IsExportable(rec keymap.Record) bool {
+	return live(rec) && rec.Attrs[AttrExportable] != "" && rec.Class != keymap.PublicKey && rec.Class != keymap.Certificate
 }

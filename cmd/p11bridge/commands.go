@@ -331,7 +331,7 @@ func ownerOrNobody(o string) string {
 
 func keysList(km signer.Store, only string, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSIGNER\tCLASS\tALGORITHM\tSTATE\tNAME")
+	fmt.Fprintln(tw, "ID\tSIGNER\tCLASS\tALGORITHM\tSTATE\tEXPORT\tNAME")
 	counts := map[string]map[keymap.State]int{}
 	km.Range(func(r keymap.Record) bool {
 		if only != "" && r.Signer != only {
@@ -341,7 +341,7 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 		if r.Size > 0 {
 			alg = fmt.Sprintf("%s-%d", r.Algorithm, r.Size)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Signer, r.Class, alg, r.State, r.Name)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Signer, r.Class, alg, r.State, exportWord(r), r.Name)
 		if counts[r.Signer] == nil {
 			counts[r.Signer] = map[keymap.State]int{}
 		}
@@ -365,11 +365,36 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 	return nil
 }
 
+// exportWord says whether an object's material may leave its token, and why.
+func exportWord(r keymap.Record) string {
+	switch {
+	case !signer.IsExportable(r):
+		return "-"
+	case r.Attrs[signer.AttrExportable] == signer.ExportRegistered:
+		return "registered"
+	case r.Attrs[signer.AttrWrapOnly] != "":
+		return "wrapped"
+	}
+	return "yes"
+}
+
 func showRecord(r keymap.Record, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "id         %s\ntag        %s\nsigner     %s\nclass      %s\nalgorithm  %s\nsize       %d\n",
 		r.ID, hex.EncodeToString(r.Tag), r.Signer, r.Class, r.Algorithm, r.Size)
 	fmt.Fprintf(stdout, "key id     %s\nname       %s\nstate      %s\nowner      %s\ncreated    %s\nupdated    %s\n",
 		hex.EncodeToString(r.KeyID), r.Name, r.State, r.Owner, r.Created.Format(time.RFC3339), r.Updated.Format(time.RFC3339))
+	exp := map[string]string{
+		"-":          "no: its material never leaves the token",
+		"registered": "yes: registered by a client, which may have it back",
+		"wrapped":    "yes, wrapped only (Sensitive): made under the export right",
+		"yes":        "yes: made under the export right; each export is audited",
+	}[exportWord(r)]
+	if r.Class == keymap.PublicKey || r.Class == keymap.Certificate {
+		exp = "public"
+	} else if !signer.Live(r) {
+		exp = "no: destroyed"
+	}
+	fmt.Fprintf(stdout, "exportable %s\n", exp)
 	keys := make([]string, 0, len(r.Attrs))
 	for k := range r.Attrs {
 		keys = append(keys, k)

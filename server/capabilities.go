@@ -89,6 +89,12 @@ func Capabilities(p signer.Probe) string {
 			fmt.Fprintf(&b, "  %-4s NO   %s (the token lacks %s)\n", front, c.Feature, strings.Join(missing, ", "))
 		}
 	}
+	// How keys made exportable (policy export = true) leave this token.
+	if p.Features[featKWP] {
+		b.WriteString("  exports: exportable keys stay sensitive and leave the token wrapped under a key only p11bridge knows\n")
+	} else {
+		b.WriteString("  exports: the token cannot wrap them out: exportable keys are made readable and read as CKA_VALUE\n")
+	}
 	return b.String()
 }
 

@@ -18,7 +18,7 @@ import (
 
 // Key material leaves a token in two ways, both decided by the key model (access.go, mayExport):
 //
-//   - Export (KMIP Get): the token wraps the key (CKM_AES_KEY_WRAP_PAD, RFC 5649) under the
+//   - Export (KMIP Get): the token wraps the key (AES key wrap with padding, kwpMech) under the
 //     signer's export key, a session object made from 32 random bytes that only this process
 //     knows, and the registry unwraps it here. Only a token without that mechanism has its
 //     exportable keys made readable (not sensitive) and read as CKA_VALUE (check says which).
@@ -41,16 +41,33 @@ type exportKey struct {
 	value []byte
 }
 
-// wrapsExports says whether the token can wrap keys out with AES-KWP: then exportable keys stay
+// ckmAESKeyWrapKWP is PKCS#11 3.x's RFC 5649 mechanism. 2.40's CKM_AES_KEY_WRAP_PAD (0x210A) is RFC
+// 5649 in SoftHSM2 but PKCS#7 padding and RFC 3394 in other tokens; Thales Luna names RFC 5649 with
+// this one.
+const ckmAESKeyWrapKWP = 0x210B
+
+// kwpMech is the token's AES key wrap with padding: CKM_AES_KEY_WRAP_KWP where offered, else
+// CKM_AES_KEY_WRAP_PAD; 0 when it has neither.
+func (t *Token) kwpMech() uint {
+	switch {
+	case t.mechs[ckmAESKeyWrapKWP]:
+		return ckmAESKeyWrapKWP
+	case t.mechs[pkcs11.CKM_AES_KEY_WRAP_PAD]:
+		return pkcs11.CKM_AES_KEY_WRAP_PAD
+	}
+	return 0
+}
+
+// wrapsExports says whether the token can wrap keys out with padding: then exportable keys stay
 // sensitive (never readable as CKA_VALUE).
-func (t *Token) wrapsExports() bool { return t.mechs[pkcs11.CKM_AES_KEY_WRAP_PAD] }
+func (t *Token) wrapsExports() bool { return t.kwpMech() != 0 }
 
 // ExportWay says, for `check`, how exportable keys leave this signer's token.
 func (t *Token) ExportWay() string {
 	if t.wrapsExports() {
-		return "exportable keys are made sensitive and leave the token wrapped (CKM_AES_KEY_WRAP_PAD) under a session key only p11bridge knows"
+		return "exportable keys are made sensitive and leave the token wrapped (AES key wrap with padding) under a session key only p11bridge knows"
 	}
-	return "the token cannot wrap keys with padding (CKM_AES_KEY_WRAP_PAD): exportable keys are made readable (not sensitive) and read as CKA_VALUE"
+	return "the token cannot wrap keys with padding (CKM_AES_KEY_WRAP_KWP or _PAD): exportable keys are made readable (not sensitive) and read as CKA_VALUE"
 }
 
 // exportWrapKey returns the signer's export key, making it on first use: a session object on the
@@ -121,7 +138,7 @@ func (t *Token) wrapOut(ctx context.Context, tag []byte, k objKind) ([]byte, err
 		var wrapped []byte
 		err = t.withKey(ctx, tag, k, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 			var err error
-			wrapped, err = t.ctx.WrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, ek.h, h)
+			wrapped, err = t.ctx.WrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(t.kwpMech(), nil)}, ek.h, h)
 			return err
 		})
 		if attempt == 0 && ckr(err) == pkcs11.CKR_WRAPPING_KEY_HANDLE_INVALID {
@@ -131,8 +148,27 @@ func (t *Token) wrapOut(ctx context.Context, tag []byte, k objKind) ([]byte, err
 		if err != nil {
 			return nil, err
 		}
-		return AESKeyUnwrapPad(ek.value, wrapped)
+		return unwrapExport(ek.value, wrapped)
 	}
+}
+
+// unwrapExport undoes the token's wrap with padding: RFC 5649, or, from a token whose
+// CKM_AES_KEY_WRAP_PAD is PKCS#7 padding and RFC 3394, that. Both check their integrity, so a
+// wrong guess is an error, never a wrong key.
+func unwrapExport(kek, wrapped []byte) ([]byte, error) {
+	if k, err := AESKeyUnwrapPad(kek, wrapped); err == nil {
+		return k, nil
+	}
+	k, err := AESKeyUnwrap(kek, wrapped)
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "the token's key wrap with padding is neither RFC 5649 nor PKCS#7 and RFC 3394")
+	}
+	n := int(k[len(k)-1])
+	if n < 1 || n > 8 || n > len(k) {
+		clear(k)
+		return nil, errorf(ErrUnavailable, "the token's key wrap with padding left a bad PKCS#7 padding")
+	}
+	return k[:len(k)-n], nil
 }
 
 // Export gives back an object's material: a public key, what a client registered, or a key made
@@ -249,10 +285,15 @@ type Wrapping struct {
 }
 
 // mechanism is the PKCS#11 mechanism of w.
-func (w Wrapping) mechanism() ([]*pkcs11.Mechanism, error) {
+func (w Wrapping) mechanism(t *Token) ([]*pkcs11.Mechanism, error) {
+	kwp := t.kwpMech()
+	if kwp == 0 {
+		kwp = pkcs11.CKM_AES_KEY_WRAP_PAD
+	}
 	switch w.Mech {
 	case WrapKWP:
-		return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, nil
+		// RFC 5649 where the token names it KWP; else 0x210A, which is RFC 5649 in SoftHSM2.
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(kwp, nil)}, nil
 	case WrapKW:
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}, nil
 	case WrapOAEP:
@@ -325,7 +366,7 @@ func (r *Registry) ExportWrapped(ctx context.Context, c Caller, id string, w Wra
 	if kek.Signer != rec.Signer {
 		return keymap.Record{}, nil, errorf(ErrUnsupported, "object %q lives on signer %q and the wrapping key %q on %q: a token wraps only under its own keys", id, rec.Signer, kek.ID, kek.Signer)
 	}
-	mech, err := w.mechanism()
+	mech, err := w.mechanism(t)
 	if err != nil {
 		return keymap.Record{}, nil, err
 	}
@@ -432,7 +473,7 @@ func (r *Registry) ImportWrapped(ctx context.Context, c Caller, wrapped []byte, 
 	if err != nil {
 		return keymap.Record{}, err
 	}
-	mech, err := w.mechanism()
+	mech, err := w.mechanism(t)
 	if err != nil {
 		return keymap.Record{}, err
 	}

@@ -185,7 +185,7 @@ func TestStorageArrayFlow(t *testing.T) {
 	}
 	json.NewDecoder(resp.Body).Decode(&st)
 	resp.Body.Close()
-	if len(st.Signers) != 1 || !slices.Equal(st.Signers[0].Exportable, []string{nu}) || !strings.Contains(st.Signers[0].ExportWay, "CKM_AES_KEY_WRAP_PAD") {
+	if len(st.Signers) != 1 || !slices.Equal(st.Signers[0].Exportable, []string{nu}) || !strings.Contains(st.Signers[0].ExportWay, "wrapped") {
 		t.Fatalf("/status: %+v, want the live exportable key %s", st, nu)
 	}
 	out, code := runCmd(t, e.b.env, "keys", "list", "--config", e.b.cfgPath)

@@ -70,3 +70,21 @@ func TestKeyWrapVectors(t *testing.T) {
 		t.Errorf("AESKeyUnwrap of 20 bytes: %v, want ErrInvalid", err)
 	}
 }
+
+// Exports unwrap RFC 5649, or what tokens whose CKM_AES_KEY_WRAP_PAD is PKCS#7 padding and RFC 3394
+// give; anything else is an error, not a key.
+func TestUnwrapExportForms(t *testing.T) {
+	kek := bytes.Repeat([]byte{3}, 32)
+	key := []byte("a 20-byte HMAC key!!")
+	kwp, _ := AESKeyWrapPad(kek, key)
+	padded := append(append([]byte{}, key...), bytes.Repeat([]byte{4}, 4)...)
+	pkcs7, _ := AESKeyWrap(kek, padded)
+	for name, w := range map[string][]byte{"RFC 5649": kwp, "PKCS#7 and RFC 3394": pkcs7} {
+		if got, err := unwrapExport(kek, w); err != nil || !bytes.Equal(got, key) {
+			t.Errorf("%s: %q %v", name, got, err)
+		}
+	}
+	if _, err := unwrapExport(bytes.Repeat([]byte{5}, 32), kwp); err == nil {
+		t.Error("unwrap under another key gave a key")
+	}
+}

@@ -136,6 +136,12 @@ func (s *Server) opsHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		stopped := ""
+		s.stoppedListeners.Range(func(k, _ any) bool { stopped = k.(string); return false })
+		if stopped != "" {
+			http.Error(w, "the "+stopped+" listener has stopped", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		// An instance that cannot confirm its keymap is current refuses keys: take it out of rotation.

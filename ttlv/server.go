@@ -169,15 +169,16 @@ func (s *Server) Serve(l net.Listener) error {
 			if s.closing.Load() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: wait a little rather than spin.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("kmip: accept failed; retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return merry.Prepend(err, "kmip: accept")
 			}
-			return merry.Prepend(err, "kmip: accept")
+			// Out of file descriptors (EMFILE, ENFILE), a connection reset before it was taken
+			// (ECONNABORTED) and the like pass: wait a little rather than spin, and never stop
+			// listening for them, which would end the KMIP service until a restart.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("kmip: accept failed; retrying", "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
 		}
 		backoff = 0
 		c, ok := s.track(nc)

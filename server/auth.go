@@ -88,7 +88,14 @@ func (a *auth) known(identity string) bool {
 }
 
 func (a *auth) isAdmin(identity string) bool {
-	return a.admin != "" && identity == a.admin && !a.revoked[identity]
+	return a.admin != "" && identity == a.admin && !a.revoked[identity] && !a.ended(identity)
+}
+
+// ended says whether an identity block's not_after has passed: like a revocation, it also ends
+// the rights of connections opened before.
+func (a *auth) ended(identity string) bool {
+	t, ok := a.notAfter[identity]
+	return ok && time.Now().After(t)
 }
 
 // match is KES's rule: an exact path, or a prefix when the pattern ends in '*' (the key model's
@@ -96,7 +103,7 @@ func (a *auth) isAdmin(identity string) bool {
 func match(pattern, path string) bool { return signer.MatchKeyPattern(pattern, path) }
 
 func (a *auth) allowPath(identity, path string) bool {
-	if a.revoked[identity] {
+	if a.revoked[identity] || a.ended(identity) {
 		return false
 	}
 	if a.isAdmin(identity) {
@@ -122,7 +129,7 @@ func (a *auth) allowPath(identity, path string) bool {
 // caller is identity as the registry's key model sees it. The policy's keys patterns are applied
 // there, to KES and KMIP alike.
 func (a *auth) caller(identity string) signer.Caller {
-	if a.revoked[identity] {
+	if a.revoked[identity] || a.ended(identity) {
 		return signer.Caller{Identity: identity}
 	}
 	if a.isAdmin(identity) {
@@ -182,7 +189,7 @@ func (a *auth) shares(name, owner string) bool {
 // allowKMIP also ends the rights of a KMIP connection opened before its identity was revoked:
 // the connection stays, every later operation is refused.
 func (a *auth) allowKMIP(identity, op string) bool {
-	if a.revoked[identity] {
+	if a.revoked[identity] || a.ended(identity) {
 		return false
 	}
 	if a.isAdmin(identity) {
@@ -212,8 +219,8 @@ func (a *auth) identifyCert(leaf *x509.Certificate, chain []*x509.Certificate, p
 	}
 	if a.known(id) {
 		now := time.Now()
-		if t, ok := a.notAfter[id]; ok && now.After(t) {
-			return "", errors.New("identity " + id + " is past its not_after (" + t.Format(time.RFC3339) + ")")
+		if a.ended(id) {
+			return "", errors.New("identity " + id + " is past its not_after (" + a.notAfter[id].Format(time.RFC3339) + ")")
 		}
 		if now.After(leaf.NotAfter) && a.expired != nil && a.expired.note(id, leaf.NotAfter) && a.onExpired != nil {
 			a.onExpired(id, leaf.NotAfter)

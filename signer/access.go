@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -471,6 +472,11 @@ func (r *Registry) Allow(c Caller, rec keymap.Record, u Use) error {
 // must allow its name, another policy's name space is not the caller's, and a name that a KES key
 // holds is that key's alone — also for the further names a KMIP object may have.
 func (r *Registry) checkNew(c Caller, rec keymap.Record, names ...string) error {
+	for _, n := range append([]string{rec.Name}, names...) {
+		if err := storableName(n); err != nil {
+			return err
+		}
+	}
 	name := KeyName(rec)
 	if !c.mayName(name) {
 		if name == "" {
@@ -485,6 +491,23 @@ func (r *Registry) checkNew(c Caller, rec keymap.Record, names ...string) error 
 		return err
 	}
 	return r.CheckNames(rec.ID, rec.Attrs[AttrKESName], names)
+}
+
+// MaxNameLen bounds an object's name (CKA_LABEL, keymap Name).
+const MaxNameLen = 1024
+
+// storableName refuses a name before any key is made for it that the keymap could not store (on
+// PostgreSQL: invalid UTF-8, a NUL byte), which would leave the new token objects orphaned.
+func storableName(n string) error {
+	switch {
+	case len(n) > MaxNameLen:
+		return errorf(ErrInvalid, "a name of %d bytes: at most %d", len(n), MaxNameLen)
+	case !utf8.ValidString(n):
+		return errorf(ErrInvalid, "the name %q is not valid UTF-8", n)
+	case strings.ContainsRune(n, 0):
+		return errorf(ErrInvalid, "the name %q holds a NUL character", n)
+	}
+	return nil
 }
 
 // CheckNames applies the name rules to every name of object id (KMIP lets an object have several

@@ -387,3 +387,22 @@ func TestRebuiltVersionIsNotCurrent(t *testing.T) {
 		t.Fatalf("current of a rebuilt key alone is %s", c.ID)
 	}
 }
+
+// A name the keymap could not store is refused before a key is made for it: no orphan is left on
+// the token.
+func TestUnstorableNameRefusedFirst(t *testing.T) {
+	owner := Caller{Identity: "names"}
+	tok, _ := testReg.Signer("a")
+	before := len(attrs(t, tok, nil, objKind{class: ^uint(0)}, 0))
+	for _, name := range []string{"nul\x00name", "bad\xffutf8", strings.Repeat("n", MaxNameLen+1)} {
+		if _, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: name}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("create named %q: %v", name, err)
+		}
+		if _, _, err := testReg.CreateKeyPair(ctx, owner, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "ok"}, Meta{Name: name}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("key pair with a public half named %q: %v", name, err)
+		}
+	}
+	if after := len(attrs(t, tok, nil, objKind{class: ^uint(0)}, 0)); after != before {
+		t.Fatalf("%d token objects before, %d after refused creates", before, after)
+	}
+}

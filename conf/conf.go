@@ -172,6 +172,9 @@ type KMIP struct {
 	MaxHandshakesPerAddress int
 	// MaxLocateItems caps the identifiers one Locate answers.
 	MaxLocateItems int
+	// MaxConnectionsPerIdentity bounds one identity's authenticated connections; 0 = a quarter of
+	// MaxConnections.
+	MaxConnectionsPerIdentity int
 }
 
 // KES tunes the KES listener.

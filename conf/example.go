@@ -154,6 +154,10 @@ kmip {
   max_message_size = "1MiB"
   max_connections  = 1024   # authenticated connections
   idle_timeout     = "2m"
+  # One identity holds at most this many of them (default: a quarter of
+  # max_connections). Identities without KMIP rights share 64 slots of their
+  # own, where they are told Permission Denied.
+  max_connections_per_identity = 256
   # A new connection must finish TLS within handshake_timeout. Connections
   # still in their handshake do not take the slots above: at most
   # max_handshakes of them, max_handshakes_per_address from one IP address

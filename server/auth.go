@@ -199,6 +199,18 @@ func (a *auth) allowKMIP(identity, op string) bool {
 	return p != nil && (slices.Contains(p.KMIP, "*") || slices.Contains(p.KMIP, op))
 }
 
+// hasKMIP says whether identity may run any KMIP operation at all.
+func (a *auth) hasKMIP(identity string) bool {
+	if a.revoked[identity] || a.ended(identity) {
+		return false
+	}
+	if a.isAdmin(identity) {
+		return true
+	}
+	p := a.byIdentity[identity]
+	return p != nil && len(p.KMIP) > 0
+}
+
 // identify turns a TLS peer into an identity.
 func identify(cs *tls.ConnectionState, a *auth, pool *x509.CertPool) (string, error) {
 	if cs == nil || len(cs.PeerCertificates) == 0 {
@@ -308,6 +320,7 @@ func (k kmipAuth) Identify(cs *tls.ConnectionState) (string, error) {
 }
 func (k kmipAuth) AllowKMIP(identity, op string) bool   { return k.s.auth.Load().allowKMIP(identity, op) }
 func (k kmipAuth) Caller(identity string) signer.Caller { return k.s.auth.Load().caller(identity) }
+func (k kmipAuth) HasKMIP(identity string) bool         { return k.s.auth.Load().hasKMIP(identity) }
 
 type kesAuth struct{ s *Server }
 

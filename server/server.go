@@ -241,7 +241,7 @@ func (s *Server) Start() error {
 		s.KMIPAddr = l.Addr().String()
 		s.kmip = ttlv.New(ttlv.Options{
 			Registry: s.reg, Auth: kmipAuth{s}, Log: s.log.With("front", "kmip"), Audit: s.audit, AuditCheck: s.auditW.check,
-			MaxMessageSize: cfg.KMIP.MaxMessageSize, MaxConnections: cfg.KMIP.MaxConnections,
+			MaxMessageSize: cfg.KMIP.MaxMessageSize, MaxConnections: cfg.KMIP.MaxConnections, MaxConnectionsPerIdentity: cfg.KMIP.MaxConnectionsPerIdentity,
 			IdleTimeout: cfg.KMIP.IdleTimeout, HandshakeTimeout: cfg.KMIP.HandshakeTimeout,
 			MaxHandshakes: cfg.KMIP.MaxHandshakes, MaxHandshakesPerAddress: cfg.KMIP.MaxHandshakesPerAddress,
 			MaxLocateItems: cfg.KMIP.MaxLocateItems, ServerName: "p11bridge " + s.opts.Version,

@@ -84,6 +84,8 @@ func (a *testAuth) AllowKMIP(identity, operation string) bool {
 	return true
 }
 
+func (a *testAuth) HasKMIP(string) bool { return true }
+
 func (a *testAuth) Caller(identity string) signer.Caller {
 	a.mu.Lock()
 	defer a.mu.Unlock()

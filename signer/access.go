@@ -431,7 +431,7 @@ func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
 		// Management (Destroy, Revoke, attribute changes, ReKey) decides from the row as committed
 		// anywhere in the cluster: it is rare, and a front end checks the state it reads here.
 		if err := r.km.Sync(context.Background()); err != nil {
-			return keymap.Record{}, storeErr(err, "object %q", id)
+			return keymap.Record{}, r.storeErr(err, "object %q", id)
 		}
 	}
 	row, err := r.row(c, id)
@@ -457,7 +457,7 @@ func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
 // for management reads (Locate, KES list) that must see what another instance just did.
 func (r *Registry) Sync(ctx context.Context) error {
 	if err := r.km.Sync(ctx); err != nil {
-		return storeErr(err, "read keymap")
+		return r.storeErr(err, "read keymap")
 	}
 	return nil
 }

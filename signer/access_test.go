@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -404,5 +405,28 @@ func TestUnstorableNameRefusedFirst(t *testing.T) {
 	}
 	if after := len(attrs(t, tok, nil, objKind{class: ^uint(0)}, 0)); after != before {
 		t.Fatalf("%d token objects before, %d after refused creates", before, after)
+	}
+}
+
+// A store failure reaches the client with its cause but not where the store lives (a file path, a
+// database's host and name): that is the operator's, in the log.
+func TestStoreFailureKeepsLocationOut(t *testing.T) {
+	dir := t.TempDir()
+	km, err := keymap.Open(filepath.Join(dir, "closed.csv"), quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	km.Close()
+	_, err = r.Create(ctx, Caller{Identity: "x"}, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "unstored"})
+	if err == nil || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("create with the keymap closed: %v", err)
+	}
+	if strings.Contains(err.Error(), dir) {
+		t.Fatalf("the error names the store's location: %v", err)
 	}
 }

@@ -116,12 +116,12 @@ func (r *Registry) KESKey(c Caller, name string) (KESKey, bool) {
 // rows are current.
 func (r *Registry) LookupKESKey(c Caller, name string) (KESKey, bool, error) {
 	if err := r.km.Fresh(); err != nil {
-		return KESKey{}, false, errorf(ErrUnavailable, "KES key %q: %v", name, err)
+		return KESKey{}, false, r.storeErr(err, "KES key %q", name)
 	}
 	k, ok := r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
 	if !ok {
 		if err := r.km.Sync(context.Background()); err != nil {
-			return KESKey{}, false, storeErr(err, "KES key %q", name)
+			return KESKey{}, false, r.storeErr(err, "KES key %q", name)
 		}
 		k, ok = r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
 	}
@@ -156,7 +156,7 @@ const maxCachedKESKeys = 4096
 func (r *Registry) lockName(ctx context.Context, name string) (func(), error) {
 	unlock, err := r.km.Lock(ctx, "kes:"+name)
 	if err != nil {
-		return nil, storeErr(err, "KES key %q: lock its name", name)
+		return nil, r.storeErr(err, "KES key %q: lock its name", name)
 	}
 	return unlock, nil
 }

@@ -430,7 +430,7 @@ func (r *Registry) markDestroyed(id string) error {
 	if errors.Is(err, keymap.ErrNotFound) {
 		return notFound(id)
 	}
-	return storeErr(err, "object %q: write keymap", id)
+	return r.storeErr(err, "object %q: write keymap", id)
 }
 
 // Live says whether rec's key material is still in its token: not Destroyed (rows of earlier
@@ -446,7 +446,7 @@ func (r *Registry) markDestroying(id string) error {
 	if errors.Is(err, keymap.ErrNotFound) {
 		return notFound(id)
 	}
-	return storeErr(err, "object %q: write keymap", id)
+	return r.storeErr(err, "object %q: write keymap", id)
 }
 
 // HalfDestroyed lists the rows of km whose Destroy began and did not finish.

@@ -76,7 +76,7 @@ func (r *Registry) bindMode(rec keymap.Record, mode string) error {
 	case errors.Is(err, keymap.ErrNotFound):
 		return notFound(rec.ID)
 	}
-	return storeErr(err, "object %q: write keymap", rec.ID)
+	return r.storeErr(err, "object %q: write keymap", rec.ID)
 }
 
 // errAlreadyBound ends a binding that another use made first: nothing to write.

@@ -247,7 +247,7 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 	if !ok {
 		// Made a moment ago by another instance, and not yet here through the change feed?
 		if err := r.km.Sync(context.Background()); err != nil {
-			return keymap.Record{}, storeErr(err, "object %q", id)
+			return keymap.Record{}, r.storeErr(err, "object %q", id)
 		}
 		rec, ok = r.km.Get(id)
 	}
@@ -267,7 +267,7 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 // used here.
 func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 	if err := r.km.Fresh(); err != nil {
-		return nil, errorf(ErrUnavailable, "object %q: %v", id, err)
+		return nil, r.storeErr(err, "object %q", id)
 	}
 	row, ok := r.rows.Get(r.km.Changes(), id, func() (*keyRow, bool) {
 		rec, ok := r.km.Get(id)
@@ -283,7 +283,7 @@ func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 		// Made a moment ago through another instance of a cluster? One catch-up, as a refusal of
 		// another owner's object costs one too (Access), so the two still cost the same.
 		if err := r.km.Sync(context.Background()); err != nil {
-			return nil, storeErr(err, "object %q", id)
+			return nil, r.storeErr(err, "object %q", id)
 		}
 		if rec, ok := r.km.Get(id); ok {
 			return &keyRow{rec: rec, f: factsOf(rec)}, nil
@@ -332,7 +332,7 @@ func (r *Registry) List(signer string) []keymap.Record {
 // is given alone.
 func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (keymap.Record, error) {
 	if err := r.km.Fresh(); err != nil {
-		return keymap.Record{}, errorf(ErrUnavailable, "object %q: %v", id, err)
+		return keymap.Record{}, r.storeErr(err, "object %q", id)
 	}
 	var renamed bool
 	// ruled is the closure's own refusal (the rules', or fn's, in the caller's vocabulary), which
@@ -348,7 +348,7 @@ func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (k
 	case errors.Is(err, keymap.ErrNotFound):
 		return keymap.Record{}, notFound(id)
 	case err != nil:
-		return keymap.Record{}, storeErr(err, "object %q: write keymap", id)
+		return keymap.Record{}, r.storeErr(err, "object %q: write keymap", id)
 	}
 	if renamed {
 		r.relabel(rec)
@@ -408,7 +408,7 @@ func (r *Registry) relabel(rec keymap.Record) {
 func (r *Registry) put(recs ...keymap.Record) error {
 	for _, rec := range recs {
 		if err := r.km.Put(rec); err != nil {
-			return storeErr(err, "object %q: write keymap", rec.ID)
+			return r.storeErr(err, "object %q: write keymap", rec.ID)
 		}
 	}
 	return nil

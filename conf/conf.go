@@ -157,6 +157,10 @@ type Policy struct {
 	// Export lets its identities make keys that may leave the token, and take them out (KMIP Get):
 	// never by default (signer/access.go).
 	Export bool
+	// MaxObjects and MaxAttributeBytes are each identity's quotas; 0 = the defaults (100,000
+	// objects, 256 MiB of attributes).
+	MaxObjects        int
+	MaxAttributeBytes int
 }
 
 // KMIP tunes the KMIP listener.

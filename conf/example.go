@@ -130,6 +130,10 @@ policy "minio" {
 policy "rpki-ca" {
   kmip       = ["Query", "CreateKeyPair", "Get", "ModifyAttribute", "Activate", "Sign", "Revoke", "Destroy"]
   sha1       = false   # signatures over SHA-1 are refused unless true
+  # Each identity's quotas: live objects, and bytes of their attributes
+  # (defaults 100000 and "256MiB").
+  max_objects         = 100000
+  max_attribute_bytes = "256MiB"
   # Client-chosen IVs are taken on an identity's own keys that no policy
   # shares; true allows them on shared keys too, letting one user's
   # encryptions reveal what others sealed (see docs/guarantees.md).

@@ -144,6 +144,7 @@ func (a *auth) caller(identity string) signer.Caller {
 	c.Reserved = func(name string) bool { return a.reserved(name, own) }
 	if p != nil {
 		c.Keys, c.SHA1, c.ClientIVShared, c.Export = p.Keys, p.SHA1, p.ClientIVSharedKeys, p.Export
+		c.Quota = signer.Quota{Objects: p.MaxObjects, AttrBytes: p.MaxAttributeBytes}
 		c.Team = func(owner string) bool { return owner == a.admin || slices.Contains(p.Identities, owner) }
 	}
 	return c

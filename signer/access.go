@@ -37,6 +37,8 @@ type Caller struct {
 	Shares func(name, owner string) bool
 	// ClientIVShared lets the caller choose IVs on keys others use too (nonce.go).
 	ClientIVShared bool
+	// Quota bounds what the caller keeps (quota.go); the admin has none.
+	Quota Quota
 	// Reserved says whether another policy's key patterns name a key of that name: such names
 	// are that policy's (and the admin's) to give, so no one else can squat a name its identities
 	// would use.

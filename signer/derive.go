@@ -93,6 +93,9 @@ func (r *Registry) Derive(ctx context.Context, c Caller, baseID string, d Deriva
 	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	flags, err := t.flagsFor(c, &meta)
 	if err != nil {
 		return keymap.Record{}, err

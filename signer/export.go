@@ -469,6 +469,9 @@ func (r *Registry) ImportWrapped(ctx context.Context, c Caller, wrapped []byte, 
 	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	kek, t, err := r.wrapKeyRow(c, w, UseUnwrap)
 	if err != nil {
 		return keymap.Record{}, err

@@ -76,6 +76,9 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	t, err := r.target(signer)
 	if err != nil {
 		return keymap.Record{}, err

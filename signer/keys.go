@@ -162,6 +162,9 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	t, err := r.target(spec.Signer)
 	if err != nil {
 		return keymap.Record{}, err
@@ -261,6 +264,9 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 		if err := r.checkNew(c, keymap.Record{Name: m.Name, Attrs: m.Attrs}, m.Names...); err != nil {
 			return keymap.Record{}, keymap.Record{}, err
 		}
+	}
+	if err := r.checkQuota(c, keymap.Record{Name: priv.Name, Attrs: priv.Attrs}, keymap.Record{Name: pub.Name, Attrs: pub.Attrs}); err != nil {
+		return keymap.Record{}, keymap.Record{}, err
 	}
 	t, err := r.target(spec.Signer)
 	if err != nil {

@@ -62,6 +62,8 @@ type Registry struct {
 	kesKeys *keymap.Cache[KESKey]
 	// seals counts GCM seals per key (nonce.go).
 	seals sealCounts
+	// usage counts what each owner holds, for quotas (quota.go).
+	usage usageCounts
 }
 
 // keyRow is a row as the key model reads it: the record and its parsed lifecycle facts. Shared
@@ -377,6 +379,12 @@ func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*k
 		// Fixed when the key is made (its token objects say the same), and a destroy is the
 		// registry's own: nobody, the admin included, changes them afterwards.
 		return errorf(ErrDenied, "object %q: its exportability and destruction are not the caller's to change", id)
+	}
+	if grow := attrBytes(rec.Name, rec.Attrs) - attrBytes(old.Name, old.Attrs); grow > 0 && rec.Owner != "" {
+		// Counted against the object's owner, whoever changes it.
+		if err := r.takeQuota(Caller{Identity: rec.Owner, Quota: c.Quota, Admin: c.Admin && rec.Owner == c.Identity}, ownerUsage{attrBytes: grow}); err != nil {
+			return err
+		}
 	}
 	*renamed = rec.Name != old.Name
 	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {

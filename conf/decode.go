@@ -30,7 +30,7 @@ var (
 	proxyAttrs   = []string{"identities", "header"}
 	signerAttrs  = []string{"module", "slot_id", "token_label", "token_serial", "uri", "pin", "pin_file", "max_sessions", "session_timeout", "key_copies"}
 	selectors    = []string{"slot_id", "token_label", "token_serial", "uri"}
-	policyAttrs  = []string{"allow", "deny", "kmip", "keys", "sha1", "client_iv_shared_keys", "export", "identities"}
+	policyAttrs  = []string{"allow", "deny", "kmip", "keys", "sha1", "client_iv_shared_keys", "export", "max_objects", "max_attribute_bytes", "identities"}
 	logLevels    = []string{"debug", "info", "warn", "error"}
 	listenSample = map[string]string{"kmip": "127.0.0.1:5696", "kes": "127.0.0.1:7373", "ops": "127.0.0.1:9464"}
 )

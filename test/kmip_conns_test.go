@@ -61,4 +61,3 @@ func TestKMIPConnectionsPerIdentity(t *testing.T) {
 		t.Fatalf("the admin while the unprivileged slots are full: %v", err)
 	}
 }
-

@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -472,8 +473,47 @@ func (r *Registry) Allow(c Caller, rec keymap.Record, u Use) error {
 
 // checkNew applies the rules to a row about to be made (or renamed) by c: the caller's patterns
 // must allow its name, another policy's name space is not the caller's, and a name that a KES key
-// holds is that key's alone — also for the further names a KMIP object may have.
+// holds is that key's alone — also for the further names a KMIP object may have. The names are
+// checked against the store as caught up (syncNames): in a cluster, a KES key of the name may
+// have been made through another instance a moment ago.
 func (r *Registry) checkNew(c Caller, rec keymap.Record, names ...string) error {
+	if err := r.syncNames(rec, names); err != nil {
+		return err
+	}
+	return r.checkNewHeld(c, rec, names...)
+}
+
+// nameSyncTimeout bounds the catch-up before a new name is checked.
+const nameSyncTimeout = 2 * time.Second
+
+// syncNames catches the store up before rec's names are checked against the KES keys it holds,
+// when there is a name to check: a KES version's own name is not (PutNewKES and the name lock
+// guard it). The CSV map's Sync costs nothing.
+func (r *Registry) syncNames(rec keymap.Record, names []string) error {
+	kn, isKES := rec.Attrs[AttrKESName]
+	need := rec.Name != "" && !isKES
+	for _, n := range names {
+		need = need || n != "" && n != kn
+	}
+	if !need {
+		return nil
+	}
+	return r.syncForNames(fmt.Sprintf("name %q", KeyName(rec)))
+}
+
+// syncForNames is the bounded catch-up before a name is checked; what names the request.
+func (r *Registry) syncForNames(what string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), nameSyncTimeout)
+	defer cancel()
+	if err := r.km.Sync(ctx); err != nil {
+		return r.storeErr(err, "%s: confirm that no KES key holds its name", what)
+	}
+	return nil
+}
+
+// checkNewHeld is checkNew against the rows as this process holds them, for callers that caught up
+// already (Update, inside the store's change of the row).
+func (r *Registry) checkNewHeld(c Caller, rec keymap.Record, names ...string) error {
 	for _, n := range append([]string{rec.Name}, names...) {
 		if err := storableName(n); err != nil {
 			return err

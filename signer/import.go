@@ -218,6 +218,9 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	if exportable {
 		rec.Attrs = withAttr(rec.Attrs, AttrExportable, ExportRegistered)
 	}
+	if meta.newKES {
+		return rec, r.putKES(ctx, t, rec)
+	}
 	return rec, r.put(rec)
 }
 

@@ -48,6 +48,8 @@ type Meta struct {
 	Extractable *bool
 	Sensitive   bool
 	owner       string
+	// newKES: the row is the first version of a new KES key, written with PutNewKES (putKES).
+	newKES bool
 }
 
 var curveOIDs = map[int]asn1.ObjectIdentifier{
@@ -216,6 +218,9 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	rec := newRecord(tag, false, t.cfg.Name, keymap.SecretKey, spec.Algorithm, spec.Size, nil, meta)
 	if spec.WithHMAC {
 		rec.Attrs = withAttr(rec.Attrs, AttrHMACKey, "1")
+	}
+	if meta.newKES {
+		return rec, r.putKES(ctx, t, rec)
 	}
 	return rec, r.put(rec)
 }
@@ -469,12 +474,32 @@ func HalfDestroyed(km interface {
 	return out
 }
 
+// destroyGrace: on a store that live instances share (PostgreSQL), a destroy whose intent is
+// younger than this may still be under way on another instance, and finishing it here would race
+// it. The intent carries the destroying instance's wall-clock time, so the grace also absorbs a
+// clock skew between hosts well under it.
+const destroyGrace = time.Minute
+
 // FinishDestroys completes the destroys a crash or a fault cut short, as the operator. It returns
 // how many it finished and the first error (the rest stay marked, for the next start).
+//
+// On a shared store it leaves alone the destroys begun less than the grace period ago (another
+// live instance may be doing them), and looks at them again once that has passed: what is still
+// marked then was cut short.
 func (r *Registry) FinishDestroys(ctx context.Context) (int, error) {
 	var first error
 	n := 0
+	shared := r.km.Kind() != "csv"
+	var again time.Duration
 	for _, rec := range HalfDestroyed(r.km) {
+		if since, ok := intentAge(rec); shared && ok && since > -r.destroyGrace && since < r.destroyGrace {
+			if wait := r.destroyGrace - since; again == 0 || wait < again {
+				again = wait
+			}
+			r.log.Info("a destroy begun moments ago is left to the instance doing it; it is finished here if it is still marked after the grace period",
+				"id", rec.ID, "begun_ago", since.Round(time.Millisecond), "grace", r.destroyGrace)
+			continue
+		}
 		if err := r.Destroy(ctx, Operator, rec.ID); err != nil {
 			if first == nil {
 				first = err
@@ -484,25 +509,79 @@ func (r *Registry) FinishDestroys(ctx context.Context) (int, error) {
 		n++
 		r.log.Info("finished a destroy that was cut short", "id", rec.ID, "signer", rec.Signer)
 	}
+	if again > 0 {
+		r.finishAfter(again)
+	}
 	return n, first
+}
+
+// intentAge is how long ago rec's destroy began, by its intent's time.
+func intentAge(rec keymap.Record) (time.Duration, bool) {
+	at, err := time.Parse(time.RFC3339Nano, rec.Attrs[AttrDestroying])
+	if err != nil {
+		return 0, false
+	}
+	return time.Since(at), true
+}
+
+// finishAfter runs FinishDestroys again after d, unless the registry closes first.
+func (r *Registry) finishAfter(d time.Duration) {
+	r.finishMu.Lock()
+	defer r.finishMu.Unlock()
+	if r.finishClosed {
+		return
+	}
+	if r.finishLater != nil {
+		r.finishLater.Stop()
+	}
+	r.finishLater = time.AfterFunc(d, func() {
+		r.finishMu.Lock()
+		if r.finishClosed {
+			r.finishMu.Unlock()
+			return
+		}
+		r.finishing.Add(1)
+		r.finishMu.Unlock()
+		defer r.finishing.Done()
+		if n, err := r.FinishDestroys(context.Background()); err != nil {
+			r.log.Warn("a destroy cut short could not be finished yet; the next start tries again", "finished", n, "err", err)
+		}
+	})
+}
+
+// stopFinishing stops finishAfter's timer and waits for a run under way.
+func (r *Registry) stopFinishing() {
+	r.finishMu.Lock()
+	r.finishClosed = true
+	if r.finishLater != nil {
+		r.finishLater.Stop()
+	}
+	r.finishMu.Unlock()
+	r.finishing.Wait()
 }
 
 // destroyTag removes every token object under tag: what a failed generation left of a key nobody
 // was told about.
 func (t *Token) destroyTag(sh pkcs11.SessionHandle, tag []byte) error {
+	n, err := t.removeTag(sh, tag)
+	if n > 0 {
+		t.log.Warn("generate: removed what a failed try left under a fresh tag before trying again", "tag", hex.EncodeToString(tag), "objects", n)
+	}
+	return err
+}
+
+// removeTag destroys every token object under tag and says how many there were.
+func (t *Token) removeTag(sh pkcs11.SessionHandle, tag []byte) (int, error) {
 	hs, err := t.findAll(sh, tag, objKind{class: ^uint(0)})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, h := range hs {
 		if err := t.ctx.DestroyObject(sh, h); err != nil && ckr(err) != pkcs11.CKR_OBJECT_HANDLE_INVALID {
-			return err
+			return len(hs), err
 		}
 	}
-	if len(hs) > 0 {
-		t.log.Warn("generate: removed what a failed try left under a fresh tag before trying again", "tag", hex.EncodeToString(tag), "objects", len(hs))
-	}
-	return nil
+	return len(hs), nil
 }
 
 // ecPublic builds an ECDSA public key from a curve size and an uncompressed point.

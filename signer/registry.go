@@ -64,6 +64,14 @@ type Registry struct {
 	seals sealCounts
 	// usage counts what each owner holds, for quotas (quota.go).
 	usage usageCounts
+
+	// destroyGrace is how young a destroy's intent FinishDestroys leaves alone on a shared store
+	// (keys.go); finishLater is its next look at those, stopped by Close.
+	destroyGrace time.Duration
+	finishMu     sync.Mutex
+	finishLater  *time.Timer
+	finishClosed bool
+	finishing    sync.WaitGroup
 }
 
 // keyRow is a row as the key model reads it: the record and its parsed lifecycle facts. Shared
@@ -83,7 +91,7 @@ func Open(opts Options, km Store) (*Registry, error) {
 		opts.Logger = slog.Default()
 	}
 	r := &Registry{km: km, log: opts.Logger, rows: keymap.NewCache[*keyRow](maxCachedRows),
-		kesKeys: keymap.NewCache[KESKey](maxCachedKESKeys)}
+		kesKeys: keymap.NewCache[KESKey](maxCachedKESKeys), destroyGrace: destroyGrace}
 	if err := r.Reconfigure(opts); err != nil {
 		return nil, err
 	}
@@ -166,6 +174,7 @@ func sameConfig(a, b Config) bool {
 
 // Close writes the pending seal counts and ends all sessions of all signers.
 func (r *Registry) Close() {
+	r.stopFinishing()
 	r.flushAllSeals()
 	r.cfgMu.Lock()
 	defer r.cfgMu.Unlock()
@@ -336,14 +345,27 @@ func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (k
 	if err := r.km.Fresh(); err != nil {
 		return keymap.Record{}, r.storeErr(err, "object %q", id)
 	}
-	var renamed bool
+	var renamed, synced bool
 	// ruled is the closure's own refusal (the rules', or fn's, in the caller's vocabulary), which
 	// goes back as it is; anything else is the store's.
 	var ruled error
-	rec, err := r.km.Update(id, func(rec *keymap.Record) error {
-		ruled = r.changeRow(c, id, rec, fn, &renamed)
-		return ruled
-	})
+	update := func() (keymap.Record, error) {
+		return r.km.Update(id, func(rec *keymap.Record) error {
+			ruled = r.changeRow(c, id, rec, fn, &renamed, synced)
+			return ruled
+		})
+	}
+	rec, err := update()
+	if err != nil && err == errSyncNames {
+		// A new name is checked against the store as caught up, which cannot be done from inside
+		// the store's change of the row (on PostgreSQL it may hold a connection and the write
+		// lock): catch up, then change the row again.
+		if err := r.syncForNames(fmt.Sprintf("object %q", id)); err != nil {
+			return keymap.Record{}, err
+		}
+		synced = true
+		rec, err = update()
+	}
 	switch {
 	case err != nil && err == ruled:
 		return keymap.Record{}, err
@@ -358,8 +380,12 @@ func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (k
 	return rec, nil
 }
 
-// changeRow applies fn to rec for c under the rules of Update.
-func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*keymap.Record) error, renamed *bool) error {
+// errSyncNames is changeRow asking Update to catch up before a new name is checked.
+var errSyncNames = errors.New("catch up before checking a new name")
+
+// changeRow applies fn to rec for c under the rules of Update. A new name is checked only once
+// the store has caught up (synced); before, changeRow asks for it with errSyncNames.
+func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*keymap.Record) error, renamed *bool, synced bool) error {
 	if err := allow(c, *rec, factsOf(*rec), UseManage, time.Now()); err != nil {
 		return err
 	}
@@ -380,15 +406,19 @@ func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*k
 		// registry's own: nobody, the admin included, changes them afterwards.
 		return errorf(ErrDenied, "object %q: its exportability and destruction are not the caller's to change", id)
 	}
-	if grow := attrBytes(rec.Name, rec.Attrs) - attrBytes(old.Name, old.Attrs); grow > 0 && rec.Owner != "" {
-		// Counted against the object's owner, whoever changes it.
-		if err := r.takeQuota(Caller{Identity: rec.Owner, Quota: c.Quota, Admin: c.Admin && rec.Owner == c.Identity}, ownerUsage{attrBytes: grow}); err != nil {
+	*renamed = rec.Name != old.Name
+	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
+		if !synced {
+			return errSyncNames
+		}
+		if err := r.checkNewHeld(c, *rec); err != nil {
 			return err
 		}
 	}
-	*renamed = rec.Name != old.Name
-	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
-		if err := r.checkNew(c, *rec); err != nil {
+	if grow := attrBytes(rec.Name, rec.Attrs) - attrBytes(old.Name, old.Attrs); grow > 0 && rec.Owner != "" {
+		// Counted against the object's owner, whoever changes it; after the name's check, which
+		// may ask for a catch-up and a second run (errSyncNames), so that it is counted once.
+		if err := r.takeQuota(Caller{Identity: rec.Owner, Quota: c.Quota, Admin: c.Admin && rec.Owner == c.Identity}, ownerUsage{attrBytes: grow}); err != nil {
 			return err
 		}
 	}

@@ -32,6 +32,10 @@ type Store interface {
 
 	Put(rec keymap.Record) error
 	PutNew(rec keymap.Record) error
+	// PutNewKES is PutNew for the first version of a new KES key, which also fails (ErrExists)
+	// while a live version of a KES key has its name: decided where the row is written, so it
+	// holds when the name lock (Lock) was lost, as a PostgreSQL session lock can be.
+	PutNewKES(rec keymap.Record) error
 	Update(id string, fn func(*keymap.Record) error) (keymap.Record, error)
 	Delete(id string) error
 

@@ -566,6 +566,8 @@ func (s *PG) wentBack(epoch string, maxSeq int64, atVer, atSeq *int64) string {
 func (s *PG) markRewound(why string) {
 	if !s.rewound.Swap(true) {
 		s.log.Error("keymap: PostgreSQL went back in time; refusing keys until every row is read again", "store", s.loc, "why", why)
+		msg := "the database went back in time: " + why
+		s.lastErr.Store(&msg)
 	}
 }
 
@@ -632,6 +634,7 @@ func (s *PG) reloadLocked(c *pgx.Conn, why string) error {
 	s.epoch = epoch
 	s.reloads.Add(1)
 	s.rewound.Store(false)
+	s.lastErr.Store(nil)
 	s.log.Warn("keymap: every row read again from PostgreSQL after it went back in time", "store", s.loc,
 		"rows", len(all), "dropped", dropped, "took", time.Since(t0))
 	return nil
@@ -681,6 +684,9 @@ func (s *PG) follow(ctx context.Context, cfg *pgx.ConnConfig) {
 		}
 		s.feedUp.Store(false)
 		msg := pgReason(err)
+		if s.rewound.Load() {
+			msg = "the database went back in time, and reading every row again failed: " + msg
+		}
 		s.lastErr.Store(&msg)
 		s.log.Warn("keymap: PostgreSQL change feed lost; reconnecting", "store", s.loc, "err", err, "retry_in", backoff)
 		select {
@@ -1127,6 +1133,7 @@ type PGStatus struct {
 	Staleness  time.Duration
 	Applied    int64 // change feed position
 	Reconnects int64
+	Reloads    int64 // times every row was read again after the database went back in time
 	LastError  string
 	Instances  []PGInstance // nil when the database could not be asked
 }
@@ -1143,7 +1150,8 @@ type PGInstance struct {
 // Status reports the feed and, from the heartbeat table, the instances seen in the last minute.
 func (s *PG) Status(ctx context.Context) PGStatus {
 	st := PGStatus{Location: s.loc, Instance: s.opts.Instance, FeedUp: s.feedUp.Load(), Staleness: s.opts.Staleness,
-		Age: s.age(), Applied: s.applied.Load(), Reconnects: s.reconnect.Load()}
+		Age: s.age(), Applied: s.applied.Load(), Reconnects: s.reconnect.Load(),
+		Reloads: s.reloads.Load()}
 	if e := s.lastErr.Load(); e != nil {
 		st.LastError = *e
 	}

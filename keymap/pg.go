@@ -176,6 +176,7 @@ func OpenPG(ctx context.Context, opts PGOptions) (*PG, error) {
 	pcfg.AfterConnect = keepCommitsDurable
 	s := &PG{opts: opts, log: opts.Log, vers: map[string]rowPlace{}, done: make(chan struct{}), started: time.Now(), epochSQL: epochFull}
 	s.life, s.stop = context.WithCancel(context.Background())
+	s.syncFailed.Store(-int64(freshRetry)) // none yet: Fresh may try one at once
 	s.loc = fmt.Sprintf("%s:%d/%s", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database)
 	s.mem = newMemory("postgres "+s.loc, opts.Log)
 	cctx, cancel := context.WithTimeout(ctx, pgConnectTimeout+pgOpTimeout)

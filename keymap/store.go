@@ -76,8 +76,8 @@ const kesAlgorithm = "AES"
 
 // isKESVersionOf mirrors the registry's rule: r is a live version of the KES key name.
 func isKESVersionOf(r Record, name string) bool {
-	_, marked := r.Attrs[AttrKESName]
-	return marked && r.Attrs[AttrKESName] == name && r.Name == name && r.Class == SecretKey && r.Algorithm == kesAlgorithm &&
+	kn, marked := r.Attrs[AttrKESName]
+	return marked && kn == name && r.Name == name && r.Class == SecretKey && r.Algorithm == kesAlgorithm &&
 		r.State != Destroyed && r.State != DestroyedCompromised
 }
 

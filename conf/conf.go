@@ -154,6 +154,13 @@ type Policy struct {
 	// ClientIVSharedKeys lets its identities choose IVs on keys others use too (docs/guarantees.md
 	// says what that risks).
 	ClientIVSharedKeys bool
+	// Export lets its identities make keys that may leave the token, and take them out (KMIP Get):
+	// never by default (signer/access.go).
+	Export bool
+	// MaxObjects and MaxAttributeBytes are each identity's quotas; 0 = the defaults (100,000
+	// objects, 256 MiB of attributes).
+	MaxObjects        int
+	MaxAttributeBytes int
 }
 
 // KMIP tunes the KMIP listener.
@@ -169,6 +176,9 @@ type KMIP struct {
 	MaxHandshakesPerAddress int
 	// MaxLocateItems caps the identifiers one Locate answers.
 	MaxLocateItems int
+	// MaxConnectionsPerIdentity bounds one identity's authenticated connections; 0 = a quarter of
+	// MaxConnections.
+	MaxConnectionsPerIdentity int
 }
 
 // KES tunes the KES listener.

@@ -322,7 +322,7 @@ func TestExample(t *testing.T) {
 	}
 	t.Setenv("P11BRIDGE_PIN_A", "1234")
 	cfg := mustParse(t, Example(), filepath.Join(dir, "p11bridge.hcl"))
-	if len(cfg.Signers) != 2 || cfg.DefaultSigner != "hsm-a" || len(cfg.Policies) != 2 || cfg.Admin == "" {
+	if len(cfg.Signers) != 2 || cfg.DefaultSigner != "hsm-a" || len(cfg.Policies) != 3 || !cfg.Policies[2].Export || cfg.Policies[1].Export || cfg.Admin == "" {
 		t.Errorf("example parsed to %+v", cfg)
 	}
 	if cfg.Signers[1].PIN.Reveal() != "5678" || cfg.Listen.KMIP == "" || cfg.Listen.KES == "" || cfg.Listen.Ops == "" {

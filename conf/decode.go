@@ -30,7 +30,7 @@ var (
 	proxyAttrs   = []string{"identities", "header"}
 	signerAttrs  = []string{"module", "slot_id", "token_label", "token_serial", "uri", "pin", "pin_file", "max_sessions", "session_timeout", "key_copies"}
 	selectors    = []string{"slot_id", "token_label", "token_serial", "uri"}
-	policyAttrs  = []string{"allow", "deny", "kmip", "keys", "sha1", "client_iv_shared_keys", "identities"}
+	policyAttrs  = []string{"allow", "deny", "kmip", "keys", "sha1", "client_iv_shared_keys", "export", "max_objects", "max_attribute_bytes", "identities"}
 	logLevels    = []string{"debug", "info", "warn", "error"}
 	listenSample = map[string]string{"kmip": "127.0.0.1:5696", "kes": "127.0.0.1:7373", "ops": "127.0.0.1:9464"}
 )
@@ -804,7 +804,7 @@ func (d *decoder) kmip(b *hclsyntax.Block, cfg *Config) {
 		return
 	}
 	c := d.content(b.Body, " in the kmip block", []string{"max_message_size", "max_connections", "idle_timeout",
-		"handshake_timeout", "max_handshakes", "max_handshakes_per_address", "max_locate_items"}, nil, "")
+		"handshake_timeout", "max_handshakes", "max_handshakes_per_address", "max_locate_items", "max_connections_per_identity"}, nil, "")
 	if a := c.attrs["max_message_size"]; a != nil {
 		if n, ok := d.size(a, minBody, maxBody); ok {
 			cfg.KMIP.MaxMessageSize = n
@@ -838,6 +838,11 @@ func (d *decoder) kmip(b *hclsyntax.Block, cfg *Config) {
 	if a := c.attrs["max_locate_items"]; a != nil {
 		if n, ok := d.integer(a, 1, 1_000_000); ok {
 			cfg.KMIP.MaxLocateItems = int(n)
+		}
+	}
+	if a := c.attrs["max_connections_per_identity"]; a != nil {
+		if n, ok := d.integer(a, 1, 1_000_000); ok {
+			cfg.KMIP.MaxConnectionsPerIdentity = int(n)
 		}
 	}
 }

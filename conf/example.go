@@ -130,6 +130,10 @@ policy "minio" {
 policy "rpki-ca" {
   kmip       = ["Query", "CreateKeyPair", "Get", "ModifyAttribute", "Activate", "Sign", "Revoke", "Destroy"]
   sha1       = false   # signatures over SHA-1 are refused unless true
+  # Each identity's quotas: live objects, and bytes of their attributes
+  # (defaults 100000 and "256MiB").
+  max_objects         = 100000
+  max_attribute_bytes = "256MiB"
   # Client-chosen IVs are taken on an identity's own keys that no policy
   # shares; true allows them on shared keys too, letting one user's
   # encryptions reveal what others sealed (see docs/guarantees.md).
@@ -137,11 +141,27 @@ policy "rpki-ca" {
   identities = ["0e6b69fbd1836bbd274587164bdbde0221901974ec4ade407e4bf4c357273eed"]
 }
 
+# Storage arrays and databases fetch their keys (KMIP Get). export = true
+# lets a policy's identities make keys that may leave the token: generated in
+# the token all the same, given back wrapped in it, each export audited. Their
+# keys are exportable unless a KMIP 1.4/2.0 request says Extractable = false.
+# Without it (the default) generated keys never leave the token.
+policy "storage" {
+  kmip       = ["Create", "Register", "Get", "Locate", "GetAttributes", "Activate", "ReKey", "Revoke", "Destroy"]
+  export     = true
+  keys       = ["array-*"]
+  identities = ["731855c2d1351421793d943f800c0c3242b057090a89ea680331e939a855a9a4"]
+}
+
 # Limits of the KMIP listener.
 kmip {
   max_message_size = "1MiB"
   max_connections  = 1024   # authenticated connections
   idle_timeout     = "2m"
+  # One identity holds at most this many of them (default: a quarter of
+  # max_connections). Identities without KMIP rights share 64 slots of their
+  # own, where they are told Permission Denied.
+  max_connections_per_identity = 256
   # A new connection must finish TLS within handshake_timeout. Connections
   # still in their handshake do not take the slots above: at most
   # max_handshakes of them, max_handshakes_per_address from one IP address

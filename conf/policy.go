@@ -46,6 +46,19 @@ func (d *decoder) policies(blocks []*hclsyntax.Block, cfg *Config) {
 		if a := c.attrs["client_iv_shared_keys"]; a != nil {
 			p.ClientIVSharedKeys, _ = d.boolean(a)
 		}
+		if a := c.attrs["max_objects"]; a != nil {
+			if n, ok := d.integer(a, 1, 1_000_000_000); ok {
+				p.MaxObjects = int(n)
+			}
+		}
+		if a := c.attrs["max_attribute_bytes"]; a != nil {
+			if n, ok := d.size(a, 1024, 1<<40); ok {
+				p.MaxAttributeBytes = n
+			}
+		}
+		if a := c.attrs["export"]; a != nil {
+			p.Export, _ = d.boolean(a)
+		}
 		p.Identities = d.patterns(c.attrs["identities"], in, func(it item, in string) bool {
 			if !d.identity(it.s, it.at, "identity", in) {
 				return false

@@ -57,6 +57,8 @@ func fromSigner(err error, what string) *apiError {
 		return errKeyExists
 	case errors.Is(err, signer.ErrDenied):
 		return errNotAllowed
+	case errors.Is(err, signer.ErrQuota):
+		return failf(http.StatusForbidden, "%s: %v", what, err)
 	case errors.Is(err, signer.ErrWrongState), errors.Is(err, signer.ErrUsage):
 		// The caller may use the key, but not now or not so: its KMIP state, dates or usage mask
 		// (set through KMIP) say no. 409, which kms-go neither retries nor takes for an outage.

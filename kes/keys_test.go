@@ -87,8 +87,10 @@ func TestKeyLifecycle(t *testing.T) {
 	wantErr(t, "decrypt deleted", err, kesclient.ErrKeyNotFound)
 	_, err = c.HMAC(cx, name, []byte("x"))
 	wantErr(t, "hmac deleted", err, kesclient.ErrKeyNotFound)
-	if rows := fx.reg.ByName(name); len(rows) != 0 {
-		t.Fatalf("rows left after delete: %+v", rows)
+	for _, rec := range fx.reg.ByName(name) {
+		if signer.Live(rec) || rec.Attrs[signer.AttrDestroyDate] == "" {
+			t.Fatalf("row after delete: %+v, want it Destroyed with its Destroy Date", rec)
+		}
 	}
 }
 
@@ -198,8 +200,8 @@ func TestImport(t *testing.T) {
 	if err := c.DeleteKey(cx, name); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fx.reg.Get(hid); !errors.Is(err, signer.ErrNotFound) {
-		t.Fatalf("HMAC key of a deleted import survives: %v", err)
+	if rec, err := fx.reg.Get(hid); err != nil || signer.Live(rec) {
+		t.Fatalf("HMAC key of a deleted import survives: %+v %v", rec, err)
 	}
 }
 

@@ -40,7 +40,16 @@ import (
 // lost: the database is down or unreachable), and the registry then refuses to use keys until the
 // feed is back and has caught up. So a change (a Revoke, say) committed at T is applied by, or
 // refused on, every instance from T + staleness on; with a live feed it is applied within a
-// notification's round trip.
+// notification's round trip. The bound is measured on the monotonic clock.
+//
+// Going back in time: a failover to an asynchronous standby or a restore from a backup leaves the
+// database behind what the instances applied, and the changes made after it would carry seq and
+// version numbers that look applied already. Each catch-up therefore first checks the database's
+// epoch (its random cluster id, PostgreSQL's system identifier and timeline, the database's oid),
+// that its newest change is not older than the cursor and that the row the cursor came from is
+// still there at that version or later; a row of the feed whose version and seq disagree with
+// what is held is the same sign. On any of them the store reloads every row and Fresh fails until
+// it has.
 type PG struct {
 	opts PGOptions
 	log  *slog.Logger
@@ -50,24 +59,55 @@ type PG struct {
 	mem   *Map
 	loc   string // host:port/database, for status and messages (no user, no password)
 
-	mu   sync.Mutex       // orders applies: vers and mem change together
-	vers map[string]int64 // row version of every id seen, tombstones included
+	mu   sync.Mutex          // orders applies: vers and mem change together
+	vers map[string]rowPlace // version and seq of every id seen, tombstones included
 
-	catchMu   sync.Mutex   // one catch-up at a time; guards the cursor
-	applied   atomic.Int64 // the change feed's cursor: every seq up to it is applied
-	confirmed atomic.Int64 // unix ns: every change committed before it is applied
+	catchMu sync.Mutex   // one catch-up at a time; guards the cursor and the fields below it
+	applied atomic.Int64 // the change feed's cursor: every seq up to it is applied
+	at      rowPlace     // the row the cursor came from (atID)
+	atID    string
+	epoch   string // the database's identity as the last catch-up saw it ("" before the first)
+	// epochSQL is the query of the epoch: epochFull, or epochLite for a role that may not read
+	// PostgreSQL's system identifier and timeline.
+	epochSQL string
+	// failedAt is when the last failed catch-up began, failErr what it returned: callers that asked
+	// before it began share its failure instead of each waiting out a timeout.
+	failedAt int64
+	failErr  error
 
-	// syncFailed is when a catch-up asked for by Fresh last failed (unix ns).
+	// confirmed: every change committed before it is applied. Both it and syncFailed (when a
+	// catch-up asked for by Fresh last failed) are nanoseconds on the monotonic clock (mono), so a
+	// step of the wall clock cannot make an old proof look new.
+	confirmed  atomic.Int64
 	syncFailed atomic.Int64
 
+	// rewound is set from when the database is seen to have gone back in time until every row is
+	// reloaded: Fresh fails meanwhile.
+	rewound atomic.Bool
+	reloads atomic.Int64
+
 	closed    atomic.Bool
+	life      context.Context // ends with Close
 	stop      context.CancelFunc
 	done      chan struct{}
 	feedUp    atomic.Bool
 	reconnect atomic.Int64
 	lastErr   atomic.Pointer[string]
-	started   time.Time
+	started   time.Time // also the base of mono
 }
+
+// rowPlace is a row's version and its place in the change feed (seq). In one history both grow
+// with every change of the row, together.
+type rowPlace struct{ version, seq int64 }
+
+// forked says whether r cannot follow h in one history of its row: a version that is older but
+// placed later, or the same version placed elsewhere.
+func forked(h, r rowPlace) bool {
+	return (r.version < h.version) != (r.seq < h.seq) || (r.version == h.version) != (r.seq == h.seq)
+}
+
+// mono is the time since the store was opened, on the monotonic clock.
+func (s *PG) mono() int64 { return int64(time.Since(s.started)) }
 
 // PGOptions configure OpenPG.
 type PGOptions struct {
@@ -103,8 +143,11 @@ const freshRetry = 500 * time.Millisecond
 const (
 	pgConnectTimeout = 3 * time.Second
 	pgOpTimeout      = 5 * time.Second
-	heartbeatEvery   = 2 * time.Second
-	feedChannel      = "p11bridge_keymap"
+	// pgReloadTimeout bounds the reload of every row after the database went back in time: a
+	// large keymap takes longer than one catch-up.
+	pgReloadTimeout = 2 * time.Minute
+	heartbeatEvery  = 2 * time.Second
+	feedChannel     = "p11bridge_keymap"
 )
 
 // OpenPG connects to PostgreSQL, applies or checks the schema, loads every row and, unless
@@ -131,7 +174,9 @@ func OpenPG(ctx context.Context, opts PGOptions) (*PG, error) {
 	pcfg.MaxConns = int32(opts.MaxConns)
 	pcfg.ConnConfig.ConnectTimeout = pgConnectTimeout
 	pcfg.AfterConnect = keepCommitsDurable
-	s := &PG{opts: opts, log: opts.Log, vers: map[string]int64{}, done: make(chan struct{}), started: time.Now()}
+	s := &PG{opts: opts, log: opts.Log, vers: map[string]rowPlace{}, done: make(chan struct{}), started: time.Now(), epochSQL: epochFull}
+	s.life, s.stop = context.WithCancel(context.Background())
+	s.syncFailed.Store(-int64(freshRetry)) // none yet: Fresh may try one at once
 	s.loc = fmt.Sprintf("%s:%d/%s", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database)
 	s.mem = newMemory("postgres "+s.loc, opts.Log)
 	cctx, cancel := context.WithTimeout(ctx, pgConnectTimeout+pgOpTimeout)
@@ -174,10 +219,8 @@ func OpenPG(ctx context.Context, opts PGOptions) (*PG, error) {
 		close(s.done)
 		return s, nil
 	}
-	fctx, stop := context.WithCancel(context.Background())
-	s.stop = stop
 	s.feedUp.Store(true)
-	go s.follow(fctx, pcfg.ConnConfig.Copy())
+	go s.follow(s.life, pcfg.ConnConfig.Copy())
 	return s, nil
 }
 
@@ -249,36 +292,50 @@ func (s *PG) versionOf(id string) (int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v, ok := s.vers[id]
-	return v, ok
+	return v.version, ok
 }
 
 // Fresh fails (ErrUnavailable) when this instance cannot show that its rows are current: its last
-// completed catch-up started longer ago than the staleness bound.
+// completed catch-up started longer ago than the staleness bound, or the database went back in
+// time and the rows are being reloaded.
 func (s *PG) Fresh() error {
 	if s.opts.ReadOnly {
 		return nil
 	}
-	age := time.Duration(time.Now().UnixNano() - s.confirmed.Load())
-	if age <= s.opts.Staleness {
+	rewound := s.rewound.Load()
+	if !rewound && s.age() <= s.opts.Staleness {
 		return nil
 	}
 	// The feed may only be late (a loaded host starves its loop): one catch-up settles that, and
-	// proves the rows current just as well. When one failed a moment ago the database is taken to
-	// be away, and the refusal is at once.
-	now := time.Now().UnixNano()
-	if last := s.syncFailed.Load(); now-last > int64(freshRetry) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := s.Sync(ctx)
+	// proves the rows current just as well. It is tried only when no catch-up is under way and
+	// none failed a moment ago, so a request never queues behind a database that does not answer:
+	// it is refused at once. A reload is left to the feed: it may take longer than a request may wait.
+	now := s.mono()
+	if !rewound && now-s.syncFailed.Load() > int64(freshRetry) && s.catchMu.TryLock() {
+		ctx, cancel := context.WithTimeout(context.Background(), min(time.Second, s.opts.Staleness))
+		err := s.syncLocked(ctx, nil, now)
+		s.catchMu.Unlock()
 		cancel()
-		if err == nil {
+		if err == nil && !s.rewound.Load() {
 			return nil
 		}
-		s.syncFailed.Store(time.Now().UnixNano())
+		if err != nil {
+			s.syncFailed.Store(s.mono())
+		}
 	}
-	age = time.Duration(time.Now().UnixNano() - s.confirmed.Load())
+	if s.rewound.Load() {
+		return merry.Prependf(ErrUnavailable, "the key store (PostgreSQL) went back in time (a failover or a restore) and every row is being read again, so the current state of keys cannot be confirmed; retry in a few seconds")
+	}
+	age := s.age()
+	if age <= s.opts.Staleness {
+		return nil // a catch-up under way has just finished
+	}
 	return merry.Prependf(ErrUnavailable, "the key store (PostgreSQL) has not been reached for %.1fs, so the current state of keys cannot be confirmed; retry in a few seconds",
 		age.Seconds())
 }
+
+// age is how old the proof that memory is current is.
+func (s *PG) age() time.Duration { return time.Duration(s.mono() - s.confirmed.Load()) }
 
 // ---- the change feed ----
 
@@ -341,27 +398,43 @@ func (s *PG) Sync(ctx context.Context) error {
 
 // syncOn is Sync on conn, or on a connection of the pool when conn is nil.
 func (s *PG) syncOn(ctx context.Context, conn *pgx.Conn) error {
-	start := time.Now().UnixNano()
+	start := s.mono()
 	s.catchMu.Lock()
 	defer s.catchMu.Unlock()
-	if s.confirmed.Load() >= start {
+	return s.syncLocked(ctx, conn, start)
+}
+
+// syncLocked catches up unless a catch-up that began after start (when the caller asked) has
+// completed, or has failed: its failure is the caller's too. Needs catchMu.
+func (s *PG) syncLocked(ctx context.Context, conn *pgx.Conn, start int64) error {
+	if !s.rewound.Load() && s.confirmed.Load() >= start {
 		return nil
+	}
+	if s.failErr != nil && s.failedAt >= start {
+		return s.failErr
 	}
 	ctx, cancel := context.WithTimeout(ctx, pgOpTimeout)
 	defer cancel()
+	began := s.mono()
 	if conn == nil {
 		c, err := s.pool.Acquire(ctx)
 		if err != nil {
-			return s.fault("catch up", err)
+			return s.failed(began, s.fault("catch up", err))
 		}
 		defer c.Release()
 		conn = c.Conn()
 	}
 	if err := s.catchUpLocked(ctx, conn, false); err != nil {
-		return s.fault("catch up", err)
+		return s.failed(began, s.fault("catch up", err))
 	}
-	s.confirm(start)
+	s.confirm(began)
 	return nil
+}
+
+// failed records a catch-up that began at began and failed with err, and returns err. Needs catchMu.
+func (s *PG) failed(began int64, err error) error {
+	s.failedAt, s.failErr = began, err
+	return err
 }
 
 func (s *PG) confirm(at int64) {
@@ -373,49 +446,223 @@ func (s *PG) confirm(at int64) {
 	}
 }
 
-// catchUpLocked applies every row past the cursor. Needs catchMu. fromFeed marks rows that other
-// instances wrote, whose lag is observed.
+// The epoch: the cluster's random id (made with the schema), the database's oid (a dropped and
+// restored database gets a new one), PostgreSQL's system identifier (another cluster, pg_upgrade)
+// and its timeline (a promoted standby, a point-in-time recovery). The timeline comes from the
+// name of the current WAL file, which follows a promotion at once; pg_control_checkpoint's waits
+// for the next checkpoint. epochLite is for a role some managed services keep from those functions.
+const (
+	epochFull = `(SELECT coalesce((SELECT id FROM p11bridge_cluster LIMIT 1), '') || '/' || d.oid || '/' || s.system_identifier || '/' ||
+	CASE WHEN pg_is_in_recovery() THEN 'r' || (SELECT timeline_id FROM pg_control_checkpoint())
+	ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END
+FROM pg_database d, pg_control_system() s WHERE d.datname = current_database())`
+	epochLite = `(SELECT coalesce((SELECT id FROM p11bridge_cluster LIMIT 1), '') || '/' || oid FROM pg_database WHERE datname = current_database())`
+)
+
+// catchUpLocked applies every row past the cursor, after checking that the database has not gone
+// back in time (see PG); when it has, it reloads every row. Needs catchMu. fromFeed marks rows
+// that other instances wrote, whose lag is observed.
 func (s *PG) catchUpLocked(ctx context.Context, c *pgx.Conn, fromFeed bool) error {
-	for {
-		rows, err := c.Query(ctx, `SELECT `+rowColumns+` FROM p11bridge_keys WHERE seq > $1 ORDER BY seq LIMIT 10000`, s.applied.Load())
+	if s.rewound.Load() {
+		return s.reloadLocked(c, "")
+	}
+	// The check and the first page in one round trip.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+s.epochSQL+`, (SELECT coalesce(max(seq), 0) FROM p11bridge_keys),
+	(SELECT version FROM p11bridge_keys WHERE id = $1), (SELECT seq FROM p11bridge_keys WHERE id = $1)`, s.atID)
+	b.Queue(pageSQL, s.applied.Load())
+	br := c.SendBatch(ctx, b)
+	var epoch string
+	var maxSeq int64
+	var atVer, atSeq *int64
+	if err := br.QueryRow().Scan(&epoch, &maxSeq, &atVer, &atSeq); err != nil {
+		br.Close()
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42501" && s.epochSQL == epochFull {
+			// Not allowed to read PostgreSQL's identity: the cluster id and the database's oid
+			// remain. The epoch's form changes, so the next one is taken as it comes.
+			s.log.Warn("keymap: this role may not read PostgreSQL's system identifier and timeline; a failover is then noticed only by the rows it lost", "store", s.loc, "err", err)
+			s.epochSQL, s.epoch = epochLite, ""
+			return s.catchUpLocked(ctx, c, fromFeed)
+		}
+		return err
+	}
+	if why := s.wentBack(epoch, maxSeq, atVer, atSeq); why != "" {
+		br.Close()
+		return s.reloadLocked(c, why)
+	}
+	s.epoch = epoch
+	rows, err := br.Query()
+	n, err := s.applyPage(rows, err, fromFeed)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	for err == nil && n == pageRows && !s.rewound.Load() {
+		rows, err = c.Query(ctx, pageSQL, s.applied.Load())
+		n, err = s.applyPage(rows, err, fromFeed)
+	}
+	if err != nil {
+		return err
+	}
+	if s.rewound.Load() {
+		return s.reloadLocked(c, "")
+	}
+	return nil
+}
+
+// A catch-up reads the rows past the cursor pageRows at a time.
+const (
+	pageRows = 10000
+	pageSQL  = `SELECT ` + rowColumns + ` FROM p11bridge_keys WHERE seq > $1 ORDER BY seq LIMIT 10000`
+)
+
+// applyPage applies the rows of one page of the feed and moves the cursor past them. Needs catchMu.
+func (s *PG) applyPage(rows pgx.Rows, err error, fromFeed bool) (int, error) {
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	n := 0
+	var last pgRow
+	for rows.Next() {
+		r, err := scanRow(rows)
 		if err != nil {
-			return err
+			return n, err
 		}
-		n := 0
-		var last int64
-		for rows.Next() {
-			r, err := scanRow(rows)
-			if err != nil {
-				rows.Close()
-				return err
-			}
-			if s.apply(r) && fromFeed && s.opts.ObserveFeedLag != nil && !r.rec.Updated.IsZero() {
-				s.opts.ObserveFeedLag(time.Since(r.rec.Updated))
-			}
-			last = r.seq
-			n++
+		if s.apply(r) && fromFeed && s.opts.ObserveFeedLag != nil && !r.rec.Updated.IsZero() {
+			s.opts.ObserveFeedLag(time.Since(r.rec.Updated))
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if n > 0 {
-			s.applied.Store(last)
-		}
-		if n < 10000 {
-			return nil
-		}
+		last = r
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return n, err
+	}
+	if n > 0 {
+		s.applied.Store(last.seq)
+		s.atID, s.at = last.rec.ID, rowPlace{last.version, last.seq}
+	}
+	return n, nil
+}
+
+// wentBack says why the database, as the check of a catch-up found it, cannot be the one this
+// memory came from at or past the cursor; "" when it can. Needs catchMu.
+func (s *PG) wentBack(epoch string, maxSeq int64, atVer, atSeq *int64) string {
+	switch {
+	case s.epoch == "":
+		return "" // the first catch-up, or the first since the epoch's form changed
+	case epoch != s.epoch:
+		return "its epoch changed (a failover to a standby, a restore, or another database at the same address)"
+	case maxSeq < s.applied.Load():
+		return "its newest change is older than the last one applied here"
+	case s.atID == "":
+		return ""
+	case atVer == nil || atSeq == nil:
+		return "the last change applied here is gone"
+	case forked(s.at, rowPlace{*atVer, *atSeq}) || *atVer < s.at.version:
+		return "the last change applied here is gone"
+	}
+	return ""
+}
+
+// markRewound records that the database went back in time: Fresh fails until reloadLocked has
+// read every row again.
+func (s *PG) markRewound(why string) {
+	if !s.rewound.Swap(true) {
+		s.log.Error("keymap: PostgreSQL went back in time; refusing keys until every row is read again", "store", s.loc, "why", why)
+		msg := "the database went back in time: " + why
+		s.lastErr.Store(&msg)
 	}
 }
 
+// reloadLocked reads every row in one snapshot and makes memory hold exactly that: rows the
+// database lost are dropped, rows it holds at older versions are taken back. Needs catchMu.
+func (s *PG) reloadLocked(c *pgx.Conn, why string) error {
+	if why != "" {
+		s.markRewound(why)
+	}
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(s.life, pgReloadTimeout)
+	defer cancel()
+	tx, err := c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	var epoch string
+	if err := tx.QueryRow(ctx, `SELECT `+s.epochSQL).Scan(&epoch); err != nil {
+		return err
+	}
+	rows, err := tx.Query(ctx, `SELECT `+rowColumns+` FROM p11bridge_keys ORDER BY seq`)
+	if err != nil {
+		return err
+	}
+	var all []pgRow
+	for rows.Next() {
+		r, err := scanRow(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		all = append(all, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	seen := make(map[string]bool, len(all))
+	for _, r := range all {
+		seen[r.rec.ID] = true
+		s.setLocked(r)
+	}
+	dropped := 0
+	for id := range s.vers {
+		if !seen[id] {
+			s.mem.set(id, nil)
+			delete(s.vers, id)
+			dropped++
+		}
+	}
+	s.mu.Unlock()
+	s.atID, s.at = "", rowPlace{}
+	s.applied.Store(0)
+	if len(all) > 0 {
+		last := all[len(all)-1]
+		s.atID, s.at = last.rec.ID, rowPlace{last.version, last.seq}
+		s.applied.Store(last.seq)
+	}
+	s.epoch = epoch
+	s.reloads.Add(1)
+	s.rewound.Store(false)
+	s.lastErr.Store(nil)
+	s.log.Warn("keymap: every row read again from PostgreSQL after it went back in time", "store", s.loc,
+		"rows", len(all), "dropped", dropped, "took", time.Since(t0))
+	return nil
+}
+
 // apply makes a committed row visible unless a later version of it already is; it reports
-// whether it changed anything.
+// whether it changed anything. A row that cannot follow the one held (forked) is applied, and
+// marks the database as gone back in time.
 func (s *PG) apply(r pgRow) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if v, ok := s.vers[r.rec.ID]; ok && v >= r.version {
-		return false
+	if h, ok := s.vers[r.rec.ID]; ok {
+		if forked(h, rowPlace{r.version, r.seq}) {
+			s.markRewound(fmt.Sprintf("row %q came at version %d, change %d; this instance holds version %d, change %d", r.rec.ID, r.version, r.seq, h.version, h.seq))
+		} else if h.version >= r.version {
+			return false
+		}
 	}
+	s.setLocked(r)
+	return true
+}
+
+// setLocked makes r what memory holds for its id. Needs mu.
+func (s *PG) setLocked(r pgRow) {
 	if r.deleted {
 		s.mem.set(r.rec.ID, nil)
 	} else if err := s.mem.set(r.rec.ID, &r.rec); err != nil {
@@ -423,8 +670,7 @@ func (s *PG) apply(r pgRow) bool {
 		s.log.Error("keymap: a PostgreSQL row is invalid and is ignored", "id", r.rec.ID, "err", err)
 		s.mem.set(r.rec.ID, nil)
 	}
-	s.vers[r.rec.ID] = r.version
-	return true
+	s.vers[r.rec.ID] = rowPlace{r.version, r.seq}
 }
 
 // follow is the change feed: LISTEN on a connection of its own, catch up on every notification
@@ -442,6 +688,9 @@ func (s *PG) follow(ctx context.Context, cfg *pgx.ConnConfig) {
 		}
 		s.feedUp.Store(false)
 		msg := pgReason(err)
+		if s.rewound.Load() {
+			msg = "the database went back in time, and reading every row again failed: " + msg
+		}
 		s.lastErr.Store(&msg)
 		s.log.Warn("keymap: PostgreSQL change feed lost; reconnecting", "store", s.loc, "err", err, "retry_in", backoff)
 		select {
@@ -470,11 +719,17 @@ func (s *PG) listen(ctx context.Context, cfg *pgx.ConnConfig, poll time.Duration
 	}
 	*first = false
 	var lastBeat time.Time
+	// No longer than the staleness bound: a catch-up that hangs on the database holds catchMu,
+	// and the instance refuses keys by then anyway.
+	opTimeout := min(pgOpTimeout, s.opts.Staleness)
 	for {
-		start := time.Now().UnixNano()
-		octx, cancel := context.WithTimeout(ctx, pgOpTimeout)
+		start := s.mono()
+		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		s.catchMu.Lock()
 		err := s.catchUpLocked(octx, conn, true)
+		if err != nil {
+			s.failed(start, unavailable(err))
+		}
 		s.catchMu.Unlock()
 		if err == nil {
 			s.confirm(start)
@@ -587,6 +842,11 @@ func (s *PG) fault(what string, err error) error {
 		return merry.Prependf(ErrInvalid, "keymap: PostgreSQL refused %s (SQLSTATE %s)", what, pe.Code)
 	}
 	s.log.Warn("keymap: PostgreSQL call failed", "store", s.loc, "what", what, "err", err)
+	return unavailable(err)
+}
+
+// unavailable is a failure to talk to the database as callers may be told it.
+func unavailable(err error) error {
 	return merry.Prependf(ErrUnavailable, "keymap: the key store (PostgreSQL) is unavailable: %s; retry shortly", pgReason(err))
 }
 
@@ -652,6 +912,43 @@ func (s *PG) PutNew(r Record) error {
 	return nil
 }
 
+// putNewKES inserts a row unless its id is live or a live version of a KES key of its name exists.
+// The statement runs under the write lock like every write, so no other write can come between the
+// check and the insert, whatever became of the name lock (Lock) meanwhile.
+const putNewKES = `INSERT INTO p11bridge_keys AS k (id, version, seq, deleted, tag, signer, class, algorithm, size, keyid, name, state, owner, created, updated, attrs)
+SELECT $1::text, 1, nextval('p11bridge_change_seq'), false, $2::bytea, $3::text, $4::text, $5::text, $6::integer, $7::bytea, $8::text, $9::text, $10::text,
+	$11::text, $12::text, $13::text
+WHERE NOT EXISTS (SELECT 1 FROM p11bridge_keys o WHERE o.name = $8::text AND NOT o.deleted AND o.id <> $1::text
+	AND o.class = '` + string(SecretKey) + `' AND o.algorithm = '` + kesAlgorithm + `'
+	AND o.state NOT IN ('` + string(Destroyed) + `', '` + string(DestroyedCompromised) + `')
+	AND (o.attrs::jsonb ->> '` + AttrKESName + `') = $8::text)
+ON CONFLICT (id) DO UPDATE SET version = k.version + 1, seq = EXCLUDED.seq, deleted = false, tag = EXCLUDED.tag,
+	signer = EXCLUDED.signer, class = EXCLUDED.class, algorithm = EXCLUDED.algorithm, size = EXCLUDED.size,
+	keyid = EXCLUDED.keyid, name = EXCLUDED.name, state = EXCLUDED.state, owner = EXCLUDED.owner,
+	created = EXCLUDED.created, updated = EXCLUDED.updated, attrs = EXCLUDED.attrs
+WHERE k.deleted
+RETURNING k.version, k.seq`
+
+// PutNewKES stores r, the first version of a new KES key, only when no live row has its id and no
+// live version of a KES key has its name, across the cluster; ErrExists otherwise.
+func (s *PG) PutNewKES(r Record) error {
+	rec, err := prepareRow(r)
+	if err != nil {
+		return merry.Prependf(err, "keymap %s: put %q", s.mem.path, r.ID)
+	}
+	if err := checkKESRow(rec); err != nil {
+		return merry.Prependf(err, "keymap %s: put %q", s.mem.path, r.ID)
+	}
+	_, found, err := s.write("put", rec, putNewKES, rowArgs(rec)...)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return merry.Prependf(ErrExists, "keymap %s: put %q: a KES key named %q exists", s.mem.path, r.ID, rec.Name)
+	}
+	return nil
+}
+
 // Delete writes the tombstone of id; ErrNotFound when no live row has it.
 func (s *PG) Delete(id string) error {
 	now := formatText(time.Now())
@@ -682,7 +979,7 @@ func (s *PG) Update(id string, fn func(*Record) error) (Record, error) {
 	for round := 0; round < optimisticRounds; round++ {
 		s.mu.Lock()
 		rec, ok := s.mem.Get(id)
-		ver := s.vers[id]
+		ver := s.vers[id].version
 		s.mu.Unlock()
 		if !ok {
 			return Record{}, merry.Prependf(ErrNotFound, "keymap %s: update %q", s.mem.path, id)
@@ -817,9 +1114,9 @@ func (s *PG) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if s.stop != nil {
-		s.stop()
-		<-s.done
+	s.stop()
+	<-s.done
+	if !s.opts.ReadOnly {
 		ctx, cancel := context.WithTimeout(context.Background(), pgOpTimeout)
 		s.pool.Exec(ctx, `DELETE FROM p11bridge_instances WHERE instance = $1`, s.opts.Instance)
 		cancel()
@@ -840,6 +1137,7 @@ type PGStatus struct {
 	Staleness  time.Duration
 	Applied    int64 // change feed position
 	Reconnects int64
+	Reloads    int64 // times every row was read again after the database went back in time
 	LastError  string
 	Instances  []PGInstance // nil when the database could not be asked
 }
@@ -856,7 +1154,8 @@ type PGInstance struct {
 // Status reports the feed and, from the heartbeat table, the instances seen in the last minute.
 func (s *PG) Status(ctx context.Context) PGStatus {
 	st := PGStatus{Location: s.loc, Instance: s.opts.Instance, FeedUp: s.feedUp.Load(), Staleness: s.opts.Staleness,
-		Age: time.Duration(time.Now().UnixNano() - s.confirmed.Load()), Applied: s.applied.Load(), Reconnects: s.reconnect.Load()}
+		Age: s.age(), Applied: s.applied.Load(), Reconnects: s.reconnect.Load(),
+		Reloads: s.reloads.Load()}
 	if e := s.lastErr.Load(); e != nil {
 		st.LastError = *e
 	}

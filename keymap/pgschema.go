@@ -66,10 +66,22 @@ CREATE TABLE p11bridge_instances (
 	applied  bigint      NOT NULL
 );
 `,
+	2: `
+-- The cluster's identity: a random id made with the schema. With PostgreSQL's system identifier,
+-- its timeline and the database's oid it makes the epoch each catch-up compares, so an instance
+-- notices a database that is another one, or went back in time (pg.go, wentBack).
+CREATE TABLE p11bridge_cluster (
+	id text NOT NULL
+);
+INSERT INTO p11bridge_cluster (id) VALUES (md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text));
+
+-- PutNewKES looks for the live versions of a KES key by name, under the write lock.
+CREATE INDEX p11bridge_keys_name ON p11bridge_keys (name) WHERE NOT deleted;
+`,
 }
 
 // SchemaVersion is the schema this binary writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Advisory lock keys: the migration lock and the write lock (int8 keys), and the name locks (two
 // int4 keys, which PostgreSQL keeps apart from int8 keys).

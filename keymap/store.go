@@ -67,6 +67,49 @@ func (m *Map) PutNew(r Record) error {
 	return m.Put(r)
 }
 
+// AttrKESName marks a row as a version of the KES key of that name: a live AES secret key whose Name
+// is its KES name (the registry's rule, signer/kes.go). PutNewKES keeps one KES key per name.
+const AttrKESName = "kes.name"
+
+// kesAlgorithm is the algorithm of KES key versions, as the registry names it.
+const kesAlgorithm = "AES"
+
+// isKESVersionOf mirrors the registry's rule: r is a live version of the KES key name.
+func isKESVersionOf(r Record, name string) bool {
+	kn, marked := r.Attrs[AttrKESName]
+	return marked && kn == name && r.Name == name && r.Class == SecretKey && r.Algorithm == kesAlgorithm &&
+		r.State != Destroyed && r.State != DestroyedCompromised
+}
+
+// checkKESRow refuses to PutNewKES a row that would not count as a version of its KES key.
+func checkKESRow(r Record) error {
+	if r.Attrs[AttrKESName] == "" || !isKESVersionOf(r, r.Attrs[AttrKESName]) {
+		return merry.Wrap(ErrInvalid, merry.AppendMessagef("%q is no live version of a KES key (an AES secret key whose Name is its %s)", r.ID, AttrKESName))
+	}
+	return nil
+}
+
+// PutNewKES stores r, the first version of a new KES key, only when no live record has its id and
+// no live version of a KES key has its name; otherwise it fails with ErrExists. The registry holds
+// the name's lock (Lock) around it as well; on PostgreSQL, where that lock can be lost with its
+// session, this check is what keeps two keys of one name from both being written.
+func (m *Map) PutNewKES(r Record) error {
+	if err := checkKESRow(r); err != nil {
+		return merry.Prependf(err, "keymap %s: put %q", m.path, r.ID)
+	}
+	// One stripe, keyed by the name: taking the id's as well could take one stripe twice.
+	defer m.rowLocks.lock("kes:" + r.Name)()
+	if _, ok := m.Get(r.ID); ok {
+		return merry.Prependf(ErrExists, "keymap %s: put %q", m.path, r.ID)
+	}
+	for _, o := range m.ByName(r.Name) {
+		if o.ID != r.ID && isKESVersionOf(o, r.Name) {
+			return merry.Prependf(ErrExists, "keymap %s: put %q: a KES key named %q exists", m.path, r.ID, r.Name)
+		}
+	}
+	return m.Put(r)
+}
+
 // Lock holds the named lock until the returned function is called: the registry's lock for
 // operations that must see a name free and then take it (KES create). Once it is held, reads
 // reflect every change made under it before.

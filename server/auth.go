@@ -96,7 +96,14 @@ func (a *auth) known(identity string) bool {
 }
 
 func (a *auth) isAdmin(identity string) bool {
-	return a.admin != "" && identity == a.admin && !a.revoked[identity]
+	return a.admin != "" && identity == a.admin && !a.revoked[identity] && !a.ended(identity)
+}
+
+// ended says whether an identity block's not_after has passed: like a revocation, it also ends
+// the rights of connections opened before.
+func (a *auth) ended(identity string) bool {
+	t, ok := a.notAfter[identity]
+	return ok && time.Now().After(t)
 }
 
 // match is KES's rule: an exact path, or a prefix when the pattern ends in '*' (the key model's
@@ -104,7 +111,7 @@ func (a *auth) isAdmin(identity string) bool {
 func match(pattern, path string) bool { return signer.MatchKeyPattern(pattern, path) }
 
 func (a *auth) allowPath(identity, path string) bool {
-	if a.revoked[identity] {
+	if a.revoked[identity] || a.ended(identity) {
 		return false
 	}
 	if a.isAdmin(identity) {
@@ -130,6 +137,10 @@ func (a *auth) allowPath(identity, path string) bool {
 // caller is identity as the registry's key model sees it. The policy's keys patterns are applied
 // there, to KES and KMIP alike.
 func (a *auth) caller(identity string) signer.Caller {
+	if a.revoked[identity] || a.ended(identity) {
+		// Not cached: an identity's end date passes while the cache lives.
+		return signer.Caller{Identity: identity}
+	}
 	if c, ok := a.callers.Load(identity); ok {
 		return c.(signer.Caller)
 	}
@@ -143,11 +154,11 @@ func (a *auth) caller(identity string) signer.Caller {
 }
 
 func (a *auth) makeCaller(identity string) signer.Caller {
-	if a.revoked[identity] {
+	if a.revoked[identity] || a.ended(identity) {
 		return signer.Caller{Identity: identity}
 	}
 	if a.isAdmin(identity) {
-		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares}
+		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares, Export: true}
 	}
 	c := signer.Caller{Identity: identity, Shares: a.shares}
 	p := a.byIdentity[identity]
@@ -157,7 +168,8 @@ func (a *auth) makeCaller(identity string) signer.Caller {
 	}
 	c.Reserved = func(name string) bool { return a.reserved(name, own) }
 	if p != nil {
-		c.Keys, c.SHA1, c.ClientIVShared = p.Keys, p.SHA1, p.ClientIVSharedKeys
+		c.Keys, c.SHA1, c.ClientIVShared, c.Export = p.Keys, p.SHA1, p.ClientIVSharedKeys, p.Export
+		c.Quota = signer.Quota{Objects: p.MaxObjects, AttrBytes: p.MaxAttributeBytes}
 		c.Team = func(owner string) bool { return owner == a.admin || slices.Contains(p.Identities, owner) }
 	}
 	return c
@@ -203,7 +215,7 @@ func (a *auth) shares(name, owner string) bool {
 // allowKMIP also ends the rights of a KMIP connection opened before its identity was revoked:
 // the connection stays, every later operation is refused.
 func (a *auth) allowKMIP(identity, op string) bool {
-	if a.revoked[identity] {
+	if a.revoked[identity] || a.ended(identity) {
 		return false
 	}
 	if a.isAdmin(identity) {
@@ -211,6 +223,18 @@ func (a *auth) allowKMIP(identity, op string) bool {
 	}
 	p := a.byIdentity[identity]
 	return p != nil && (slices.Contains(p.KMIP, "*") || slices.Contains(p.KMIP, op))
+}
+
+// hasKMIP says whether identity may run any KMIP operation at all.
+func (a *auth) hasKMIP(identity string) bool {
+	if a.revoked[identity] || a.ended(identity) {
+		return false
+	}
+	if a.isAdmin(identity) {
+		return true
+	}
+	p := a.byIdentity[identity]
+	return p != nil && len(p.KMIP) > 0
 }
 
 // identify turns a TLS peer into an identity.
@@ -233,8 +257,8 @@ func (a *auth) identifyCert(leaf *x509.Certificate, chain []*x509.Certificate, p
 	}
 	if a.known(id) {
 		now := time.Now()
-		if t, ok := a.notAfter[id]; ok && now.After(t) {
-			return "", errors.New("identity " + id + " is past its not_after (" + t.Format(time.RFC3339) + ")")
+		if a.ended(id) {
+			return "", errors.New("identity " + id + " is past its not_after (" + a.notAfter[id].Format(time.RFC3339) + ")")
 		}
 		if now.After(leaf.NotAfter) && a.expired != nil && a.expired.note(id, leaf.NotAfter) && a.onExpired != nil {
 			a.onExpired(id, leaf.NotAfter)
@@ -346,6 +370,7 @@ func (k kmipAuth) Identify(cs *tls.ConnectionState) (string, error) {
 }
 func (k kmipAuth) AllowKMIP(identity, op string) bool   { return k.s.auth.Load().allowKMIP(identity, op) }
 func (k kmipAuth) Caller(identity string) signer.Caller { return k.s.auth.Load().caller(identity) }
+func (k kmipAuth) HasKMIP(identity string) bool         { return k.s.auth.Load().hasKMIP(identity) }
 
 type kesAuth struct{ s *Server }
 

@@ -237,4 +237,9 @@ func TestConfiguredIdentityExpiry(t *testing.T) {
 	if _, err := a.identifyCert(ended, nil, nil); err == nil || !strings.Contains(err.Error(), "past its not_after") {
 		t.Fatalf("an identity past its not_after: %v", err)
 	}
+	// A KMIP connection opened before its not_after keeps no rights after it.
+	a.policies[0].KMIP = []string{"*"}
+	if a.allowKMIP(idEnded, "Get") || a.allowPath(idEnded, "/v1/key/generate/x") || a.caller(idEnded).Keys != nil {
+		t.Fatal("an identity past its not_after keeps rights on an open connection")
+	}
 }

@@ -19,6 +19,9 @@ const (
 	featOAEP    = "RSA-OAEP decrypt"
 	featEC      = "EC key pairs and ECDSA"
 	featRandom  = "random numbers"
+	featKWP     = "AES key wrap with padding (exports wrapped in the token, KMIP Get wrapped)"
+	featKW      = "AES key wrap (KMIP Get wrapped, RFC 3394)"
+	featDerive  = "AES encryption-based derivation (KMIP DeriveKey)"
 )
 
 // Capability is one thing a client can ask of p11bridge, and the token features it takes.
@@ -42,6 +45,9 @@ var capabilities = []Capability{
 	{"KMIP", "Decrypt RSA-OAEP", []string{featRSA, featOAEP}},
 	{"KMIP", "CreateKeyPair EC, Sign ECDSA", []string{featEC}},
 	{"KMIP", "RNGRetrieve", []string{featRandom}},
+	{"KMIP", "Get of exportable keys wrapped in the token (else read as CKA_VALUE); Get and Register wrapped (AES-KWP)", []string{featKWP}},
+	{"KMIP", "Get and Register wrapped with AES key wrap (RFC 3394)", []string{featKW}},
+	{"KMIP", "DeriveKey (encryption with an AES key)", []string{featDerive}},
 	{"TLS", "server key in this token (RSA or ECDSA)", nil}, // either suffices; see backs
 }
 
@@ -82,6 +88,12 @@ func Capabilities(p signer.Probe) string {
 			}
 			fmt.Fprintf(&b, "  %-4s NO   %s (the token lacks %s)\n", front, c.Feature, strings.Join(missing, ", "))
 		}
+	}
+	// How keys made exportable (policy export = true) leave this token.
+	if p.Features[featKWP] {
+		b.WriteString("  exports: exportable keys stay sensitive and leave the token wrapped under a key only p11bridge knows\n")
+	} else {
+		b.WriteString("  exports: the token cannot wrap them out: exportable keys are made readable and read as CKA_VALUE\n")
 	}
 	return b.String()
 }

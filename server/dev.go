@@ -20,11 +20,12 @@ type DevOptions struct {
 
 // DevSetup is what PrepareDev made or found.
 type DevSetup struct {
-	Dir, Config   string
-	Token         *softhsm.Token
-	AdminIdentity string
-	MinIOIdentity string
-	MinIOKeyName  string
+	Dir, Config    string
+	Token          *softhsm.Token
+	AdminIdentity  string
+	PyKMIPIdentity string
+	MinIOIdentity  string
+	MinIOKeyName   string
 }
 
 // DevTokenLabel is the label of dev mode's SoftHSM2 token.
@@ -83,6 +84,21 @@ func PrepareDev(opts DevOptions) (*DevSetup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dev: %w", err)
 	}
+	// PyKMIP gets an identity of its own, whose policy may export keys (Get of what it creates,
+	// as storage and database clients do); the admin's keys stay in the token unless it asks.
+	if !exists(f("pykmip.pem")) || !exists(f("pykmip-key.pem")) {
+		c, k, err := ca.Issue("p11bridge dev pykmip", nil, pki.Client)
+		if err != nil {
+			return nil, fmt.Errorf("dev: PyKMIP client certificate: %w", err)
+		}
+		if err := pki.WriteFiles(c, k, f("pykmip.pem"), f("pykmip-key.pem")); err != nil {
+			return nil, fmt.Errorf("dev: %w", err)
+		}
+	}
+	pyCert, err := pki.LoadCert(f("pykmip.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("dev: %w", err)
+	}
 	apiKeyFile := filepath.Join(dir, "minio.key")
 	apiKey, err := readOrCreate(apiKeyFile, func() (string, error) {
 		k, _, err := pki.APIKey()
@@ -96,7 +112,7 @@ func PrepareDev(opts DevOptions) (*DevSetup, error) {
 		return nil, fmt.Errorf("dev: %s: %w", apiKeyFile, err)
 	}
 	d := &DevSetup{Dir: dir, Config: filepath.Join(dir, "p11bridge.hcl"), Token: tok, AdminIdentity: pki.Identity(admin),
-		MinIOIdentity: minioID, MinIOKeyName: "minio-default-key"}
+		PyKMIPIdentity: pki.Identity(pyCert), MinIOIdentity: minioID, MinIOKeyName: "minio-default-key"}
 	if err := os.WriteFile(d.Config, []byte(d.config(opts)), 0o600); err != nil {
 		return nil, fmt.Errorf("dev: %w", err)
 	}
@@ -111,7 +127,7 @@ cert_reqs=CERT_REQUIRED
 ssl_version=PROTOCOL_SSLv23
 do_handshake_on_connect=True
 suppress_ragged_eofs=True
-`, host, port, f("admin.pem"), f("admin-key.pem"), f("ca.pem"))
+`, host, port, f("pykmip.pem"), f("pykmip-key.pem"), f("ca.pem"))
 	if err := os.WriteFile(filepath.Join(dir, "pykmip.conf"), []byte(pykmip), 0o600); err != nil {
 		return nil, fmt.Errorf("dev: %w", err)
 	}
@@ -159,8 +175,15 @@ policy "minio" {
   kmip       = []
   identities = [%q]
 }
+
+# PyKMIP (pykmip.conf): every KMIP operation, and keys that may leave the token.
+policy "pykmip" {
+  kmip       = ["*"]
+  export     = true
+  identities = [%q]
+}
 `, opts.KMIP, opts.KES, opts.Ops, d.Token.Module, d.Token.Label, softhsm.PINFile(filepath.Dir(d.Token.Conf), d.Token.Label),
-		d.AdminIdentity, quoteList(minioPolicy), d.MinIOIdentity)
+		d.AdminIdentity, quoteList(minioPolicy), d.MinIOIdentity, d.PyKMIPIdentity)
 	return b.String()
 }
 
@@ -179,7 +202,8 @@ PyKMIP:
   /usr/bin/python3 -c 'from kmip.pie.client import ProxyKmipClient; from kmip import enums
 c = ProxyKmipClient(config_file="%[1]s/pykmip.conf", config="client")
 c.open(); uid = c.create(enums.CryptographicAlgorithm.AES, 256); print("created", uid); c.close()'
-  (or: host %[9]s port %[10]s, certfile %[1]s/tls/admin.pem, keyfile %[1]s/tls/admin-key.pem, ca_certs %[1]s/tls/ca.pem)
+  (or: host %[9]s port %[10]s, certfile %[1]s/tls/pykmip.pem, keyfile %[1]s/tls/pykmip-key.pem, ca_certs %[1]s/tls/ca.pem;
+   that identity may run every KMIP operation and take its keys out of the token: policy "pykmip")
 
 MinIO:
   set -a; . %[1]s/minio.env; set +a; minio server /tmp/minio-data

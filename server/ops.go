@@ -20,9 +20,13 @@ type SignerStatus struct {
 	Healthy  bool           `json:"healthy"`
 	Default  bool           `json:"default"`
 	Rollover bool           `json:"rollover"`
-	Keys     map[string]int `json:"keys"`       // live objects per KMIP state
+	Keys     map[string]int `json:"keys"`       // objects per KMIP state (destroyed ones keep their metadata)
 	Copies   int            `json:"key_copies"` // session copies of keys held in the token
-	Index    IndexStatus    `json:"handle_index"`
+	// Exportable names the live objects whose material may leave the token (policy export).
+	Exportable []string `json:"exportable_keys"`
+	// ExportWay says how exportable keys leave this signer's token.
+	ExportWay string      `json:"export_way"`
+	Index     IndexStatus `json:"handle_index"`
 }
 
 // IndexStatus is a signer's handle index (signer/index.go): the pass over the token's objects
@@ -63,6 +67,7 @@ type Status struct {
 // Status collects the status view.
 func (s *Server) Status() Status {
 	census := s.reg.Census()
+	exportable := s.reg.Exportable()
 	st := Status{Version: s.opts.Version, Uptime: time.Since(s.start).Seconds(), Default: s.reg.Default(), Rollover: s.reg.Rollover()}
 	st.RolloverUnderway = st.Rollover != ""
 	st.Keymap = storeStatus(context.Background(), s.km)
@@ -76,8 +81,13 @@ func (s *Server) Status() Status {
 		for state, n := range census[t.Name()] {
 			keys[string(state)] = n
 		}
+		ex := exportable[t.Name()]
+		if ex == nil {
+			ex = []string{}
+		}
 		st.Signers = append(st.Signers, SignerStatus{Name: t.Name(), Healthy: t.Healthy(), Default: t.Name() == st.Default,
-			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies(), Index: indexStatus(t.Index())})
+			Rollover: t.Name() == st.Rollover, Keys: keys, Copies: t.Copies(), Exportable: ex, ExportWay: t.ExportWay(),
+			Index: indexStatus(t.Index())})
 	}
 	for name := range census {
 		if !seen[name] {
@@ -154,6 +164,12 @@ func (s *Server) opsHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		stopped := ""
+		s.stoppedListeners.Range(func(k, _ any) bool { stopped = k.(string); return false })
+		if stopped != "" {
+			http.Error(w, "the "+stopped+" listener has stopped", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		// An instance that cannot confirm its keymap is current refuses keys: take it out of rotation.

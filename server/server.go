@@ -52,8 +52,10 @@ type Server struct {
 	auditW *auditWriter
 	// expired: configured identities seen with an expired certificate (auth.go).
 	expired expiredCerts
-	errors  *broadcast
-	audits  *broadcast
+	// stoppedListeners: listeners whose serving ended with an error (name → error); /ready fails.
+	stoppedListeners sync.Map
+	errors           *broadcast
+	audits           *broadcast
 
 	km      signer.Store
 	reg     *signer.Registry
@@ -239,7 +241,7 @@ func (s *Server) Start() error {
 		s.KMIPAddr = l.Addr().String()
 		s.kmip = ttlv.New(ttlv.Options{
 			Registry: s.reg, Auth: kmipAuth{s}, Log: s.log.With("front", "kmip"), Audit: s.audit, AuditCheck: s.auditW.check,
-			MaxMessageSize: cfg.KMIP.MaxMessageSize, MaxConnections: cfg.KMIP.MaxConnections,
+			MaxMessageSize: cfg.KMIP.MaxMessageSize, MaxConnections: cfg.KMIP.MaxConnections, MaxConnectionsPerIdentity: cfg.KMIP.MaxConnectionsPerIdentity,
 			IdleTimeout: cfg.KMIP.IdleTimeout, HandshakeTimeout: cfg.KMIP.HandshakeTimeout,
 			MaxHandshakes: cfg.KMIP.MaxHandshakes, MaxHandshakesPerAddress: cfg.KMIP.MaxHandshakesPerAddress,
 			MaxLocateItems: cfg.KMIP.MaxLocateItems, ServerName: "p11bridge " + s.opts.Version,
@@ -262,6 +264,9 @@ func (s *Server) Start() error {
 		// whole request (a body is at most max_body) within kesReadTimeout, the answer within
 		// kesWriteTimeout, above the routes' own 10–15 s timeouts so those answer first. The log
 		// streams lift both for themselves.
+		// At most kesMaxConns connections, kesMaxPerAddress from one address: an unauthenticated
+		// client must not take every file descriptor (an idle one goes after ReadHeaderTimeout).
+		l = newConnLimit(l, kesMaxConns, kesMaxPerAddress, s.log.With("listener", "kes"))
 		s.kes = &http.Server{Handler: h, TLSConfig: s.tlsConfig("h2", "http/1.1"), ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout: kesReadTimeout, WriteTimeout: kesWriteTimeout,
 			IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
@@ -302,6 +307,8 @@ func (s *Server) goServe(name string, serve func() error) {
 		defer s.wg.Done()
 		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("listener stopped", "listener", name, "err", err)
+			// Readiness says so: a load balancer must stop sending clients here.
+			s.stoppedListeners.Store(name, err)
 		}
 	}()
 }

@@ -3,10 +3,12 @@ package signer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -37,15 +39,20 @@ type Caller struct {
 	Shares func(name, owner string) bool
 	// ClientIVShared lets the caller choose IVs on keys others use too (nonce.go).
 	ClientIVShared bool
+	// Quota bounds what the caller keeps (quota.go); the admin has none.
+	Quota Quota
 	// Reserved says whether another policy's key patterns name a key of that name: such names
 	// are that policy's (and the admin's) to give, so no one else can squat a name its identities
 	// would use.
 	Reserved func(name string) bool
+	// Export is the right to make keys that may leave the token (policy `export = true`, and the
+	// admin) and to take generated keys out of it (Get, in plain or wrapped): see exportable.
+	Export bool
 }
 
 // Operator is the operator at the command line, and the server acting for itself: every key, owned
 // by nobody when it makes one.
-var Operator = Caller{Admin: true, SHA1: true}
+var Operator = Caller{Admin: true, SHA1: true, Export: true}
 
 // Use is what a caller wants to do with a key.
 type Use uint8
@@ -67,6 +74,15 @@ const (
 	UseMACVerify
 	// UseExport is reading the key's material (KMIP Get).
 	UseExport
+	// UseExportWrapped is taking the key's material out wrapped under another key (KMIP Get with a
+	// Key Wrapping Specification): as UseExport, also for a key that may leave the token only
+	// wrapped (KMIP Sensitive).
+	UseExportWrapped
+	// UseWrap is wrapping another key under this one, UseUnwrap unwrapping key material into the
+	// token with it, UseDerive deriving a new key from it.
+	UseWrap
+	UseUnwrap
+	UseDerive
 )
 
 func (u Use) String() string {
@@ -89,13 +105,27 @@ func (u Use) String() string {
 		return "verify MACs"
 	case UseExport:
 		return "export"
+	case UseExportWrapped:
+		return "export wrapped"
+	case UseWrap:
+		return "wrap keys"
+	case UseUnwrap:
+		return "unwrap keys"
+	case UseDerive:
+		return "derive keys"
 	}
 	return "use " + strconv.Itoa(int(u))
 }
 
-func (u Use) protects() bool { return u == UseEncrypt || u == UseSign || u == UseMAC }
+// Wrapping and deriving make something new with the key, like encrypting; unwrapping processes
+// what it protected, like decrypting.
+func (u Use) protects() bool {
+	return u == UseEncrypt || u == UseSign || u == UseMAC || u == UseWrap || u == UseDerive
+}
 
-func (u Use) processes() bool { return u == UseDecrypt || u == UseVerify || u == UseMACVerify }
+func (u Use) processes() bool {
+	return u == UseDecrypt || u == UseVerify || u == UseMACVerify || u == UseUnwrap
+}
 
 // KMIP Cryptographic Usage Mask bits (KMIP 1.4, 9.1.3.3.1), the registry's vocabulary for usage.
 const (
@@ -113,7 +143,8 @@ const (
 )
 
 // usageBits are the mask bits of which one allows u; verifying is allowed by the bit that allows
-// making what is verified, as KMIP clients set either.
+// making what is verified, as KMIP clients set either (and unwrapping by Wrap Key: a KEK
+// registered to wrap takes back what it wrapped, as the KMIP 1.4 wrapping test case does).
 func (u Use) usageBits() uint32 {
 	switch u {
 	case UseEncrypt:
@@ -128,6 +159,12 @@ func (u Use) usageBits() uint32 {
 		return UsageMACGen
 	case UseMACVerify:
 		return UsageMACVerify | UsageMACGen
+	case UseWrap:
+		return UsageWrapKey
+	case UseUnwrap:
+		return UsageUnwrapKey | UsageWrapKey
+	case UseDerive:
+		return UsageDeriveKey
 	}
 	return usageAnyAllowed
 }
@@ -378,11 +415,11 @@ func allow(c Caller, rec keymap.Record, f facts, u Use, now time.Time) error {
 	case rec.Attrs[AttrDestroying] != "":
 		// Only a retry of the destroy (UseManage, above) is left to do with it.
 		return errorf(ErrWrongState, "object %q is being destroyed", rec.ID)
-	case u == UseExport:
-		if rec.Class != keymap.PublicKey && rec.Attrs[AttrExportable] == "" {
-			return errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", rec.ID, rec.Class)
-		}
-		return nil
+	case !live(rec):
+		// Its metadata stays (UseSee, UseManage); its material is gone from the token.
+		return errorf(ErrWrongState, "object %q is %s: its key material is gone", rec.ID, stateWord(rec.State))
+	case u == UseExport || u == UseExportWrapped:
+		return c.mayExport(rec, u)
 	}
 	st := f.state(rec.State, now)
 	if u.protects() && st != keymap.Active {
@@ -401,6 +438,51 @@ func allow(c Caller, rec keymap.Record, f facts, u Use, now time.Time) error {
 		return errorf(ErrUsage, "object %q: its Cryptographic Usage Mask (0x%x) does not allow it to %s", rec.ID, f.usage, u)
 	}
 	return nil
+}
+
+// Exportability of a row (AttrExportable): what a client registered it knew already, and may have
+// back; a key generated (or unwrapped, derived, re-keyed) in the token leaves it only when it was
+// made exportable under the export right, and only to callers that hold that right.
+const (
+	ExportRegistered = "1"
+	ExportByPolicy   = "policy"
+	// AttrWrapOnly marks an exportable key that may leave the token only wrapped under another key
+	// (KMIP Sensitive).
+	AttrWrapOnly = "p11.wrap-only"
+)
+
+// mayExport decides whether c may take rec's material out of the token (u: in plain, or wrapped).
+// The export right is asked first: an identity without it is refused every generated key alike,
+// whether or not the key could leave, so it learns nothing of which could.
+func (c Caller) mayExport(rec keymap.Record, u Use) error {
+	switch ex := rec.Attrs[AttrExportable]; {
+	case rec.Class == keymap.PublicKey, rec.Class == keymap.Certificate:
+		return nil
+	case ex == ExportRegistered:
+		// Material the registrant knew; earlier versions marked registered objects so.
+	case !c.Export:
+		return errorf(ErrDenied, "object %q: this identity's policy does not allow keys to leave the token (export)", rec.ID)
+	case ex == "":
+		return errorf(ErrNotExtractable, "object %q is a %s generated in or locked into the token", rec.ID, rec.Class)
+	}
+	if u == UseExport && rec.Attrs[AttrWrapOnly] != "" {
+		return errorf(ErrNotExtractable, "object %q may leave the token only wrapped under another key (it is Sensitive)", rec.ID)
+	}
+	return nil
+}
+
+// newExportable decides whether a key c makes may leave the token: asked is what the request says
+// (KMIP Extractable), nil when it says nothing. Asking for an exportable key takes the export
+// right; without a word, a policy's identities get what their right allows, and the admin (whose
+// certificate often serves many tools) keeps keys in the token unless it asks.
+func (c Caller) newExportable(asked *bool) (bool, error) {
+	if asked != nil {
+		if *asked && !c.Export {
+			return false, errorf(ErrDenied, "this identity's policy does not allow keys that leave the token (export); ask for a non-extractable key")
+		}
+		return *asked, nil
+	}
+	return c.Export && !c.Admin, nil
 }
 
 func stateWord(st keymap.State) string {
@@ -433,7 +515,7 @@ func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
 		// Management (Destroy, Revoke, attribute changes, ReKey) decides from the row as committed
 		// anywhere in the cluster: it is rare, and a front end checks the state it reads here.
 		if err := r.km.Sync(context.Background()); err != nil {
-			return keymap.Record{}, storeErr(err, "object %q", id)
+			return keymap.Record{}, r.storeErr(err, "object %q", id)
 		}
 	}
 	row, err := r.row(c, id)
@@ -459,7 +541,7 @@ func (r *Registry) Access(c Caller, id string, u Use) (keymap.Record, error) {
 // for management reads (Locate, KES list) that must see what another instance just did.
 func (r *Registry) Sync(ctx context.Context) error {
 	if err := r.km.Sync(ctx); err != nil {
-		return storeErr(err, "read keymap")
+		return r.storeErr(err, "read keymap")
 	}
 	return nil
 }
@@ -472,8 +554,52 @@ func (r *Registry) Allow(c Caller, rec keymap.Record, u Use) error {
 
 // checkNew applies the rules to a row about to be made (or renamed) by c: the caller's patterns
 // must allow its name, another policy's name space is not the caller's, and a name that a KES key
-// holds is that key's alone — also for the further names a KMIP object may have.
+// holds is that key's alone — also for the further names a KMIP object may have. The names are
+// checked against the store as caught up (syncNames): in a cluster, a KES key of the name may
+// have been made through another instance a moment ago.
 func (r *Registry) checkNew(c Caller, rec keymap.Record, names ...string) error {
+	if err := r.syncNames(rec, names); err != nil {
+		return err
+	}
+	return r.checkNewHeld(c, rec, names...)
+}
+
+// nameSyncTimeout bounds the catch-up before a new name is checked.
+const nameSyncTimeout = 2 * time.Second
+
+// syncNames catches the store up before rec's names are checked against the KES keys it holds,
+// when there is a name to check: a KES version's own name is not (PutNewKES and the name lock
+// guard it). The CSV map's Sync costs nothing.
+func (r *Registry) syncNames(rec keymap.Record, names []string) error {
+	kn, isKES := rec.Attrs[AttrKESName]
+	need := rec.Name != "" && !isKES
+	for _, n := range names {
+		need = need || n != "" && n != kn
+	}
+	if !need {
+		return nil
+	}
+	return r.syncForNames(fmt.Sprintf("name %q", KeyName(rec)))
+}
+
+// syncForNames is the bounded catch-up before a name is checked; what names the request.
+func (r *Registry) syncForNames(what string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), nameSyncTimeout)
+	defer cancel()
+	if err := r.km.Sync(ctx); err != nil {
+		return r.storeErr(err, "%s: confirm that no KES key holds its name", what)
+	}
+	return nil
+}
+
+// checkNewHeld is checkNew against the rows as this process holds them, for callers that caught up
+// already (Update, inside the store's change of the row).
+func (r *Registry) checkNewHeld(c Caller, rec keymap.Record, names ...string) error {
+	for _, n := range append([]string{rec.Name}, names...) {
+		if err := storableName(n); err != nil {
+			return err
+		}
+	}
 	name := KeyName(rec)
 	if !c.mayName(name) {
 		if name == "" {
@@ -488,6 +614,23 @@ func (r *Registry) checkNew(c Caller, rec keymap.Record, names ...string) error 
 		return err
 	}
 	return r.CheckNames(rec.ID, rec.Attrs[AttrKESName], names)
+}
+
+// MaxNameLen bounds an object's name (CKA_LABEL, keymap Name).
+const MaxNameLen = 1024
+
+// storableName refuses a name before any key is made for it that the keymap could not store (on
+// PostgreSQL: invalid UTF-8, a NUL byte), which would leave the new token objects orphaned.
+func storableName(n string) error {
+	switch {
+	case len(n) > MaxNameLen:
+		return errorf(ErrInvalid, "a name of %d bytes: at most %d", len(n), MaxNameLen)
+	case !utf8.ValidString(n):
+		return errorf(ErrInvalid, "the name %q is not valid UTF-8", n)
+	case strings.ContainsRune(n, 0):
+		return errorf(ErrInvalid, "the name %q holds a NUL character", n)
+	}
+	return nil
 }
 
 // CheckNames applies the name rules to every name of object id (KMIP lets an object have several

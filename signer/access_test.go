@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ import (
 func TestKeyModelOwnersAndPatterns(t *testing.T) {
 	alice := Caller{Identity: "alice"}
 	bob := Caller{Identity: "bob"}
-	admin := Caller{Identity: "root", Admin: true}
+	admin := Caller{Identity: "root", Admin: true, Export: true}
 	// carol's policy names shared-* and has alice in it: its patterns grant alice's keys.
 	granted := Caller{Identity: "carol", Keys: []string{"shared-*"}, Team: func(o string) bool { return o == "alice" || o == "carol" }}
 	outsider := Caller{Identity: "dave", Keys: []string{"shared-*"}, Team: func(o string) bool { return o == "dave" }}
@@ -47,7 +48,9 @@ func TestKeyModelOwnersAndPatterns(t *testing.T) {
 		{"granted may not manage", granted, UseManage, ErrDenied},
 		{"patterns hide even own keys", limited, UseSee, ErrNotFound},
 		{"patterns grant no key of another policy's identity", outsider, UseEncrypt, ErrNotFound},
-		{"no export of a generated key", alice, UseExport, ErrNotExtractable},
+		{"no export without the export right", alice, UseExport, ErrDenied},
+		{"no wrapped export without the export right", alice, UseExportWrapped, ErrDenied},
+		{"no export of a key made in the token", admin, UseExport, ErrNotExtractable},
 	} {
 		_, err := testReg.Access(c.c, shared.ID, c.u)
 		if !errIs(err, c.want) {
@@ -324,7 +327,7 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if k, ok := testReg.KESKey(attacker, "to-share"); !ok || k.Current().ID != kmipKey.ID {
 		t.Fatalf("shared key: %+v", k)
 	}
-	// Deleting is the owner's: the same record as a KMIP Destroy is left behind (none).
+	// Deleting is the owner's: the same record as a KMIP Destroy is left behind (a Destroyed row).
 	if err := testReg.DeleteKESKey(ctx, attacker, "minio-default", nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("another identity deletes MinIO's key: %v", err)
 	}
@@ -334,8 +337,11 @@ func TestKESNamesBindOnlyKESKeys(t *testing.T) {
 	if _, ok := testReg.KESKey(Operator, "minio-default"); ok {
 		t.Error("deleted KES key still there")
 	}
-	if _, err := testReg.Get(real.ID); !errors.Is(err, ErrNotFound) {
-		t.Errorf("deleted version's row: %v", err)
+	if rec, err := testReg.Get(real.ID); err != nil || Live(rec) || rec.Attrs[AttrDestroyDate] == "" {
+		t.Errorf("deleted version's row: %+v %v, want it Destroyed with its Destroy Date", rec, err)
+	}
+	if _, err := testReg.CreateKESKey(ctx, minio, "minio-default"); err != nil {
+		t.Errorf("KES create of a deleted key's name: %v (a Destroyed version binds no name)", err)
 	}
 }
 
@@ -380,5 +386,47 @@ func TestRebuiltVersionIsNotCurrent(t *testing.T) {
 	}
 	if c := (KESKey{Versions: []keymap.Record{found}}).Current(); c.ID != "found" {
 		t.Fatalf("current of a rebuilt key alone is %s", c.ID)
+	}
+}
+
+// A name the keymap could not store is refused before a key is made for it: no orphan is left on
+// the token.
+func TestUnstorableNameRefusedFirst(t *testing.T) {
+	owner := Caller{Identity: "names"}
+	tok, _ := testReg.Signer("a")
+	before := len(attrs(t, tok, nil, objKind{class: ^uint(0)}, 0))
+	for _, name := range []string{"nul\x00name", "bad\xffutf8", strings.Repeat("n", MaxNameLen+1)} {
+		if _, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: name}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("create named %q: %v", name, err)
+		}
+		if _, _, err := testReg.CreateKeyPair(ctx, owner, KeySpec{Algorithm: EC, Size: 256}, Meta{Name: "ok"}, Meta{Name: name}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("key pair with a public half named %q: %v", name, err)
+		}
+	}
+	if after := len(attrs(t, tok, nil, objKind{class: ^uint(0)}, 0)); after != before {
+		t.Fatalf("%d token objects before, %d after refused creates", before, after)
+	}
+}
+
+// A store failure reaches the client with its cause but not where the store lives (a file path, a
+// database's host and name): that is the operator's, in the log.
+func TestStoreFailureKeepsLocationOut(t *testing.T) {
+	dir := t.TempDir()
+	km, err := keymap.Open(filepath.Join(dir, "closed.csv"), quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(Options{Signers: []Config{cfgOf("b", tokB)}, Logger: quietLog()}, km)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	km.Close()
+	_, err = r.Create(ctx, Caller{Identity: "x"}, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "unstored"})
+	if err == nil || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("create with the keymap closed: %v", err)
+	}
+	if strings.Contains(err.Error(), dir) {
+		t.Fatalf("the error names the store's location: %v", err)
 	}
 }

@@ -154,7 +154,7 @@ func BenchmarkGenerateAES(b *testing.B) {
 				}
 				return func() error {
 					tag, _ := NewTag()
-					_, err := tok.mod.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, secretTemplate(tag, "bench-gen", pkcs11.CKK_AES, 32))
+					_, err := tok.mod.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, secretTemplate(tag, "bench-gen", pkcs11.CKK_AES, 32, keyFlags{sensitive: true}))
 					return err
 				}
 			})

@@ -119,8 +119,8 @@ func TestKeyCopies(t *testing.T) {
 	if n := len(sessionObjects(t, tok, k.Tag)); n != 0 || tok.Copies() != before {
 		t.Fatalf("%d copies left in the token and %d counted after destroy, want 0 and %d", n, tok.Copies(), before)
 	}
-	if _, _, err := testReg.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("seal after destroy: %v", err)
+	if _, _, err := testReg.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); !errors.Is(err, ErrWrongState) {
+		t.Fatalf("seal after destroy: %v, want the Destroyed key refused", err)
 	}
 }
 

@@ -23,6 +23,8 @@ var (
 	ErrWrongState = merry.Sentinel("wrong key lifecycle state", merry.WithHTTPCode(http.StatusConflict))
 	// ErrUsage: the key's Cryptographic Usage Mask does not allow the operation.
 	ErrUsage = merry.Sentinel("incompatible cryptographic usage mask", merry.WithHTTPCode(http.StatusConflict))
+	// ErrQuota: the caller's quota of objects or attribute bytes would be exceeded.
+	ErrQuota = merry.Sentinel("quota exceeded", merry.WithHTTPCode(http.StatusTooManyRequests))
 	// ErrExists: the name is taken by an object of the kind being made (a KES key).
 	ErrExists      = merry.Sentinel("already exists", merry.WithHTTPCode(http.StatusBadRequest))
 	ErrUnsupported = merry.Sentinel("not supported", merry.WithHTTPCode(http.StatusNotImplemented))

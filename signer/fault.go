@@ -261,3 +261,24 @@ func (f faulty) GenerateRandom(sh pkcs11.SessionHandle, n int) ([]byte, error) {
 	}
 	return f.c.GenerateRandom(sh, n)
 }
+
+func (f faulty) WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrapping, key pkcs11.ObjectHandle) ([]byte, error) {
+	if err := faults.hit("WrapKey"); err != nil {
+		return nil, err
+	}
+	return f.c.WrapKey(sh, m, wrapping, key)
+}
+
+func (f faulty) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrapping pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := faults.hit("UnwrapKey"); err != nil {
+		return 0, err
+	}
+	return f.c.UnwrapKey(sh, m, unwrapping, wrapped, a)
+}
+
+func (f faulty) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := faults.hit("DeriveKey"); err != nil {
+		return 0, err
+	}
+	return f.c.DeriveKey(sh, m, base, a)
+}

@@ -256,8 +256,13 @@ func TestDestroyIntentFirst(t *testing.T) {
 	if n, err := testReg.FinishDestroys(ctx); err != nil || n < 1 {
 		t.Fatalf("FinishDestroys: %d %v", n, err)
 	}
-	if _, err := testReg.Get(k.ID); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("row after FinishDestroys: %v", err)
+	if rec, err := testReg.Get(k.ID); err != nil || rec.State != keymap.Destroyed || rec.Attrs[AttrDestroying] != "" || rec.Attrs[AttrDestroyDate] == "" {
+		t.Fatalf("row after FinishDestroys: %+v %v, want the Destroyed record", rec, err)
+	}
+	for _, r := range HalfDestroyed(testKM) {
+		if r.ID == k.ID {
+			t.Fatal("HalfDestroyed still reports the key")
+		}
 	}
 	tok, _ := testReg.Signer("a")
 	if n := len(attrs(t, tok, k.Tag, kindAnySecet, pkcs11.CKA_ID)); n != 0 {

@@ -24,23 +24,68 @@ type Material struct {
 	Private   crypto.Signer    // *rsa.PrivateKey or *ecdsa.PrivateKey
 	Public    crypto.PublicKey // *rsa.PublicKey or *ecdsa.PublicKey
 	Cert      []byte           // X.509 DER
+	// Hash is the hash an HMAC key is for (its shortest length is the hash's), 0 if not known.
+	Hash crypto.Hash
+	// Via says how Export took the material out of the token (ViaWrapped, ViaValue, ViaPublic).
+	Via string
 }
 
-// AttrExportable marks an imported object whose material may be given back (KMIP Get).
+// AttrExportable marks an object whose material may leave the token (KMIP Get): ExportRegistered
+// for what a client registered, ExportByPolicy for a key made exportable under the export right
+// (access.go, mayExport).
 const AttrExportable = "p11.exportable"
 
+// MaxSecretData bounds a Secret Data or Opaque object: passwords, seeds and database master keys
+// (MongoDB's are 96 bytes) are far smaller, and each is a token object.
+const MaxSecretData = 64 << 10
+
+// checkSecretSize refuses secret key lengths (bytes) the token would not take for alg, naming the
+// ones it takes. hash narrows an HMAC key's shortest length (the hash's length; tokens refuse
+// shorter HMAC keys, SoftHSM2 among them), 0 when unknown.
+func checkSecretSize(alg string, hash crypto.Hash, n int) error {
+	switch alg {
+	case AES:
+		if n != 16 && n != 24 && n != 32 {
+			return errorf(ErrInvalid, "an AES key is 16, 24 or 32 bytes (128, 192 or 256 bits), not %d bytes", n)
+		}
+	case HMAC:
+		min := 20
+		if hash != 0 {
+			min = hash.Size()
+		}
+		if n < min || n > 512 {
+			name := "an HMAC key"
+			if hash != 0 {
+				name = "an HMAC-" + hash.String() + " key"
+			}
+			return errorf(ErrInvalid, "%s is %d to 512 bytes, not %d bytes", name, min, n)
+		}
+	default:
+		return errorf(ErrInvalid, "secret keys are AES or HMAC, not %q", alg)
+	}
+	return nil
+}
+
 // Import stores client-supplied material in a token (C_CreateObject). The client knew it already, so
-// with exportable it stays readable for Get; otherwise it is sensitive and not extractable like a
-// generated key. A private key gets its public object under the same tag, so verify, export of the
-// public key and rebuild from the token work as for generated pairs.
+// with exportable it may be given back (Get); otherwise it is not extractable like a generated key.
+// Either way secret and private keys are sensitive where the token can wrap them out (export.go).
+// A private key gets its public object under the same tag, so verify, export of the public key and
+// rebuild from the token work as for generated pairs.
 func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
 	meta = c.own(meta)
 	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	t, err := r.target(signer)
 	if err != nil {
 		return keymap.Record{}, err
+	}
+	var wrap, unwrap bool
+	if mask, ok := UsageMask(keymap.Record{Attrs: meta.Attrs}); ok {
+		wrap, unwrap = mask&UsageWrapKey != 0, mask&(UsageUnwrapKey|UsageWrapKey) != 0
 	}
 	tag, err := NewTag()
 	if err != nil {
@@ -60,7 +105,7 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	secretAttrs := func() []*pkcs11.Attribute {
 		return []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, !exportable),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, !exportable || t.wrapsExports()),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, exportable),
 		}
 	}
@@ -70,18 +115,16 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	alg := m.Algorithm
 	switch m.Class {
 	case keymap.SecretKey:
+		if err := checkSecretSize(alg, m.Hash, len(m.Secret)); err != nil {
+			return keymap.Record{}, fmt.Errorf("import: %w", err)
+		}
 		switch alg {
 		case AES:
-			if n := len(m.Secret); n != 16 && n != 24 && n != 32 {
-				return keymap.Record{}, errorf(ErrInvalid, "import: an AES key is 16, 24 or 32 bytes, got %d", n)
-			}
 			templates = append(templates, append(append(base(pkcs11.CKO_SECRET_KEY), secretAttrs()...),
 				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), pkcs11.NewAttribute(pkcs11.CKA_VALUE, m.Secret),
-				pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true)))
+				pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+				pkcs11.NewAttribute(pkcs11.CKA_WRAP, wrap), pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, unwrap)))
 		case HMAC:
-			if n := len(m.Secret); n < 32 || n > 512 {
-				return keymap.Record{}, errorf(ErrInvalid, "import: an HMAC key is 32 to 512 bytes, got %d", n)
-			}
 			templates = append(templates, append(append(base(pkcs11.CKO_SECRET_KEY), secretAttrs()...),
 				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET), pkcs11.NewAttribute(pkcs11.CKA_VALUE, m.Secret),
 				pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true)))
@@ -102,6 +145,10 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 			return keymap.Record{}, err
 		}
 		alg, size = a, n
+		if alg == RSA {
+			priv = append(priv, pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, unwrap))
+			pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_WRAP, wrap))
+		}
 		templates = append(templates,
 			append(append(append(base(pkcs11.CKO_PRIVATE_KEY), secretAttrs()...), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true)), priv...),
 			append(base(pkcs11.CKO_PUBLIC_KEY), pub...))
@@ -114,6 +161,9 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 			return keymap.Record{}, err
 		}
 		alg, size = a, n
+		if alg == RSA {
+			pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_WRAP, wrap))
+		}
 		templates = append(templates, append(base(pkcs11.CKO_PUBLIC_KEY), pub...))
 		if kid, err = KeyIdentifier(m.Public); err != nil {
 			return keymap.Record{}, err
@@ -135,8 +185,8 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 		exportable = true
 		alg = ""
 	case keymap.SecretData, keymap.Opaque:
-		if len(m.Secret) == 0 {
-			return keymap.Record{}, errorf(ErrInvalid, "import: empty %s", m.Class)
+		if len(m.Secret) == 0 || len(m.Secret) > MaxSecretData {
+			return keymap.Record{}, errorf(ErrInvalid, "import: %s of %d bytes; it holds 1 to %d bytes", m.Class, len(m.Secret), MaxSecretData)
 		}
 		templates = append(templates, append(base(pkcs11.CKO_DATA),
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
@@ -170,7 +220,10 @@ func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, 
 	}
 	rec := newRecord(tag, false, t.cfg.Name, m.Class, alg, size, kid, meta)
 	if exportable {
-		rec.Attrs = withAttr(rec.Attrs, AttrExportable, "1")
+		rec.Attrs = withAttr(rec.Attrs, AttrExportable, ExportRegistered)
+	}
+	if meta.newKES {
+		return rec, r.putKES(ctx, t, rec)
 	}
 	return rec, r.put(rec)
 }
@@ -270,49 +323,6 @@ func privateTemplate(priv crypto.Signer) ([]*pkcs11.Attribute, error) {
 		}, nil
 	}
 	return nil, errorf(ErrUnsupported, "import: private key of type %T", priv)
-}
-
-// Export gives back what a client registered. Generated private and secret keys, and imports made
-// without exportable, are refused with ErrNotExtractable: their material never leaves the token.
-func (r *Registry) Export(ctx context.Context, c Caller, id string) (Material, error) {
-	rec, err := r.Access(c, id, UseExport)
-	if err != nil {
-		return Material{}, err
-	}
-	t, err := r.tokenOf(rec)
-	if err != nil {
-		return Material{}, err
-	}
-	m := Material{Class: rec.Class, Algorithm: rec.Algorithm}
-	if rec.Class == keymap.PublicKey {
-		m.Public, err = t.publicKey(ctx, rec.Tag)
-		return m, err
-	}
-	err = t.withKey(ctx, rec.Tag, kindForClass(rec), func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if rec.Class != keymap.PrivateKey {
-			a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-			if err != nil {
-				return err
-			}
-			switch rec.Class {
-			case keymap.Certificate:
-				m.Cert = a[0].Value
-			default:
-				m.Secret = a[0].Value
-			}
-			return nil
-		}
-		var err error
-		m.Private, err = t.readPrivate(sh, h, rec)
-		return err
-	})
-	if err != nil {
-		if ckr(err) == pkcs11.CKR_ATTRIBUTE_SENSITIVE {
-			return Material{}, errorf(ErrNotExtractable, "object %q is sensitive in its token", id)
-		}
-		return Material{}, classify(err, fmt.Sprintf("signer %q: export %s", t.cfg.Name, id))
-	}
-	return m, nil
 }
 
 func (t *Token) readPrivate(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, rec keymap.Record) (crypto.Signer, error) {

@@ -58,7 +58,11 @@ func (t *Token) startIndex() {
 		st := t.indexPass(context.Background())
 		t.indexStats.Store(&st)
 		if st.Err != nil {
-			t.log.Warn("handle index pass failed; keys are found one search each", "err", st.Err)
+			// A signer closed before its pass ended (`check` opens and closes at once) needs no
+			// index: nothing to warn about, and the warning landed in check's output.
+			if !t.closed.Load() {
+				t.log.Warn("handle index pass failed; keys are found one search each", "err", st.Err)
+			}
 			return
 		}
 		t.log.Debug("handle index built", "objects", st.Objects, "indexed", st.Indexed, "took", st.Took)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,9 +17,10 @@ import (
 // After a start, the first use of every key costs about the same however many keys the token
 // holds: the index pass finds them all at once, instead of one token search per key (which on
 // SoftHSM2 walks every object: O(N) a key, O(N²) for them all). The check is a ratio between two
-// tokens of two sizes, not a time: warming 4× the keys may cost at most 8× (linear is 4×, searches
-// 16×). The two are measured in turn, five times each, and the best of each compared, so that the
-// load of other tests running meanwhile hits both alike.
+// tokens of two sizes, not a time: warming 4× the keys may cost at most 10× the process's CPU time
+// (SoftHSM2 runs in it; other processes' load does not count; linear is 4×, searches 16-21×), and
+// no first use may search the token. The two are measured in turn, five times each, and the best
+// of each compared.
 func TestIndexWarmsLinearly(t *testing.T) {
 	owner := Caller{Identity: "index"}
 	const small = 400
@@ -49,13 +51,13 @@ func TestIndexWarmsLinearly(t *testing.T) {
 		if err := tk.WaitIndex(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		start := time.Now()
+		start := cpuTime()
 		for _, id := range ids {
 			if _, _, err := r.Seal(ctx, owner, id, nil, []byte("x"), nil); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return time.Since(start), tk.Index()
+		return cpuTime() - start, tk.Index()
 	}
 	idsSmall, idsLarge := fill("ix-small", tokIxSmall, small), fill("ix-large", tokIxLarge, 4*small)
 	tSmall, tLarge := time.Duration(1<<62), time.Duration(1<<62)
@@ -67,7 +69,7 @@ func TestIndexWarmsLinearly(t *testing.T) {
 		tLarge, stLarge = min(tLarge, d), st
 	}
 	ratio := float64(tLarge) / float64(tSmall)
-	t.Logf("first use after a start: %d keys %v (%.0f µs a key; index pass %v over %d objects), %d keys %v (%.0f µs a key; index pass %v over %d objects): %.1f× for 4× the keys",
+	t.Logf("CPU of the first uses after a start: %d keys %v (%.0f µs a key; index pass %v over %d objects), %d keys %v (%.0f µs a key; index pass %v over %d objects): %.1f× for 4× the keys",
 		small, tSmall, float64(tSmall.Microseconds())/small, stSmall.Took, stSmall.Objects,
 		4*small, tLarge, float64(tLarge.Microseconds())/(4*small), stLarge.Took, stLarge.Objects, ratio)
 	if stLarge.Err != nil || stLarge.Indexed < 4*small {
@@ -76,7 +78,7 @@ func TestIndexWarmsLinearly(t *testing.T) {
 	if stLarge.Searches != 0 || stSmall.Searches != 0 {
 		t.Fatalf("first uses after the pass searched the token (%d and %d searches)", stSmall.Searches, stLarge.Searches)
 	}
-	if ratio > 8 {
+	if ratio > 10 {
 		t.Fatalf("warming 4× the keys cost %.1f× (linear is 4×): first uses search the token again", ratio)
 	}
 }
@@ -143,4 +145,13 @@ func TestIndexFallbackSearch(t *testing.T) {
 	if n := searches() - before; n != 2 && time.Since(start) < handleMissTTL {
 		t.Fatalf("a vanished object asked for 5 times: %d searches in all, want 2", n)
 	}
+}
+
+// cpuTime is the CPU time (user + system) the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

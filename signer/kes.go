@@ -3,11 +3,14 @@ package signer
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/miekg/pkcs11"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -17,8 +20,8 @@ import (
 // explicit `keys share-kes` set. A KMIP object never becomes a KES key by having the same Name, and
 // the name a KES key holds is its versions' alone (checkName).
 const (
-	// AttrKESName is the KES name of a key version.
-	AttrKESName = "kes.name"
+	// AttrKESName is the KES name of a key version (the store enforces one KES key per name with it).
+	AttrKESName = keymap.AttrKESName
 	// AttrKESHMAC is set on an imported key: the id of the separate, generated HMAC key that serves
 	// its hmac route (an import cannot make a companion HMAC key under the same tag).
 	AttrKESHMAC = "kes.hmac"
@@ -116,12 +119,15 @@ func (r *Registry) KESKey(c Caller, name string) (KESKey, bool) {
 // rows are current.
 func (r *Registry) LookupKESKey(c Caller, name string) (KESKey, bool, error) {
 	if err := r.km.Fresh(); err != nil {
-		return KESKey{}, false, errorf(ErrUnavailable, "KES key %q: %v", name, err)
+		return KESKey{}, false, r.storeErr(err, "KES key %q", name)
 	}
 	k, ok := r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
-	if !ok {
+	if !ok || !c.reaches(k.Original()) {
+		// Every miss is confirmed against the store, as Access confirms refusals: another instance
+		// may have made the key a moment ago, and a name another identity holds then costs what a
+		// missing one does, so the time of the answer does not tell them apart.
 		if err := r.km.Sync(context.Background()); err != nil {
-			return KESKey{}, false, storeErr(err, "KES key %q", name)
+			return KESKey{}, false, r.storeErr(err, "KES key %q", name)
 		}
 		k, ok = r.kesKeys.Get(r.km.Changes(), name, func() (KESKey, bool) { return r.kesKey(name) })
 	}
@@ -159,10 +165,12 @@ const maxCachedKESKeys = 4096
 func (r *Registry) lockName(ctx context.Context, name string) (func(), error) {
 	unlock, err := r.km.Lock(ctx, "kes:"+name)
 	if err != nil {
-		return nil, storeErr(err, "KES key %q: lock its name", name)
+		return nil, r.storeErr(err, "KES key %q: lock its name", name)
 	}
 	return unlock, nil
 }
+
+func no() *bool { f := false; return &f }
 
 // errKESExists answers create, import or share of a name that a KES key holds.
 var errKESExists = errorf(ErrExists, "a KES key of that name exists")
@@ -183,9 +191,27 @@ func (r *Registry) CreateKESKey(ctx context.Context, c Caller, name string) (key
 	if _, exists := r.kesKey(name); exists {
 		return keymap.Record{}, errKESExists
 	}
+	// A KES key never leaves the token, whatever the caller's export right.
 	return r.Create(ctx, c, KeySpec{Algorithm: AES, Size: 256, WithHMAC: true}, Meta{
-		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrBlockMode: ModeGCM},
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrBlockMode: ModeGCM}, Extractable: no(), newKES: true,
 	})
+}
+
+// putKES writes the row of a new KES key with PutNewKES. When the store refuses it (another
+// instance wrote a key of the name while this one believed it held the name's lock), the token
+// objects just made for it are removed: nobody was told of them.
+func (r *Registry) putKES(ctx context.Context, t *Token, rec keymap.Record) error {
+	err := r.km.PutNewKES(rec)
+	if !errors.Is(err, keymap.ErrExists) {
+		return r.storeErr(err, "object %q: write keymap", rec.ID)
+	}
+	if derr := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		_, err := t.removeTag(sh, rec.Tag)
+		return err
+	}); derr != nil {
+		r.log.Warn("kes: the key made for a name another instance took could not be removed; keys rebuild --dry-run lists it", "key", rec.Name, "tag", hex.EncodeToString(rec.Tag), "err", derr)
+	}
+	return errKESExists
 }
 
 // ImportKESKey stores 32 client bytes as the KES key name (sensitive, not extractable). An import
@@ -207,12 +233,12 @@ func (r *Registry) ImportKESKey(ctx context.Context, c Caller, name string, key 
 	}
 	// Marked at once (the key's id follows), so the caller's key patterns match it by the KES name.
 	hm, err := r.Create(ctx, c, KeySpec{Algorithm: HMAC, Size: 256}, Meta{Name: name + ".hmac", State: keymap.Active,
-		Attrs: map[string]string{AttrKESHMACOf: ""}})
+		Attrs: map[string]string{AttrKESHMACOf: ""}, Extractable: no()})
 	if err != nil {
 		return keymap.Record{}, fmt.Errorf("import key: generate its HMAC key: %w", err)
 	}
 	rec, err := r.Import(ctx, c, Material{Class: keymap.SecretKey, Algorithm: AES, Secret: key}, Meta{
-		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrKESHMAC: hm.ID, AttrBlockMode: ModeGCM},
+		Name: name, State: keymap.Active, Attrs: map[string]string{AttrKESName: name, AttrKESHMAC: hm.ID, AttrBlockMode: ModeGCM}, newKES: true,
 	}, false, "")
 	if err != nil {
 		if derr := r.Destroy(ctx, c, hm.ID); derr != nil {

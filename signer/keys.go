@@ -44,7 +44,14 @@ type Meta struct {
 	Names []string
 	State keymap.State
 	Attrs map[string]string
-	owner string
+	// Extractable is what the request says about the key leaving the token (KMIP Extractable);
+	// nil when it says nothing (newExportable decides). Sensitive keeps an exportable key to
+	// leaving wrapped only (KMIP Sensitive).
+	Extractable *bool
+	Sensitive   bool
+	owner       string
+	// newKES: the row is the first version of a new KES key, written with PutNewKES (putKES).
+	newKES bool
 }
 
 var curveOIDs = map[int]asn1.ObjectIdentifier{
@@ -94,22 +101,55 @@ func (s KeySpec) check(pair bool) error {
 	return nil
 }
 
-// secretTemplate is the template of a generated secret key: on the token, private, sensitive
-// and never extractable, with the tag and name set at generation (some HSMs cannot set them later).
-func secretTemplate(tag []byte, label string, keyType uint, bytes int) []*pkcs11.Attribute {
+// keyFlags is what a new key's token objects may do beyond their main use: leave the token
+// (extractable; sensitive unless the token cannot wrap it out, exportSensitive), and wrap or unwrap
+// other keys (from the usage mask's Wrap Key and Unwrap Key bits).
+type keyFlags struct {
+	exportable, sensitive bool
+	wrap, unwrap, derive  bool
+}
+
+// flagsFor works out the flags of a new key of c from its metadata; the row's exportability
+// follows.
+func (t *Token) flagsFor(c Caller, meta *Meta) (keyFlags, error) {
+	ex, err := c.newExportable(meta.Extractable)
+	if err != nil {
+		return keyFlags{}, err
+	}
+	f := keyFlags{exportable: ex, sensitive: !ex || t.wrapsExports(), derive: true}
+	if mask, ok := UsageMask(keymap.Record{Attrs: meta.Attrs}); ok {
+		f.wrap, f.unwrap, f.derive = mask&UsageWrapKey != 0, mask&(UsageUnwrapKey|UsageWrapKey) != 0, mask&UsageDeriveKey != 0
+	}
+	if ex {
+		meta.Attrs = withAttr(meta.Attrs, AttrExportable, ExportByPolicy)
+		if meta.Sensitive {
+			meta.Attrs[AttrWrapOnly] = "1"
+		}
+	}
+	return f, nil
+}
+
+// secretTemplate is the template of a generated secret key: on the token, private, sensitive and
+// never extractable unless made exportable, with the tag and name set at generation (some HSMs
+// cannot set them later).
+func secretTemplate(tag []byte, label string, keyType uint, bytes int, f keyFlags) []*pkcs11.Attribute {
 	t := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, f.sensitive),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, f.exportable),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, tag),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, bytes),
+	}
+	if bytes > 0 {
+		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, bytes))
 	}
 	if keyType == pkcs11.CKK_AES {
-		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true))
+		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, f.wrap), pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, f.unwrap),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, f.derive))
 	} else {
 		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true))
 	}
@@ -126,7 +166,14 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
 		return keymap.Record{}, err
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+		return keymap.Record{}, err
+	}
 	t, err := r.target(spec.Signer)
+	if err != nil {
+		return keymap.Record{}, err
+	}
+	flags, err := t.flagsFor(c, &meta)
 	if err != nil {
 		return keymap.Record{}, err
 	}
@@ -150,14 +197,15 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 		if spec.Algorithm == HMAC {
 			mech, kt = pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET
 		}
-		h, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, secretTemplate(tag, label, kt, spec.Size/8))
+		h, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, secretTemplate(tag, label, kt, spec.Size/8, flags))
 		if err != nil {
 			return err
 		}
 		made = map[objKind]pkcs11.ObjectHandle{{class: pkcs11.CKO_SECRET_KEY, keyType: kt}: h}
 		if spec.WithHMAC && spec.Algorithm == AES {
+			// The companion HMAC key of a KES key never leaves the token, whatever the AES key does.
 			hh, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
-				secretTemplate(tag, label, pkcs11.CKK_GENERIC_SECRET, 32))
+				secretTemplate(tag, label, pkcs11.CKK_GENERIC_SECRET, 32, keyFlags{sensitive: true}))
 			if err != nil {
 				// Half a KES key is no key: leave no orphan behind.
 				if derr := t.ctx.DestroyObject(sh, h); derr != nil {
@@ -180,6 +228,9 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	rec := newRecord(tag, false, t.cfg.Name, keymap.SecretKey, spec.Algorithm, spec.Size, nil, meta)
 	if spec.WithHMAC {
 		rec.Attrs = withAttr(rec.Attrs, AttrHMACKey, "1")
+	}
+	if meta.newKES {
+		return rec, r.putKES(ctx, t, rec)
 	}
 	return rec, r.put(rec)
 }
@@ -229,9 +280,21 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 			return keymap.Record{}, keymap.Record{}, err
 		}
 	}
+	if err := r.checkQuota(c, keymap.Record{Name: priv.Name, Attrs: priv.Attrs}, keymap.Record{Name: pub.Name, Attrs: pub.Attrs}); err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
 	t, err := r.target(spec.Signer)
 	if err != nil {
 		return keymap.Record{}, keymap.Record{}, err
+	}
+	flags, err := t.flagsFor(c, &priv)
+	if err != nil {
+		return keymap.Record{}, keymap.Record{}, err
+	}
+	// The public half wraps (RSA-OAEP) what the private half's usage mask lets it unwrap.
+	pubFlags := keyFlags{}
+	if mask, ok := UsageMask(keymap.Record{Attrs: pub.Attrs}); ok {
+		pubFlags.wrap = mask&UsageWrapKey != 0
 	}
 	tag, err := NewTag()
 	if err != nil {
@@ -249,8 +312,8 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, flags.sensitive),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, flags.exportable),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, tag),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, priv.Name),
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
@@ -262,8 +325,10 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 			pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, spec.Size),
 			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
-			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true))
-		privT = append(privT, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true))
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, pubFlags.wrap))
+		privT = append(privT, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, flags.unwrap))
 	} else {
 		mech = pkcs11.CKM_EC_KEY_PAIR_GEN
 		params, _ := asn1.Marshal(curveOIDs[spec.Size])
@@ -296,14 +361,18 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 	return privRec, pubRec, r.put(privRec, pubRec)
 }
 
-// Destroy removes the token objects of id and then its row, for c, who must be allowed to manage
-// it. For a secret key this includes the companion HMAC key; for a private key without a public
-// row, the public object under its tag. KMIP Destroy and KES delete both end here and leave the
-// same record behind.
+// Destroy removes the token objects of id and keeps its metadata as a Destroyed row, for c, who
+// must be allowed to manage it. For a secret key this includes the companion HMAC key; for a
+// private key without a live public row, the public object under its tag. KMIP Destroy and KES
+// delete both end here and leave the same record behind: state Destroyed (Destroyed Compromised
+// for a compromised key) with its Destroy Date.
 func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 	rec, err := r.Access(c, id, UseManage)
 	if err != nil {
 		return err
+	}
+	if !live(rec) {
+		return errorf(ErrWrongState, "object %q is already %s", id, stateWord(rec.State))
 	}
 	t, err := r.tokenOf(rec)
 	if err != nil {
@@ -322,7 +391,7 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 		kinds = []objKind{kindAnySecet}
 	case keymap.PrivateKey:
 		kinds = []objKind{kindPrivate}
-		if _, ok := r.km.Get(ObjectID(rec.Tag, true)); !ok {
+		if pub, ok := r.km.Get(ObjectID(rec.Tag, true)); !ok || !live(pub) && pub.Attrs[AttrDestroying] == "" {
 			kinds = append(kinds, kindPublic)
 		}
 	case keymap.PublicKey:
@@ -354,15 +423,40 @@ func (r *Registry) Destroy(ctx context.Context, c Caller, id string) error {
 	if err != nil {
 		return classify(err, fmt.Sprintf("signer %q: destroy %s", t.cfg.Name, id))
 	}
-	if err := r.km.Delete(id); err != nil {
-		return storeErr(err, "object %q: write keymap", id)
-	}
-	return nil
+	return r.markDestroyed(id)
 }
 
 // AttrDestroying marks a row whose Destroy has begun (the time it did): its key may no longer be
 // used, and the destroy is finished at the next start (FinishDestroys) if it was cut short.
 const AttrDestroying = "p11.destroying"
+
+// AttrDestroyDate is when a Destroyed row's key material was destroyed (RFC 3339, UTC).
+const AttrDestroyDate = "key.destroy-date"
+
+// markDestroyed turns the row of id, whose token objects are gone, into its Destroyed record: the
+// metadata stays (KMIP GetAttributes answers for it), the state says the material is gone.
+func (r *Registry) markDestroyed(id string) error {
+	_, err := r.km.Update(id, func(rec *keymap.Record) error {
+		now := time.Now()
+		if EffectiveState(*rec, now) == keymap.Compromised {
+			rec.State = keymap.DestroyedCompromised
+		} else {
+			rec.State = keymap.Destroyed
+		}
+		rec.Attrs = withAttr(rec.Attrs, AttrDestroyDate, now.UTC().Format(time.RFC3339Nano))
+		delete(rec.Attrs, AttrDestroying)
+		rec.Updated = time.Time{}
+		return nil
+	})
+	if errors.Is(err, keymap.ErrNotFound) {
+		return notFound(id)
+	}
+	return r.storeErr(err, "object %q: write keymap", id)
+}
+
+// Live says whether rec's key material is still in its token: not Destroyed (rows of earlier
+// versions left no row at all for a destroyed key).
+func Live(rec keymap.Record) bool { return live(rec) }
 
 func (r *Registry) markDestroying(id string) error {
 	_, err := r.km.Update(id, func(rec *keymap.Record) error {
@@ -373,7 +467,7 @@ func (r *Registry) markDestroying(id string) error {
 	if errors.Is(err, keymap.ErrNotFound) {
 		return notFound(id)
 	}
-	return storeErr(err, "object %q: write keymap", id)
+	return r.storeErr(err, "object %q: write keymap", id)
 }
 
 // HalfDestroyed lists the rows of km whose Destroy began and did not finish (visiting the rows
@@ -392,12 +486,32 @@ func HalfDestroyed(km interface {
 	return out
 }
 
+// destroyGrace: on a store that live instances share (PostgreSQL), a destroy whose intent is
+// younger than this may still be under way on another instance, and finishing it here would race
+// it. The intent carries the destroying instance's wall-clock time, so the grace also absorbs a
+// clock skew between hosts well under it.
+const destroyGrace = time.Minute
+
 // FinishDestroys completes the destroys a crash or a fault cut short, as the operator. It returns
 // how many it finished and the first error (the rest stay marked, for the next start).
+//
+// On a shared store it leaves alone the destroys begun less than the grace period ago (another
+// live instance may be doing them), and looks at them again once that has passed: what is still
+// marked then was cut short.
 func (r *Registry) FinishDestroys(ctx context.Context) (int, error) {
 	var first error
 	n := 0
+	shared := r.km.Kind() != "csv"
+	var again time.Duration
 	for _, rec := range HalfDestroyed(r.km) {
+		if since, ok := intentAge(rec); shared && ok && since > -r.destroyGrace && since < r.destroyGrace {
+			if wait := r.destroyGrace - since; again == 0 || wait < again {
+				again = wait
+			}
+			r.log.Info("a destroy begun moments ago is left to the instance doing it; it is finished here if it is still marked after the grace period",
+				"id", rec.ID, "begun_ago", since.Round(time.Millisecond), "grace", r.destroyGrace)
+			continue
+		}
 		if err := r.Destroy(ctx, Operator, rec.ID); err != nil {
 			if first == nil {
 				first = err
@@ -407,25 +521,79 @@ func (r *Registry) FinishDestroys(ctx context.Context) (int, error) {
 		n++
 		r.log.Info("finished a destroy that was cut short", "id", rec.ID, "signer", rec.Signer)
 	}
+	if again > 0 {
+		r.finishAfter(again)
+	}
 	return n, first
+}
+
+// intentAge is how long ago rec's destroy began, by its intent's time.
+func intentAge(rec keymap.Record) (time.Duration, bool) {
+	at, err := time.Parse(time.RFC3339Nano, rec.Attrs[AttrDestroying])
+	if err != nil {
+		return 0, false
+	}
+	return time.Since(at), true
+}
+
+// finishAfter runs FinishDestroys again after d, unless the registry closes first.
+func (r *Registry) finishAfter(d time.Duration) {
+	r.finishMu.Lock()
+	defer r.finishMu.Unlock()
+	if r.finishClosed {
+		return
+	}
+	if r.finishLater != nil {
+		r.finishLater.Stop()
+	}
+	r.finishLater = time.AfterFunc(d, func() {
+		r.finishMu.Lock()
+		if r.finishClosed {
+			r.finishMu.Unlock()
+			return
+		}
+		r.finishing.Add(1)
+		r.finishMu.Unlock()
+		defer r.finishing.Done()
+		if n, err := r.FinishDestroys(context.Background()); err != nil {
+			r.log.Warn("a destroy cut short could not be finished yet; the next start tries again", "finished", n, "err", err)
+		}
+	})
+}
+
+// stopFinishing stops finishAfter's timer and waits for a run under way.
+func (r *Registry) stopFinishing() {
+	r.finishMu.Lock()
+	r.finishClosed = true
+	if r.finishLater != nil {
+		r.finishLater.Stop()
+	}
+	r.finishMu.Unlock()
+	r.finishing.Wait()
 }
 
 // destroyTag removes every token object under tag: what a failed generation left of a key nobody
 // was told about.
 func (t *Token) destroyTag(sh pkcs11.SessionHandle, tag []byte) error {
+	n, err := t.removeTag(sh, tag)
+	if n > 0 {
+		t.log.Warn("generate: removed what a failed try left under a fresh tag before trying again", "tag", hex.EncodeToString(tag), "objects", n)
+	}
+	return err
+}
+
+// removeTag destroys every token object under tag and says how many there were.
+func (t *Token) removeTag(sh pkcs11.SessionHandle, tag []byte) (int, error) {
 	hs, err := t.findAll(sh, tag, objKind{class: ^uint(0)})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, h := range hs {
 		if err := t.ctx.DestroyObject(sh, h); err != nil && ckr(err) != pkcs11.CKR_OBJECT_HANDLE_INVALID {
-			return err
+			return len(hs), err
 		}
 	}
-	if len(hs) > 0 {
-		t.log.Warn("generate: removed what a failed try left under a fresh tag before trying again", "tag", hex.EncodeToString(tag), "objects", len(hs))
-	}
-	return nil
+	return len(hs), nil
 }
 
 // ecPublic builds an ECDSA public key from a curve size and an uncompressed point.

@@ -337,14 +337,33 @@ func TestDestroy(t *testing.T) {
 	if n := len(attrs(t, tok, priv.Tag, kindPrivate, pkcs11.CKA_ID)) + len(attrs(t, tok, priv.Tag, kindPublic, pkcs11.CKA_ID)); n != 0 {
 		t.Fatalf("%d objects left on the token", n)
 	}
-	if _, err := testReg.Get(priv.ID); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Get after destroy: %v", err)
+	// The metadata stays: a Destroyed row with its Destroy Date, which nothing can use.
+	rec, err := testReg.Get(priv.ID)
+	if err != nil || rec.State != keymap.Destroyed || rec.Attrs[AttrDestroyDate] == "" || rec.Attrs[AttrDestroying] != "" || rec.Name != "doomed" {
+		t.Fatalf("row after destroy: %+v %v", rec, err)
 	}
-	if _, err := testReg.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); !errors.Is(err, ErrNotFound) {
+	if _, err := testReg.Sign(ctx, Operator, priv.ID, SignParams{Scheme: ECDSA, Hash: crypto.SHA256}, []byte("x")); !errors.Is(err, ErrWrongState) {
 		t.Fatalf("Sign after destroy: %v", err)
 	}
-	if err := testReg.Destroy(ctx, Operator, priv.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := testReg.Export(ctx, Operator, pub.ID); !errors.Is(err, ErrWrongState) {
+		t.Fatalf("Export of a destroyed public key: %v", err)
+	}
+	if err := testReg.Destroy(ctx, Operator, priv.ID); !errors.Is(err, ErrWrongState) {
 		t.Fatalf("second destroy: %v", err)
+	}
+	if _, err := testReg.Update(Operator, priv.ID, func(r *keymap.Record) error { r.State = keymap.Active; return nil }); !errors.Is(err, ErrDenied) {
+		t.Fatalf("bringing a destroyed key back: %v", err)
+	}
+	// A compromised key is Destroyed Compromised.
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "doomed-compromised", State: keymap.Compromised})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testReg.Destroy(ctx, Operator, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := testReg.Get(k.ID); rec.State != keymap.DestroyedCompromised {
+		t.Fatalf("destroyed compromised key is %s", rec.State)
 	}
 }
 

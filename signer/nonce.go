@@ -1,6 +1,7 @@
 package signer
 
 import (
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -49,28 +50,37 @@ func (c Caller) clientIV(rec keymap.Record) error {
 }
 
 // bindMode makes rec serve mode from now on, or refuses when it serves the other family. The first
-// use writes the binding to the keymap (once per key).
+// use writes the binding to the keymap (once per key), through the store's atomic change of the
+// row as committed, so that it can neither undo a change made meanwhile (a Revoke, a destroy,
+// through another instance too) nor bind a key to both families.
 func (r *Registry) bindMode(rec keymap.Record, mode string) error {
 	if bound, err := boundTo(rec, mode); bound || err != nil {
 		return err
 	}
-	r.recMu.Lock()
-	defer r.recMu.Unlock()
-	cur, ok := r.km.Get(rec.ID)
-	if !ok {
+	_, err := r.km.Update(rec.ID, func(cur *keymap.Record) error {
+		if bound, err := boundTo(*cur, mode); bound || err != nil {
+			if err == nil {
+				err = errAlreadyBound
+			}
+			return err // bound meanwhile
+		}
+		cur.Attrs = withAttr(cur.Attrs, AttrBlockMode, mode)
+		cur.Updated = time.Time{}
+		return nil
+	})
+	switch {
+	case err == nil, errors.Is(err, errAlreadyBound):
+		return nil
+	case errors.Is(err, ErrUsage):
+		return err
+	case errors.Is(err, keymap.ErrNotFound):
 		return notFound(rec.ID)
 	}
-	if bound, err := boundTo(cur, mode); bound || err != nil {
-		return err // bound meanwhile
-	}
-	cur = cur.Clone()
-	cur.Attrs = withAttr(cur.Attrs, AttrBlockMode, mode)
-	cur.Updated = time.Time{}
-	if err := r.km.Put(cur); err != nil {
-		return errorf(ErrUnavailable, "object %q: write keymap: %v", rec.ID, err)
-	}
-	return nil
+	return r.storeErr(err, "object %q: write keymap", rec.ID)
 }
+
+// errAlreadyBound ends a binding that another use made first: nothing to write.
+var errAlreadyBound = errors.New("already bound")
 
 // boundTo says whether rec serves mode already, or (an error) the other family.
 func boundTo(rec keymap.Record, mode string) (bool, error) {

@@ -101,3 +101,28 @@ func TestNonceRules(t *testing.T) {
 		t.Errorf("the replacement inherits %d seals", Seals(nk))
 	}
 }
+
+// The block mode a key's first use binds is written through the store's atomic change: it never
+// writes back an older row over a Revoke made at the same moment.
+func TestFirstUseKeepsConcurrentRevoke(t *testing.T) {
+	lost := 0
+	for i := 0; i < 200; i++ {
+		k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: "bind-race", State: keymap.Active})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			testReg.Update(Operator, k.ID, func(r *keymap.Record) error { r.State = keymap.Compromised; return nil })
+		}()
+		testReg.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil)
+		<-done
+		if r, _ := testReg.Get(k.ID); r.State != keymap.Compromised {
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d of 200 compromises undone by a first use binding its block mode at the same moment", lost)
+	}
+}

@@ -27,17 +27,21 @@ type Probe struct {
 var features = []struct {
 	name  string
 	mechs []uint
+	any   bool // one of mechs suffices
 }{
-	{"AES keys (KMIP Create, KES keys)", []uint{pkcs11.CKM_AES_KEY_GEN}},
-	{"AES-GCM (KMIP Encrypt/Decrypt, KES generate/decrypt)", []uint{pkcs11.CKM_AES_GCM}},
-	{"AES-CBC (KMIP Encrypt/Decrypt)", []uint{pkcs11.CKM_AES_CBC_PAD}},
-	{"HMAC-SHA256 (KMIP MAC, KES hmac)", []uint{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKM_SHA256_HMAC}},
-	{"RSA key pairs", []uint{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN}},
-	{"RSA PKCS#1 v1.5 sign", []uint{pkcs11.CKM_RSA_PKCS, pkcs11.CKM_SHA256_RSA_PKCS}},
-	{"RSA-PSS sign", []uint{pkcs11.CKM_RSA_PKCS_PSS, pkcs11.CKM_SHA256_RSA_PKCS_PSS}},
-	{"RSA-OAEP decrypt", []uint{pkcs11.CKM_RSA_PKCS_OAEP}},
-	{"EC key pairs and ECDSA", []uint{pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKM_ECDSA}},
-	{"random numbers", nil},
+	{"AES keys (KMIP Create, KES keys)", []uint{pkcs11.CKM_AES_KEY_GEN}, false},
+	{"AES-GCM (KMIP Encrypt/Decrypt, KES generate/decrypt)", []uint{pkcs11.CKM_AES_GCM}, false},
+	{"AES-CBC (KMIP Encrypt/Decrypt)", []uint{pkcs11.CKM_AES_CBC_PAD}, false},
+	{"HMAC-SHA256 (KMIP MAC, KES hmac)", []uint{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKM_SHA256_HMAC}, false},
+	{"RSA key pairs", []uint{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN}, false},
+	{"RSA PKCS#1 v1.5 sign", []uint{pkcs11.CKM_RSA_PKCS, pkcs11.CKM_SHA256_RSA_PKCS}, false},
+	{"RSA-PSS sign", []uint{pkcs11.CKM_RSA_PKCS_PSS, pkcs11.CKM_SHA256_RSA_PKCS_PSS}, false},
+	{"RSA-OAEP decrypt", []uint{pkcs11.CKM_RSA_PKCS_OAEP}, false},
+	{"EC key pairs and ECDSA", []uint{pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKM_ECDSA}, false},
+	{"AES key wrap with padding (exports wrapped in the token, KMIP Get wrapped)", []uint{ckmAESKeyWrapKWP, pkcs11.CKM_AES_KEY_WRAP_PAD}, true},
+	{"AES key wrap (KMIP Get wrapped, RFC 3394)", []uint{pkcs11.CKM_AES_KEY_WRAP}, false},
+	{"AES encryption-based derivation (KMIP DeriveKey)", []uint{pkcs11.CKM_AES_CBC_ENCRYPT_DATA, pkcs11.CKM_AES_ECB_ENCRYPT_DATA}, true},
+	{"random numbers", nil, false},
 }
 
 // Probe reports the token of the named signer: that it is reachable and logged in, and which
@@ -55,9 +59,13 @@ func (r *Registry) Probe(ctx context.Context, name string) (Probe, error) {
 		Manufacturer: t.info.ManufacturerID, Model: t.info.Model, Mechanisms: len(t.mechs), Features: map[string]bool{},
 	}
 	for _, f := range features {
-		ok := true
+		ok := !f.any
 		for _, m := range f.mechs {
-			ok = ok && t.mechs[m]
+			if f.any {
+				ok = ok || t.mechs[m]
+			} else {
+				ok = ok && t.mechs[m]
+			}
 		}
 		p.Features[f.name] = ok
 	}

@@ -198,7 +198,7 @@ func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]k
 	defer r.recMu.Unlock()
 	// Rows other instances committed count as present.
 	if err := r.km.Sync(ctx); err != nil {
-		return nil, storeErr(err, "rebuild: read keymap")
+		return nil, r.storeErr(err, "rebuild: read keymap")
 	}
 	for i := 0; i < len(objs); {
 		j := i + 1
@@ -224,7 +224,7 @@ func (r *Registry) Rebuild(ctx context.Context, signer string, dryRun bool) ([]k
 				if err := r.km.PutNew(rec); errors.Is(err, keymap.ErrExists) {
 					continue
 				} else if err != nil {
-					return out, storeErr(err, "rebuild: write keymap")
+					return out, r.storeErr(err, "rebuild: write keymap")
 				}
 			}
 			out = append(out, rec)

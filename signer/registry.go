@@ -66,6 +66,16 @@ type Registry struct {
 	kesKeys *keymap.Cache[KESKey]
 	// seals counts GCM seals per key (nonce.go).
 	seals sealCounts
+	// usage counts what each owner holds, for quotas (quota.go).
+	usage usageCounts
+
+	// destroyGrace is how young a destroy's intent FinishDestroys leaves alone on a shared store
+	// (keys.go); finishLater is its next look at those, stopped by Close.
+	destroyGrace time.Duration
+	finishMu     sync.Mutex
+	finishLater  *time.Timer
+	finishClosed bool
+	finishing    sync.WaitGroup
 }
 
 // keyRow is a row as the key model reads it: the record and its parsed lifecycle facts. Shared
@@ -85,7 +95,7 @@ func Open(opts Options, km Store) (*Registry, error) {
 		opts.Logger = slog.Default()
 	}
 	r := &Registry{km: km, log: opts.Logger, rows: keymap.NewCache[*keyRow](maxCachedRows),
-		kesKeys: keymap.NewCache[KESKey](maxCachedKESKeys)}
+		kesKeys: keymap.NewCache[KESKey](maxCachedKESKeys), destroyGrace: destroyGrace}
 	if err := r.Reconfigure(opts); err != nil {
 		return nil, err
 	}
@@ -168,6 +178,7 @@ func sameConfig(a, b Config) bool {
 
 // Close writes the pending seal counts and ends all sessions of all signers.
 func (r *Registry) Close() {
+	r.stopFinishing()
 	r.flushAllSeals()
 	r.cfgMu.Lock()
 	defer r.cfgMu.Unlock()
@@ -251,7 +262,7 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 	if !ok {
 		// Made a moment ago by another instance, and not yet here through the change feed?
 		if err := r.km.Sync(context.Background()); err != nil {
-			return keymap.Record{}, storeErr(err, "object %q", id)
+			return keymap.Record{}, r.storeErr(err, "object %q", id)
 		}
 		rec, ok = r.km.Get(id)
 	}
@@ -271,7 +282,7 @@ func (r *Registry) Get(id string) (keymap.Record, error) {
 // used here.
 func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 	if err := r.km.Fresh(); err != nil {
-		return nil, errorf(ErrUnavailable, "object %q: %v", id, err)
+		return nil, r.storeErr(err, "object %q", id)
 	}
 	row, ok := r.rows.Get(r.km.Changes(), id, func() (*keyRow, bool) {
 		rec, ok := r.km.Get(id)
@@ -287,7 +298,7 @@ func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 		// Made a moment ago through another instance of a cluster? One catch-up, as a refusal of
 		// another owner's object costs one too (Access), so the two still cost the same.
 		if err := r.km.Sync(context.Background()); err != nil {
-			return nil, storeErr(err, "object %q", id)
+			return nil, r.storeErr(err, "object %q", id)
 		}
 		if rec, ok := r.km.Get(id); ok {
 			return &keyRow{rec: rec, f: factsOf(rec)}, nil
@@ -304,7 +315,7 @@ func (r *Registry) row(c Caller, id string) (*keyRow, error) {
 // Changes counts the keymap's changes: a cache of rows is good while it stays the same.
 func (r *Registry) Changes() uint64 { return r.km.Changes() }
 
-// ByName returns the live rows named name.
+// ByName returns the rows named name, Destroyed ones included.
 func (r *Registry) ByName(name string) []keymap.Record { return r.km.ByName(name) }
 
 // ByKeyID returns the rows whose public key has that X.509 key identifier.
@@ -344,23 +355,36 @@ func (r *Registry) Select(q keymap.Query, fn func(keymap.View) bool) { r.km.Sele
 // is given alone.
 func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (keymap.Record, error) {
 	if err := r.km.Fresh(); err != nil {
-		return keymap.Record{}, errorf(ErrUnavailable, "object %q: %v", id, err)
+		return keymap.Record{}, r.storeErr(err, "object %q", id)
 	}
-	var renamed bool
+	var renamed, synced bool
 	// ruled is the closure's own refusal (the rules', or fn's, in the caller's vocabulary), which
 	// goes back as it is; anything else is the store's.
 	var ruled error
-	rec, err := r.km.Update(id, func(rec *keymap.Record) error {
-		ruled = r.changeRow(c, id, rec, fn, &renamed)
-		return ruled
-	})
+	update := func() (keymap.Record, error) {
+		return r.km.Update(id, func(rec *keymap.Record) error {
+			ruled = r.changeRow(c, id, rec, fn, &renamed, synced)
+			return ruled
+		})
+	}
+	rec, err := update()
+	if err != nil && err == errSyncNames {
+		// A new name is checked against the store as caught up, which cannot be done from inside
+		// the store's change of the row (on PostgreSQL it may hold a connection and the write
+		// lock): catch up, then change the row again.
+		if err := r.syncForNames(fmt.Sprintf("object %q", id)); err != nil {
+			return keymap.Record{}, err
+		}
+		synced = true
+		rec, err = update()
+	}
 	switch {
 	case err != nil && err == ruled:
 		return keymap.Record{}, err
 	case errors.Is(err, keymap.ErrNotFound):
 		return keymap.Record{}, notFound(id)
 	case err != nil:
-		return keymap.Record{}, storeErr(err, "object %q: write keymap", id)
+		return keymap.Record{}, r.storeErr(err, "object %q: write keymap", id)
 	}
 	if renamed {
 		r.relabel(rec)
@@ -368,8 +392,12 @@ func (r *Registry) Update(c Caller, id string, fn func(*keymap.Record) error) (k
 	return rec, nil
 }
 
-// changeRow applies fn to rec for c under the rules of Update.
-func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*keymap.Record) error, renamed *bool) error {
+// errSyncNames is changeRow asking Update to catch up before a new name is checked.
+var errSyncNames = errors.New("catch up before checking a new name")
+
+// changeRow applies fn to rec for c under the rules of Update. A new name is checked only once
+// the store has caught up (synced); before, changeRow asks for it with errSyncNames.
+func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*keymap.Record) error, renamed *bool, synced bool) error {
 	if err := allow(c, *rec, factsOf(*rec), UseManage, time.Now()); err != nil {
 		return err
 	}
@@ -381,12 +409,28 @@ func (r *Registry) changeRow(c Caller, id string, rec *keymap.Record, fn func(*k
 	if fixed != [4]string{rec.ID, string(rec.Tag), rec.Signer, string(rec.Class)} {
 		return errorf(ErrInvalid, "object %q: identity fields cannot change", id)
 	}
-	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] || rec.Attrs[AttrExportable] != old.Attrs[AttrExportable]) {
+	if !c.Admin && (rec.Owner != old.Owner || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName]) {
 		return errorf(ErrDenied, "object %q: its owner, KES name and exportability are not the caller's to change", id)
+	}
+	if rec.Attrs[AttrExportable] != old.Attrs[AttrExportable] || rec.Attrs[AttrWrapOnly] != old.Attrs[AttrWrapOnly] ||
+		rec.Attrs[AttrDestroyDate] != old.Attrs[AttrDestroyDate] || live(*rec) != live(old) {
+		// Fixed when the key is made (its token objects say the same), and a destroy is the
+		// registry's own: nobody, the admin included, changes them afterwards.
+		return errorf(ErrDenied, "object %q: its exportability and destruction are not the caller's to change", id)
 	}
 	*renamed = rec.Name != old.Name
 	if *renamed || rec.Attrs[AttrKESName] != old.Attrs[AttrKESName] {
-		if err := r.checkNew(c, *rec); err != nil {
+		if !synced {
+			return errSyncNames
+		}
+		if err := r.checkNewHeld(c, *rec); err != nil {
+			return err
+		}
+	}
+	if grow := attrBytes(rec.Name, rec.Attrs) - attrBytes(old.Name, old.Attrs); grow > 0 && rec.Owner != "" {
+		// Counted against the object's owner, whoever changes it; after the name's check, which
+		// may ask for a catch-up and a second run (errSyncNames), so that it is counted once.
+		if err := r.takeQuota(Caller{Identity: rec.Owner, Quota: c.Quota, Admin: c.Admin && rec.Owner == c.Identity}, ownerUsage{attrBytes: grow}); err != nil {
 			return err
 		}
 	}
@@ -414,7 +458,7 @@ func (r *Registry) relabel(rec keymap.Record) {
 func (r *Registry) put(recs ...keymap.Record) error {
 	for _, rec := range recs {
 		if err := r.km.Put(rec); err != nil {
-			return storeErr(err, "object %q: write keymap", rec.ID)
+			return r.storeErr(err, "object %q: write keymap", rec.ID)
 		}
 	}
 	return nil
@@ -429,7 +473,7 @@ func (r *Registry) tokenOf(rec keymap.Record) (*Token, error) {
 	return t, nil
 }
 
-// Counts is how many live objects a signer holds per state.
+// Counts is how many objects a signer holds per state (Destroyed ones keep their metadata).
 type Counts map[keymap.State]int
 
 // Census counts the rows of each signer by state: what still depends on each token.
@@ -439,4 +483,34 @@ func (r *Registry) Census() map[string]Counts {
 		out[sg] = c
 	}
 	return out
+}
+
+// Exportable lists, per signer, the live objects whose material may leave the token (secret and
+// private keys, secret data and opaque objects marked exportable), in identifier order.
+func (r *Registry) Exportable() map[string][]string {
+	out := map[string][]string{}
+	// The rows marked exportable only (an index by attribute name), not every row.
+	r.km.Select(keymap.Query{Attrs: []string{AttrExportable}}, func(v keymap.View) bool {
+		if IsExportableView(v) {
+			out[v.Signer()] = append(out[v.Signer()], v.ID())
+		}
+		return true
+	})
+	for _, ids := range out {
+		slices.Sort(ids)
+	}
+	return out
+}
+
+// IsExportable says whether rec is a live object whose secret material may leave its token (to a
+// caller the key model allows): not a public key or certificate, which always may.
+func IsExportable(rec keymap.Record) bool {
+	return live(rec) && rec.Attrs[AttrExportable] != "" && rec.Class != keymap.PublicKey && rec.Class != keymap.Certificate
+}
+
+// IsExportableView is IsExportable on a row read in place.
+func IsExportableView(v keymap.View) bool {
+	ex, _ := v.Attr(AttrExportable)
+	st := v.State()
+	return st != keymap.Destroyed && st != keymap.DestroyedCompromised && ex != "" && v.Class() != keymap.PublicKey && v.Class() != keymap.Certificate
 }

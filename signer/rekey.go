@@ -41,6 +41,19 @@ func inherit(old keymap.Record, over map[string]string) map[string]string {
 	return out
 }
 
+// carryExport makes a replacement exportable as the key it replaces was, when c holds the export
+// right; without it the replacement stays in the token (a ReKey is no way to an exportable key),
+// and asking for one is refused by newExportable. A Sensitive key's replacement is one too.
+func carryExport(c Caller, old keymap.Record, meta *Meta) {
+	if meta.Extractable == nil {
+		ex := old.Attrs[AttrExportable] != "" && c.Export
+		meta.Extractable = &ex
+	}
+	if old.Attrs[AttrWrapOnly] != "" {
+		meta.Sensitive = true
+	}
+}
+
 // ReKey replaces secret key id with a fresh key of the same algorithm and size (and companion HMAC
 // key), made where new keys go now (the rollover signer while one is set). The new key takes the
 // old one's name and attributes unless meta says otherwise, and both are linked. The old key stays
@@ -72,11 +85,15 @@ func (r *Registry) reKey(ctx context.Context, c Caller, id string, meta Meta) (k
 	if old.Class != keymap.SecretKey || (old.Algorithm != AES && old.Algorithm != HMAC) {
 		return keymap.Record{}, errorf(ErrInvalid, "rekey: %q is a %s %s, not a generated secret key", id, old.Algorithm, old.Class)
 	}
+	if !live(old) {
+		return keymap.Record{}, errorf(ErrWrongState, "rekey: object %q is %s", id, stateWord(old.State))
+	}
 	if meta.Name == "" {
 		meta.Name = old.Name
 	}
 	meta.owner = old.Owner
 	meta.Attrs = inherit(old, meta.Attrs)
+	carryExport(c, old, &meta)
 	rec, err := r.Create(ctx, c, KeySpec{Algorithm: old.Algorithm, Size: old.Size, WithHMAC: old.Attrs[AttrHMACKey] != ""}, meta)
 	if err != nil {
 		return keymap.Record{}, err
@@ -105,8 +122,12 @@ func (r *Registry) ReKeyKeyPair(ctx context.Context, c Caller, id string, priv, 
 	if pub.Name == "" && hasPub {
 		pub.Name = oldPub.Name
 	}
+	if !live(old) {
+		return keymap.Record{}, keymap.Record{}, errorf(ErrWrongState, "rekey key pair: object %q is %s", id, stateWord(old.State))
+	}
 	priv.owner, pub.owner = old.Owner, old.Owner
 	priv.Attrs = inherit(old, priv.Attrs)
+	carryExport(c, old, &priv)
 	if hasPub {
 		pub.Attrs = inherit(oldPub, pub.Attrs)
 	}

@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/p11bridge/p11bridge/keymap"
 )
@@ -37,6 +38,10 @@ type Store interface {
 
 	Put(rec keymap.Record) error
 	PutNew(rec keymap.Record) error
+	// PutNewKES is PutNew for the first version of a new KES key, which also fails (ErrExists)
+	// while a live version of a KES key has its name: decided where the row is written, so it
+	// holds when the name lock (Lock) was lost, as a PostgreSQL session lock can be.
+	PutNewKES(rec keymap.Record) error
 	Update(id string, fn func(*keymap.Record) error) (keymap.Record, error)
 	Delete(id string) error
 
@@ -55,15 +60,24 @@ var (
 	_ Store = (*keymap.PG)(nil)
 )
 
-// storeErr turns a store failure into the registry's vocabulary, keeping its message.
-func storeErr(err error, format string, args ...any) error {
-	switch {
-	case err == nil:
+// storeErr turns a store failure into the registry's vocabulary, keeping its message but for
+// where the store lives (a file path, a database's host and name): clients see the message, and
+// that is the operator's to know. The log has it whole.
+func (r *Registry) storeErr(err error, format string, args ...any) error {
+	if err == nil {
 		return nil
-	case errors.Is(err, keymap.ErrNotFound):
-		return errorf(ErrNotFound, format+": %v", append(args, err)...)
-	case errors.Is(err, keymap.ErrInvalid):
-		return errorf(ErrInvalid, format+": %v", append(args, err)...)
 	}
-	return errorf(ErrUnavailable, format+": %v", append(args, err)...)
+	msg := err.Error()
+	if loc := r.km.Location(); loc != "" && strings.Contains(msg, loc) {
+		r.log.Warn("keymap store failure", "err", err)
+		msg = strings.ReplaceAll(msg, loc, "(the keymap store)")
+	}
+	kind := ErrUnavailable
+	switch {
+	case errors.Is(err, keymap.ErrNotFound):
+		kind = ErrNotFound
+	case errors.Is(err, keymap.ErrInvalid):
+		kind = ErrInvalid
+	}
+	return errorf(kind, format+": %s", append(args, msg)...)
 }

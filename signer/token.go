@@ -85,6 +85,9 @@ type Token struct {
 
 	random reserve // token random drawn ahead for SealRandom (random.go)
 
+	exportMu sync.Mutex
+	export   *exportKey // the signer's export wrapping key (export.go), made at first use
+
 	healthy atomic.Bool
 	mechs   map[uint]bool
 	closed  atomic.Bool
@@ -417,6 +420,7 @@ func (t *Token) close() {
 	// token may already be serving; closing our last session is enough.
 	_ = t.ctx.CloseSession(t.anchor)
 	t.random.wipe()
+	t.wipeExportKey()
 	t.mod.release()
 }
 

@@ -57,6 +57,8 @@ var devFileModes = map[string]os.FileMode{
 	"tls/server-key.pem":        0o600,
 	"tls/admin.pem":             0o644,
 	"tls/admin-key.pem":         0o600,
+	"tls/pykmip.pem":            0o644,
+	"tls/pykmip-key.pem":        0o600,
 	"minio.key":                 0o600,
 	"minio.env":                 0o600,
 	"pykmip.conf":               0o600,

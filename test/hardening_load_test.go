@@ -256,7 +256,7 @@ func TestIdleKMIPConnections(t *testing.T) {
 	waitForBenchmarks(t)
 	const n = 1000
 	b := newBridge(t, t.TempDir(), "idle")
-	b.writeConfig(hcfg{signers: []string{"idle"}, kmip: "max_connections = 1100"})
+	b.writeConfig(hcfg{signers: []string{"idle"}, kmip: "max_connections = 1100\n  max_connections_per_identity = 1100"})
 	b.startBin(binary)
 	admin := b.adminClient()
 	before := b.figures()

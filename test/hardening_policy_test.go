@@ -381,6 +381,17 @@ func (e *matrixEnv) runKMIP(r matrixRow, col string) string {
 			Data([]byte("x")).Signature(make([]byte, 64)).Exec()
 	case "ReKeyKeyPair":
 		_, err = c.RekeyKeyPair(id).Exec()
+	case "DeriveKey":
+		_, err = c.Request(context.Background(), kmip.NewUnknownPayload(kmip.OperationDeriveKey,
+			ttlv.Value{Tag: kmip.TagObjectType, Value: ttlv.Enum(kmip.ObjectTypeSymmetricKey)}, uid,
+			ttlv.Value{Tag: kmip.TagDerivationMethod, Value: ttlv.Enum(4)},
+			ttlv.Value{Tag: kmip.TagDerivationParameters, Value: ttlv.Struct{
+				{Tag: kmip.TagCryptographicParameters, Value: ttlv.Struct{{Tag: kmip.TagBlockCipherMode, Value: ttlv.Enum(kmip.BlockCipherModeECB)}}},
+				{Tag: kmip.TagDerivationData, Value: make([]byte, 32)}}},
+			ttlv.Value{Tag: kmip.TagTemplateAttribute, Value: ttlv.Struct{
+				{Tag: kmip.TagAttribute, Value: ttlv.Struct{{Tag: kmip.TagAttributeName, Value: "Cryptographic Algorithm"}, {Tag: kmip.TagAttributeValue, Value: ttlv.Enum(kmip.CryptographicAlgorithmAES)}}},
+				{Tag: kmip.TagAttribute, Value: ttlv.Struct{{Tag: kmip.TagAttributeName, Value: "Cryptographic Length"}, {Tag: kmip.TagAttributeValue, Value: int32(128)}}},
+				{Tag: kmip.TagAttribute, Value: ttlv.Struct{{Tag: kmip.TagAttributeName, Value: "Name"}, {Tag: kmip.TagAttributeValue, Value: ttlv.Struct{{Tag: kmip.TagNameValue, Value: name + "-derived"}, {Tag: kmip.TagNameType, Value: ttlv.Enum(kmip.NameTypeUninterpretedTextString)}}}}}}}))
 	default:
 		if !strings.HasPrefix(op, "any other operation") {
 			e.t.Fatalf("%s:%d: the test does not know KMIP %s", matrixDoc, r.line, op)
@@ -413,7 +424,7 @@ func classifyKMIP(err error) string {
 // the cell holds when all of them get the same answer.
 func (e *matrixEnv) unimplemented(c *kmipclient.Client) string {
 	implemented := map[string]bool{}
-	for _, op := range append(kmipOnlyOps, "GetAttributeList", "AddAttribute", "DeleteAttribute", "Check", "ReKey", "ReKeyKeyPair", "MAC", "MACVerify", "RNGRetrieve") {
+	for _, op := range append(kmipOnlyOps, "GetAttributeList", "AddAttribute", "DeleteAttribute", "Check", "ReKey", "ReKeyKeyPair", "MAC", "MACVerify", "RNGRetrieve", "DeriveKey") {
 		implemented[op] = true
 	}
 	seen := map[string][]string{}

@@ -278,6 +278,19 @@ func (e *keyEnv) runKMIP(r matrixRow, col string) string {
 		_, err = c.Request(context.Background(), kmip.NewUnknownPayload(kmip.OperationCheck, uid))
 	case "Get":
 		_, err = c.Get(id).Exec()
+	case "Get (wrapped under the caller's key)":
+		// A KEK of the caller's own, named where its policy lets it make keys.
+		kekName := e.name("kek")
+		if col == "other" {
+			kekName = "other-" + kekName
+		}
+		kek, kerr := c.Create().AES(256, kmip.CryptographicUsageWrapKey).WithName(kekName).
+			WithAttribute(kmip.AttributeNameActivationDate, time.Now().Add(-time.Minute)).Exec()
+		if kerr != nil {
+			e.t.Fatalf("Create a KEK as %s: %v", col, kerr)
+		}
+		_, err = c.Get(id).WithKeyWrapping(kmip.KeyWrappingSpecification{WrappingMethod: kmip.WrappingMethodEncrypt,
+			EncryptionKeyInformation: &kmip.EncryptionKeyInformation{UniqueIdentifier: kek.UniqueIdentifier}}).Exec()
 	case "GetAttributes":
 		_, err = c.GetAttributes(id).Exec()
 	case "GetAttributeList":
@@ -370,6 +383,8 @@ func classifyKeyModel(err error) string {
 		return "name"
 	case strings.Contains(s, `reason="NotExtractable"`):
 		return "sealed"
+	case strings.Contains(s, `reason="PermissionDenied"`) && strings.Contains(s, "does not allow keys to leave the token"):
+		return "noexport"
 	}
 	return "error: " + s
 }

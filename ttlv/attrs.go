@@ -46,6 +46,7 @@ var facts = map[tt.Tag]string{
 	kmip14.TagDeactivationDate:       signer.AttrDeactivationDate,
 	kmip14.TagProtectStopDate:        signer.AttrProtectStopDate,
 	kmip14.TagProcessStartDate:       signer.AttrProcessStartDate,
+	kmip14.TagDestroyDate:            signer.AttrDestroyDate,
 }
 
 var v10, v11, v12, v13, v14 = ProtocolVersion{1, 0}, ProtocolVersion{1, 1}, ProtocolVersion{1, 2}, ProtocolVersion{1, 3}, ProtocolVersion{1, 4}
@@ -115,7 +116,8 @@ var (
 
 func init() {
 	for _, d := range attrDefs {
-		d.name = tt.DefaultRegistry.FormatTagCanonical(d.tag)
+		// The registry spells some names with doubled spaces ("Compromise  Date"): fold them.
+		d.name = normName(tt.DefaultRegistry.FormatTagCanonical(d.tag))
 		d.key = attrPrefix + tagName(d.tag)
 		if f := facts[d.tag]; f != "" {
 			d.fact, d.key = f, f
@@ -400,8 +402,10 @@ func encodeAttr(v ProtocolVersion, a attr) *node {
 		return newStruct(kmip14.TagAttribute, newText(kmip14.TagVendorIdentification, vendor),
 			newText(kmip14.TagAttributeName, name), retag(a.value, kmip14.TagAttributeValue))
 	}
+	// Instances of multi-valued (and custom) attributes carry their index, 0 included, as
+	// pykmip-server sends them and PyKMIP reads them; single-valued ones need none.
 	var idx *node
-	if a.index > 0 {
+	if a.index > 0 || a.index == 0 && (a.def == nil || a.def.multi) {
 		idx = newInt(kmip14.TagAttributeIndex, a.index)
 	}
 	return newStruct(kmip14.TagAttribute, newText(kmip14.TagAttributeName, a.name), idx, retag(a.value, kmip14.TagAttributeValue))

@@ -417,6 +417,7 @@ var registryLinks = []struct {
 	{signer.AttrPrivateKey, kmip14.LinkTypePrivateKeyLink},
 	{signer.AttrReplacement, kmip14.LinkTypeReplacementObjectLink},
 	{signer.AttrReplaced, kmip14.LinkTypeReplacedObjectLink},
+	{signer.AttrDerivedFrom, kmip14.LinkTypeDerivationBaseObjectLink},
 }
 
 func isKey(c keymap.Class) bool {
@@ -489,10 +490,15 @@ func (s *Server) attributesOf(rec keymap.Record, v ProtocolVersion) []attr {
 			}
 		case kmip14.TagSensitive, kmip14.TagExtractable, kmip14.TagAlwaysSensitive, kmip14.TagNeverExtractable:
 			if rec.Class == keymap.SecretKey || rec.Class == keymap.PrivateKey {
+				// Extractable: the key may leave the token; Sensitive: only wrapped, if at all. Both
+				// are fixed when the key is made, so Always Sensitive and Never Extractable follow.
 				exportable := rec.Attrs[signer.AttrExportable] != ""
-				val := !exportable
-				if d.tag == kmip14.TagExtractable {
+				val := !exportable || rec.Attrs[signer.AttrWrapOnly] != ""
+				switch d.tag {
+				case kmip14.TagExtractable:
 					val = exportable
+				case kmip14.TagNeverExtractable:
+					val = !exportable
 				}
 				add(d.tag, newBool(d.tag, val))
 			}

@@ -32,6 +32,7 @@ type conn struct {
 	// out of them), and whether it holds a connection slot.
 	inAll, inFrom *list.Element
 	admitted      bool
+	privileged    bool        // its identity may run some KMIP operation (seat)
 	evicted       atomic.Bool // closed in its handshake for a newer connection
 
 	mu     sync.Mutex
@@ -130,6 +131,7 @@ func (c *conn) handshake() bool {
 		return false
 	}
 	c.identity = id
+	c.privileged = c.s.auth.HasKMIP(id)
 	if !c.s.seat(c) {
 		return false
 	}

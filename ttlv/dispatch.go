@@ -64,6 +64,9 @@ type op struct {
 	// For the audit record.
 	key    string
 	signer string
+	// exports are the keys whose material the item takes out of the token; each is audited as an
+	// event of its own (operation "Export") before the answer goes out.
+	exports []exportEvent
 
 	// undo reverts what the item did (BatchErrorContinuationOption Undo); irreversible marks an
 	// item that cannot be reverted (Destroy).
@@ -86,6 +89,11 @@ func (o *op) produced(id string, kinds ...kmip20.UniqueIdentifier) {
 }
 
 func (o *op) onUndo(fn func(ctx context.Context) error) { o.undo = append(o.undo, fn) }
+
+// exportEvent is one key's material leaving its token, and how it left.
+type exportEvent struct{ key, via string }
+
+func (o *op) exported(key, via string) { o.exports = append(o.exports, exportEvent{key, via}) }
 
 // handleMessage answers one request message (raw TTLV bytes). It never panics and always returns a
 // response; the fuzz test drives it directly.
@@ -220,9 +228,17 @@ func (s *Server) runItem(o *op, item *RequestBatchItem) (res ResponseBatchItem) 
 	res = ResponseBatchItem{Operation: &opv, UniqueBatchItemID: item.UniqueBatchItemID}
 	payload, err := s.call(o, item)
 	if err == nil {
-		// The record is written before the client is answered; when it cannot be written and
+		// The records are written before the client is answered; when one cannot be written and
 		// records are required, the client is told so instead of getting the result.
-		aerr := s.auditf(o, "success", time.Since(start))
+		var aerr error
+		for _, e := range o.exports {
+			if aerr = s.auditExport(o, e); aerr != nil {
+				break
+			}
+		}
+		if aerr == nil {
+			aerr = s.auditf(o, "success", time.Since(start))
+		}
 		if aerr == nil {
 			res.ResultStatus = uint32(kmip14.ResultStatusSuccess)
 			res.Payload = payload
@@ -297,6 +313,20 @@ func (s *Server) auditf(o *op, result string, latency time.Duration) error {
 	r := slog.NewRecord(time.Now(), slog.LevelInfo, "kmip", 0)
 	r.AddAttrs(slog.String("identity", o.identity), slog.String("protocol", "kmip"), slog.String("operation", o.name),
 		slog.String("key", o.key), slog.String("signer", o.signer), slog.String("result", result), slog.Duration("latency", latency))
+	return h.Handle(context.Background(), r)
+}
+
+// auditExport writes the record of one export: operation "Export", the key, and how its material
+// left the token (via), beside the record of the operation that asked for it.
+func (s *Server) auditExport(o *op, e exportEvent) error {
+	h := s.audit.Handler()
+	if !h.Enabled(context.Background(), slog.LevelInfo) {
+		return nil
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "kmip", 0)
+	r.AddAttrs(slog.String("identity", o.identity), slog.String("protocol", "kmip"), slog.String("operation", "Export"),
+		slog.String("key", e.key), slog.String("signer", o.signer), slog.String("result", "success"), slog.String("via", e.via),
+		slog.String("request", o.name))
 	return h.Handle(context.Background(), r)
 }
 

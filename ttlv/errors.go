@@ -76,6 +76,8 @@ func resultOf(err error, v ProtocolVersion) (uint32, string) {
 			reason = rWrongState
 		case errors.Is(err, signer.ErrUsage):
 			reason = rUsageMask
+		case errors.Is(err, signer.ErrQuota):
+			reason = rLimit
 		case errors.Is(err, signer.ErrExists):
 			reason = uint32(kmip14.ResultReasonObjectAlreadyExists)
 		case errors.Is(err, signer.ErrUnsupported):

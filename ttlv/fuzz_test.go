@@ -25,6 +25,7 @@ func (fuzzAuth) AllowKMIP(_, op string) bool {
 }
 
 func (fuzzAuth) Caller(id string) signer.Caller { return signer.Caller{Identity: id} }
+func (fuzzAuth) HasKMIP(string) bool            { return true }
 
 // FuzzMessage feeds arbitrary bytes to the message handler (parser, message decoder, dispatcher and
 // handlers, with the real registry) and to the payload decoders the dispatcher does not reach. A

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,13 +177,14 @@ func TestKrillSequence(t *testing.T) {
 	}
 	mustSucceed(t, roundtrip(t, cl, v10, &payloads.DestroyRequestPayload{UniqueIdentifier: priv}))
 	for _, id := range []string{priv, pub} {
-		if _, ok := env.km.Get(id); ok {
-			t.Errorf("%s still in the keymap", id)
+		if rec, ok := env.km.Get(id); !ok || rec.State != keymap.Destroyed {
+			t.Errorf("%s after Destroy: %+v, want its Destroyed row", id, rec)
 		}
 	}
+	// The material is gone: Get is refused for the state (Permission Denied in 1.x).
 	bi = roundtrip(t, cl, v10, &payloads.GetRequestPayload{UniqueIdentifier: pub})
-	if bi.ResultReason != kmip.ResultReasonItemNotFound {
-		t.Errorf("Get after Destroy: %v", bi.ResultReason)
+	if bi.ResultReason != kmip.ResultReasonPermissionDenied || !strings.Contains(bi.ResultMessage, "Destroyed") {
+		t.Errorf("Get after Destroy: %v %q", bi.ResultReason, bi.ResultMessage)
 	}
 }
 

@@ -61,6 +61,7 @@ type testAuth struct {
 	admins  map[string]bool
 	limited map[string]bool
 	sha1    map[string]bool // identities whose policy allows SHA-1 signatures
+	export  map[string]bool // identities whose policy has the export right
 }
 
 func (a *testAuth) Identify(cs *tls.ConnectionState) (string, error) {
@@ -83,10 +84,13 @@ func (a *testAuth) AllowKMIP(identity, operation string) bool {
 	return true
 }
 
+func (a *testAuth) HasKMIP(string) bool { return true }
+
 func (a *testAuth) Caller(identity string) signer.Caller {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return signer.Caller{Identity: identity, Admin: a.admins[identity], SHA1: a.admins[identity] || a.sha1[identity]}
+	return signer.Caller{Identity: identity, Admin: a.admins[identity], SHA1: a.admins[identity] || a.sha1[identity],
+		Export: a.admins[identity] || a.export[identity]}
 }
 
 type syncBuffer struct {
@@ -216,9 +220,9 @@ func setupPKI(dir string) error {
 	if serverCert, err = tlsPair(sc, sk, filepath.Join(certs, "server")); err != nil {
 		return err
 	}
-	env.auth = &testAuth{admins: map[string]bool{}, limited: map[string]bool{}, sha1: map[string]bool{}}
+	env.auth = &testAuth{admins: map[string]bool{}, limited: map[string]bool{}, sha1: map[string]bool{}, export: map[string]bool{}}
 	env.clients = map[string]*clientCert{}
-	for _, name := range []string{"alice", "bob", "admin", "limited", "krill", "pykmip", "ovh", "raw", "bench"} {
+	for _, name := range []string{"alice", "bob", "admin", "limited", "krill", "pykmip", "ovh", "raw", "bench", "storage"} {
 		c, k, err := ca.Issue(name, nil, pki.Client)
 		if err != nil {
 			return err
@@ -233,6 +237,10 @@ func setupPKI(dir string) error {
 	}
 	env.auth.admins[env.clients["admin"].identity] = true
 	env.auth.limited[env.clients["limited"].identity] = true
+	// PyKMIP and the storage-array identity fetch their keys, as a policy with export = true lets
+	// them; alice and the others have no export right.
+	env.auth.export[env.clients["pykmip"].identity] = true
+	env.auth.export[env.clients["storage"].identity] = true
 	return nil
 }
 

@@ -122,6 +122,10 @@ type registered struct {
 	length    int32
 	extra     map[string]string
 	objectTyp kmip14.ObjectType
+	// wrapped is the material of a wrapped key block and wrapping how it was wrapped (nil when
+	// the block is not wrapped).
+	wrapped  []byte
+	wrapping *keyWrapping
 }
 
 // parseObject decodes the managed object of a Register request.
@@ -172,7 +176,27 @@ func parseObject(ot kmip14.ObjectType, n *node) (*registered, error) {
 	}
 	kb := k.KeyBlock
 	if kb.Wrapping != nil {
-		return nil, kerr(rFeature, "wrapped key material is not supported")
+		// Unwrapped into the token by the registry (registerWrapped).
+		if ot != kmip14.ObjectTypeSymmetricKey {
+			return nil, kerr(rFeature, "wrapped %s material is not supported (wrapped symmetric keys are)", tagEnumName(kmip14.TagObjectType, uint32(ot)))
+		}
+		var w keyWrapping
+		if err := decodeStruct(kb.Wrapping, &w); err != nil {
+			return nil, err
+		}
+		b, err := wrappedMaterial(kb)
+		if err != nil {
+			return nil, err
+		}
+		r.wrapped, r.wrapping, r.format = b, &w, kb.FormatType
+		if kb.Algorithm != nil {
+			r.kmipAlg = *kb.Algorithm
+		}
+		if kb.Length != nil {
+			r.length = *kb.Length
+		}
+		r.m = signer.Material{Class: keymap.SecretKey}
+		return r, nil
 	}
 	if kb.Value == nil {
 		return nil, kerr(rMissing, "KeyBlock has no KeyValue")
@@ -243,8 +267,28 @@ func (r *registered) parseSymmetric(mat *node) error {
 	if err != nil {
 		return err
 	}
-	r.m = signer.Material{Class: keymap.SecretKey, Algorithm: alg, Secret: append([]byte(nil), key...)}
+	if r.length != 0 && int(r.length) != 8*len(key) {
+		return kerr(rInvalidField, "the key block's Cryptographic Length (%d) is not the key's (%d bits)", r.length, 8*len(key))
+	}
+	r.m = signer.Material{Class: keymap.SecretKey, Algorithm: alg, Secret: append([]byte(nil), key...), Hash: hmacHash(r.kmipAlg)}
 	return nil
+}
+
+// hmacHash is the hash an HMAC algorithm names (0 for others): an HMAC key is at least as long.
+func hmacHash(a uint32) crypto.Hash {
+	switch kmip14.CryptographicAlgorithm(a) {
+	case kmip14.CryptographicAlgorithmHMAC_SHA1:
+		return crypto.SHA1
+	case kmip14.CryptographicAlgorithmHMAC_SHA224:
+		return crypto.SHA224
+	case kmip14.CryptographicAlgorithmHMAC_SHA256:
+		return crypto.SHA256
+	case kmip14.CryptographicAlgorithmHMAC_SHA384:
+		return crypto.SHA384
+	case kmip14.CryptographicAlgorithmHMAC_SHA512:
+		return crypto.SHA512
+	}
+	return 0
 }
 
 // symmetricAlgorithm maps a KMIP algorithm to the registry's secret key algorithms.
@@ -316,12 +360,11 @@ func (r *registered) parsePrivate(mat *node) error {
 		return kerr(rInvalidField, "a private key of %d bytes exceeds the limit of %d bytes (RSA keys up to %d bits)", len(mat.Raw), maxPrivateKeyDER, signer.MaxRSABits)
 	}
 	switch kmip14.KeyFormatType(r.format) {
-	case kmip14.KeyFormatTypePKCS_1:
-		priv, err = x509.ParsePKCS1PrivateKey(mat.Raw)
-	case kmip14.KeyFormatTypePKCS_8:
-		priv, err = x509.ParsePKCS8PrivateKey(mat.Raw)
-	case kmip14.KeyFormatTypeECPrivateKey:
-		priv, err = x509.ParseECPrivateKey(mat.Raw)
+	case kmip14.KeyFormatTypePKCS_1, kmip14.KeyFormatTypePKCS_8, kmip14.KeyFormatTypeECPrivateKey:
+		if mat.Type != tt.TypeByteString {
+			return kerr(rInvalidField, "KeyMaterial of format %s must be a ByteString", tagEnumName(kmip14.TagKeyFormatType, r.format))
+		}
+		priv, err = parsePrivateDER(kmip14.KeyFormatType(r.format), mat.Raw)
 	case kmip14.KeyFormatTypeTransparentRSAPrivateKey:
 		var t transparentRSAPrivate
 		if err := decodeStruct(mat, &t); err != nil {
@@ -359,6 +402,30 @@ func (r *registered) parsePrivate(mat *node) error {
 	}
 	r.m = signer.Material{Class: keymap.PrivateKey, Private: s}
 	return nil
+}
+
+// parsePrivateDER reads a DER private key whatever encoding the client labelled it with: clients
+// send PKCS#1 bytes as PKCS_8 and SEC1 as PKCS_8 and the other way round (PyKMIP's own examples
+// do). The label is tried first; the error of the label's parser is the one reported.
+func parsePrivateDER(label kmip14.KeyFormatType, der []byte) (any, error) {
+	parsers := map[kmip14.KeyFormatType]func([]byte) (any, error){
+		kmip14.KeyFormatTypePKCS_8:       x509.ParsePKCS8PrivateKey,
+		kmip14.KeyFormatTypePKCS_1:       func(b []byte) (any, error) { return x509.ParsePKCS1PrivateKey(b) },
+		kmip14.KeyFormatTypeECPrivateKey: func(b []byte) (any, error) { return x509.ParseECPrivateKey(b) },
+	}
+	k, first := parsers[label](der)
+	if first == nil {
+		return k, nil
+	}
+	for _, f := range []kmip14.KeyFormatType{kmip14.KeyFormatTypePKCS_8, kmip14.KeyFormatTypePKCS_1, kmip14.KeyFormatTypeECPrivateKey} {
+		if f == label {
+			continue
+		}
+		if k, err := parsers[f](der); err == nil {
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("not a PKCS#8, PKCS#1 or SEC1 private key: %v", first)
 }
 
 func rsaFromTransparent(t transparentRSAPrivate) (*rsa.PrivateKey, error) {

@@ -323,6 +323,7 @@ func reKey(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	meta.Extractable = t.extractable // the registry decides (an exportable key's replacement is one)
 	rec, err := o.s.reg.ReKey(o.ctx, o.caller, old.ID, meta)
 	if err != nil {
 		return nil, err
@@ -360,6 +361,7 @@ func reKeyKeyPair(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	pm.Extractable = priv.extractable
 	var qm signer.Meta
 	oldPub, pubErr := o.s.reg.Access(o.caller, old.Attrs[signer.AttrPublicKey], signer.UseSee)
 	if pubErr == nil {

@@ -92,6 +92,17 @@ func revoke(o *op, p *node) (any, error) {
 	}
 	_, err = o.update(rec.ID, func(r *keymap.Record) error {
 		st := signer.EffectiveState(*r, now)
+		switch {
+		case st == keymap.Destroyed && !compromised, st == keymap.DestroyedCompromised:
+			return wrongState(*r, st, "a destroyed object can only be marked compromised, once")
+		case st == keymap.Destroyed:
+			// KMIP's state machine: a destroyed key found compromised is Destroyed Compromised.
+			r.State = keymap.DestroyedCompromised
+			for _, c := range changes {
+				c.apply(r)
+			}
+			return nil
+		}
 		if compromised {
 			if st == keymap.Compromised {
 				return wrongState(*r, st, "the object is already compromised")
@@ -114,7 +125,8 @@ func revoke(o *op, p *node) (any, error) {
 	return uidResponse{UID: rec.ID}, nil
 }
 
-// destroy removes an object from its token and the keymap. Active objects must be revoked first.
+// destroy removes an object's material from its token; its metadata stays, as a Destroyed object
+// (KMIP keeps destroyed objects' attributes). Active objects must be revoked first.
 func destroy(o *op, p *node) (any, error) {
 	var req uidRequest
 	if err := decodeStruct(p, &req); err != nil {
@@ -124,8 +136,12 @@ func destroy(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st := signer.EffectiveState(rec, time.Now()); st == keymap.Active {
+	switch st := signer.EffectiveState(rec, time.Now()); st {
+	case keymap.Active:
 		return nil, wrongState(rec, st, "revoke it before destroying it")
+	case keymap.Destroyed, keymap.DestroyedCompromised:
+		// Its material is gone already; the metadata stays, and a second Destroy changes nothing.
+		return nil, wrongState(rec, st, "it is already destroyed")
 	}
 	o.irreversible = true
 	if err := o.s.reg.Destroy(o.ctx, o.caller, rec.ID); err != nil {

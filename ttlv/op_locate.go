@@ -48,6 +48,12 @@ type locateResponse struct {
 	UIDs         []string `kmip:"UniqueIdentifier"`
 }
 
+// live says whether an object in state st still has its key material.
+func live(st keymap.State) bool { return st != keymap.Destroyed && st != keymap.DestroyedCompromised }
+
+// storageDestroyed is KMIP 2.0's Destroyed Storage bit of the Storage Status Mask.
+const storageDestroyed = 0x4
+
 // filter is one attribute of a Locate request with all the instances given for it.
 type filter struct {
 	a    attr
@@ -82,6 +88,17 @@ func locate(o *op, p *node) (any, error) {
 		}
 		f.vals = append(f.vals, a.value)
 	}
+	// Destroyed objects keep their metadata but are found only when asked for: by a State filter
+	// naming a destroyed state, or (2.0) a Storage Status Mask with Destroyed Storage.
+	destroyed := req.StorageStatusMask != nil && *req.StorageStatusMask&storageDestroyed != 0
+	if f := byName[def(kmip14.TagState).name]; f != nil {
+		for _, v := range f.vals {
+			switch kmip14.State(v.u32()) {
+			case kmip14.StateDestroyed, kmip14.StateDestroyedCompromised:
+				destroyed = true
+			}
+		}
+	}
 	// Filters that need the whole row (state, server-maintained attributes) come last: most rows
 	// are rejected by the cheap ones, read in place, and are never copied.
 	slices.SortStableFunc(filters, func(x, y *filter) int { return cmp.Compare(x.cost(), y.cost()) })
@@ -89,8 +106,9 @@ func locate(o *op, p *node) (any, error) {
 	// one array, not rows spread over the keymap's memory (at 100,000 matches, 250 ms a Locate
 	// against a few).
 	type hit struct {
-		created time.Time
-		v       keymap.View
+		created  time.Time
+		replaced bool // ReKey replaced it
+		v        keymap.View
 	}
 	var found []hit
 	// What another instance of a cluster just made, renamed or destroyed is found (or not) here too.
@@ -109,8 +127,9 @@ func locate(o *op, p *node) (any, error) {
 					return true // another branch of the plan visits it
 				}
 			}
-			if o.matches(v, filters, now) {
-				found = append(found, hit{v.Created(), v})
+			if (destroyed || live(v.State())) && o.matches(v, filters, now) {
+				r, _ := v.Attr(signer.AttrReplacement)
+				found = append(found, hit{v.Created(), r != "", v})
 			}
 			return true
 		})
@@ -124,7 +143,15 @@ func locate(o *op, p *node) (any, error) {
 	if req.MaximumItems != nil && *req.MaximumItems > 0 {
 		limit = min(limit, int(*req.MaximumItems))
 	}
+	// Keys in use first: a key not replaced before one that was (Locate by Name after a ReKey
+	// answers the current key first), then the newest first.
 	found = keymap.Page(found, offset, limit, func(a, b hit) int {
+		if a.replaced != b.replaced {
+			if a.replaced {
+				return 1
+			}
+			return -1
+		}
 		if c := b.created.Compare(a.created); c != 0 {
 			return c // newest first
 		}

@@ -66,6 +66,9 @@ func registerObject(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.wrapped != nil {
+		return o.registerWrapped(r, t, meta)
+	}
 	if meta.Attrs == nil {
 		meta.Attrs = map[string]string{}
 	}
@@ -90,7 +93,46 @@ func registerObject(o *op, p *node) (any, error) {
 			return nil, err
 		}
 	}
-	rec, err := o.s.reg.Import(o.ctx, o.caller, r.m, meta, true, "")
+	// The client knew the material: it may have it back, unless it says Extractable = false.
+	rec, err := o.s.reg.Import(o.ctx, o.caller, r.m, meta, meta.Extractable == nil || *meta.Extractable, "")
+	if err != nil {
+		return nil, err
+	}
+	o.signer = rec.Signer
+	o.created(rec.ID)
+	o.produced(rec.ID, kmip20.UniqueIdentifierRegister)
+	return uidResponse{UID: rec.ID}, nil
+}
+
+// registerWrapped registers a wrapped symmetric key: unwrapped into the token under the key its
+// Key Wrapping Data names, so the material is never in plaintext outside it. It may leave the
+// token again as a generated key may.
+func (o *op) registerWrapped(r *registered, t *template, meta signer.Meta) (any, error) {
+	w, _, err := o.wrapping(r.wrapping)
+	if err != nil {
+		return nil, err
+	}
+	a := r.kmipAlg
+	if a == 0 {
+		a = t.alg
+	}
+	alg, err := symmetricAlgorithm(a)
+	if err != nil {
+		return nil, err
+	}
+	bits := int(r.length)
+	if bits == 0 {
+		bits = int(t.length)
+	}
+	if kmip14.KeyFormatType(r.format) != kmip14.KeyFormatTypeRaw {
+		return nil, badFormat("wrapped symmetric keys (Raw is)", r.format)
+	}
+	if alg == signer.HMAC || a != uint32(kmip14.CryptographicAlgorithmAES) {
+		if err := withStored(&meta, kmip14.TagCryptographicAlgorithm, newEnum(kmip14.TagCryptographicAlgorithm, a)); err != nil {
+			return nil, err
+		}
+	}
+	rec, err := o.s.reg.ImportWrapped(o.ctx, o.caller, r.wrapped, w, alg, bits, meta)
 	if err != nil {
 		return nil, err
 	}
@@ -101,11 +143,11 @@ func registerObject(o *op, p *node) (any, error) {
 }
 
 type getRequest struct {
-	UID                      *uidRef `kmip:"UniqueIdentifier"`
-	KeyFormatType            *uint32 `kmip:"KeyFormatType"`
-	KeyWrapType              *uint32 `kmip:"KeyWrapType"`
-	KeyCompressionType       *uint32 `kmip:"KeyCompressionType"`
-	KeyWrappingSpecification *node   `kmip:"KeyWrappingSpecification"`
+	UID                      *uidRef      `kmip:"UniqueIdentifier"`
+	KeyFormatType            *uint32      `kmip:"KeyFormatType"`
+	KeyWrapType              *uint32      `kmip:"KeyWrapType"`
+	KeyCompressionType       *uint32      `kmip:"KeyCompressionType"`
+	KeyWrappingSpecification *keyWrapping `kmip:"KeyWrappingSpecification"`
 }
 
 type getResponse struct {
@@ -114,15 +156,14 @@ type getResponse struct {
 	Object     *node  `kmip:""`
 }
 
-// get returns an object's material: public keys always (PKCS#1 for RSA unless asked otherwise),
-// registered objects as registered; generated private and secret keys never leave the token.
+// get returns an object's material as the registry's key model allows the caller: public keys
+// always (PKCS#1 for RSA unless asked otherwise), registered objects as registered, keys made
+// exportable under the export right; wrapped in the token under a key the client names when it
+// gives a Key Wrapping Specification (or asks for a wrapped registration As Registered).
 func get(o *op, p *node) (any, error) {
 	var req getRequest
 	if err := decodeStruct(p, &req); err != nil {
 		return nil, err
-	}
-	if req.KeyWrappingSpecification != nil {
-		return nil, kerr(rFeature, "key wrapping is not supported")
 	}
 	if req.KeyCompressionType != nil && *req.KeyCompressionType != uint32(kmip14.KeyCompressionTypeECPublicKeyTypeUncompressed) {
 		return nil, kerr(uint32(kmip14.ResultReasonKeyCompressionTypeNotSupported), "only uncompressed EC points are supported")
@@ -131,20 +172,85 @@ func get(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	alg, _ := o.s.kmipAlgorithm(rec, o.v)
+	spec := req.KeyWrappingSpecification
+	var asRegistered *signer.Wrapping
+	if spec == nil && req.KeyWrapType != nil && *req.KeyWrapType == uint32(kmip14.KeyWrapTypeAsRegistered) {
+		if w, ok := signer.WrappedAs(rec); ok {
+			asRegistered = &w
+		}
+	}
+	if spec != nil || asRegistered != nil {
+		return o.getWrapped(rec, alg, spec, asRegistered, req.KeyFormatType)
+	}
 	m, err := o.s.reg.Export(o.ctx, o.caller, rec.ID)
 	if err != nil {
-		if errors.Is(err, signer.ErrNotExtractable) {
-			return nil, withReason(err, rNotExtract, "Get %s: the key was generated in the token and its material never leaves it", rec.ID)
+		switch {
+		case errors.Is(err, signer.ErrNotExtractable):
+			return nil, withReason(err, rNotExtract, "Get %s: its material never leaves the token", rec.ID)
+		case errors.Is(err, signer.ErrDenied):
+			return nil, withReason(err, rDenied, "Get %s", rec.ID)
 		}
 		return nil, err
 	}
 	if rec.Class == keymap.PublicKey && m.Public == nil {
 		return nil, kerr(rGeneral, "public key %s could not be read from its token", rec.ID)
 	}
-	alg, _ := o.s.kmipAlgorithm(rec, o.v)
+	if m.Via != signer.ViaPublic && rec.Class != keymap.Certificate {
+		o.exported(rec.ID, m.Via)
+	}
 	ot, obj, err := exportObject(rec, m, req.KeyFormatType, alg)
 	if err != nil {
 		return nil, err
 	}
 	return getResponse{ObjectType: uint32(ot), UID: rec.ID, Object: obj}, nil
+}
+
+// getWrapped answers a Get of a key wrapped in its token under another key: the one the Key
+// Wrapping Specification names, or for As Registered the one it was registered under.
+func (o *op) getWrapped(rec keymap.Record, alg uint32, spec *keyWrapping, as *signer.Wrapping, format *uint32) (any, error) {
+	var w signer.Wrapping
+	var params *cryptoParams
+	var encoding *uint32
+	if spec != nil {
+		var err error
+		if w, params, err = o.wrapping(spec); err != nil {
+			return nil, err
+		}
+		encoding = spec.Encoding
+	} else {
+		w = *as
+		encoding = ptr(uint32(kmip14.EncodingOptionNoEncoding))
+		switch w.Mech {
+		case signer.WrapKW:
+			params = &cryptoParams{BlockCipherMode: ptr(uint32(kmip14.BlockCipherModeNISTKeyWrap))}
+		case signer.WrapKWP:
+			params = &cryptoParams{BlockCipherMode: ptr(uint32(kmip14.BlockCipherModeAESKeyWrapPadding))}
+		case signer.WrapOAEP:
+			params = &cryptoParams{PaddingMethod: ptr(uint32(kmip14.PaddingMethodOAEP))}
+		}
+	}
+	if format != nil {
+		want := uint32(kmip14.KeyFormatTypeRaw)
+		if rec.Class == keymap.PrivateKey {
+			want = uint32(kmip14.KeyFormatTypePKCS_8)
+		}
+		if *format != want {
+			return nil, kerr(rFormat, "a wrapped %s is wrapped as %s (what the token wraps), not %s", rec.Class,
+				tagEnumName(kmip14.TagKeyFormatType, want), tagEnumName(kmip14.TagKeyFormatType, *format))
+		}
+	}
+	kek, wrapped, err := o.s.reg.ExportWrapped(o.ctx, o.caller, rec.ID, w)
+	if err != nil {
+		switch {
+		case errors.Is(err, signer.ErrNotExtractable):
+			return nil, withReason(err, rNotExtract, "Get %s wrapped", rec.ID)
+		case errors.Is(err, signer.ErrDenied):
+			return nil, withReason(err, rDenied, "Get %s wrapped", rec.ID)
+		}
+		return nil, err
+	}
+	o.exported(rec.ID, "wrapped in the token under "+kek.ID+" with "+w.Mech.String())
+	ot := classTypes[rec.Class]
+	return getResponse{ObjectType: uint32(ot), UID: rec.ID, Object: encodeStruct(objectTag[ot], wrappedBlock(rec, alg, wrapped, kek.ID, params, encoding))}, nil
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipclient"
 	"github.com/ovh/kmip-go/payloads"
+
+	"github.com/p11bridge/p11bridge/keymap"
 )
 
 // ovhClient dials the server with github.com/ovh/kmip-go's client as a test identity.
@@ -258,8 +260,9 @@ func TestOVHKeyPairs(t *testing.T) {
 			if vr.ValidityIndicator != kmip.ValidityIndicatorValid {
 				t.Fatal("SignatureVerify says invalid")
 			}
+			// This identity has no export right: Permission Denied, whatever the key.
 			_, err = cl.Get(priv).Exec()
-			kmipErr(t, err, kmip.ResultReasonNotExtractable)
+			kmipErr(t, err, kmip.ResultReasonPermissionDenied)
 
 			// ReKeyKeyPair: a new pair linked to the old one.
 			rk := must[*payloads.RekeyKeyPairResponsePayload](t)(cl.RekeyKeyPair(priv).Exec())
@@ -460,7 +463,7 @@ func TestOwnership(t *testing.T) {
 	kmipErr(t, err, kmip.ResultReasonPermissionDenied)
 	must[*payloads.QueryResponsePayload](t)(limited.Query().Operations().Exec())
 	must[*payloads.DestroyResponsePayload](t)(admin.Destroy(id).Exec())
-	if _, ok := env.km.Get(id); ok {
-		t.Fatal("admin's Destroy left the row")
+	if rec, ok := env.km.Get(id); !ok || rec.State != keymap.Destroyed {
+		t.Fatalf("admin's Destroy left %+v, want a Destroyed row", rec)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/p11bridge/p11bridge/keymap"
+	"github.com/p11bridge/p11bridge/signer"
 )
 
 // runPython runs a test script with the Debian PyKMIP client (scripts/deps.sh installs it).
@@ -56,11 +57,13 @@ func TestPyKMIP(t *testing.T) {
 			if err := json.Unmarshal(bytes.TrimSpace(out), &sum); err != nil {
 				t.Fatalf("script output %q: %v", out, err)
 			}
-			// Destroyed objects are gone from the keymap; the key pair and HMAC keys stay, owned
-			// by the client's identity.
-			for _, k := range []string{"aes", "aes_rekeyed"} {
-				if _, ok := env.km.Get(sum[k]); ok {
-					t.Errorf("%s %s still in the keymap after Destroy", k, sum[k])
+			// Destroyed objects keep their rows as Destroyed (Destroyed Compromised for the
+			// compromised one) with their Destroy Date; the key pair and HMAC keys stay, owned by the
+			// client's identity.
+			for k, want := range map[string]keymap.State{"aes": keymap.Destroyed, "aes_rekeyed": keymap.DestroyedCompromised} {
+				rec, ok := env.km.Get(sum[k])
+				if !ok || rec.State != want || rec.Attrs[signer.AttrDestroyDate] == "" || rec.Attrs[signer.AttrExportable] != signer.ExportByPolicy {
+					t.Errorf("%s %s after Destroy: %+v (in the keymap: %v), want %s and exportable", k, sum[k], rec, ok, want)
 				}
 			}
 			priv, ok := env.km.Get(sum["rsa_priv"])

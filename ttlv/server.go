@@ -28,6 +28,8 @@ type Authorizer interface {
 	// Caller is identity as the registry's key model sees it: admin or not, its policy's key
 	// patterns. The registry decides every question about a key with it.
 	Caller(identity string) signer.Caller
+	// HasKMIP says whether identity may run any KMIP operation at all (connection slots).
+	HasKMIP(identity string) bool
 }
 
 // Admitter is an optional part of an Authorizer: it bounds the operations one identity has running
@@ -40,11 +42,16 @@ type Admitter interface {
 type Options struct {
 	Registry       *signer.Registry
 	Auth           Authorizer
-	Log            *slog.Logger  // operational log
-	Audit          *slog.Logger  // one record per operation; never key bytes, data or PINs
-	MaxMessageSize int           // 0 = 1 MiB
-	MaxConnections int           // authenticated connections; 0 = 1024
-	IdleTimeout    time.Duration // 0 = 2 min; also the read deadline of a message once it started
+	Log            *slog.Logger // operational log
+	Audit          *slog.Logger // one record per operation; never key bytes, data or PINs
+	MaxMessageSize int          // 0 = 1 MiB
+	MaxConnections int          // authenticated connections; 0 = 1024
+	// MaxConnectionsPerIdentity bounds one identity's, so that one cannot take every slot; 0 = a
+	// quarter of MaxConnections. Identities without KMIP rights (Authorizer.HasKMIP) share
+	// unprivilegedConns slots of their own instead: they are let in to be told Permission Denied,
+	// and cannot crowd out clients that have work to do.
+	MaxConnectionsPerIdentity int
+	IdleTimeout               time.Duration // 0 = 2 min; also the read deadline of a message once it started
 	// HandshakeTimeout bounds the TLS handshake and identification of a new connection; 0 = 10 s.
 	HandshakeTimeout time.Duration
 	// MaxHandshakes bounds the connections still in their handshake, beside the MaxConnections
@@ -95,14 +102,16 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	// Connections in their handshake, oldest first: all of them, and per source address.
-	pending     list.List
-	pendingFrom map[string]*list.List
-	established int // authenticated connections, bounded by MaxConnections
-	evicted     int // handshakes closed for newer ones since the last warning
-	refusedHS   int // connections refused over the handshake bounds since the last warning
-	evictWarned time.Time
-	closing     atomic.Bool
-	active      sync.WaitGroup // connection goroutines
+	pending      list.List
+	pendingFrom  map[string]*list.List
+	established  int            // authenticated connections of identities with KMIP rights, bounded by MaxConnections
+	byIdentity   map[string]int // their connections per identity, bounded by MaxConnectionsPerIdentity
+	unprivileged int            // connections of identities without KMIP rights, bounded by unprivilegedConns
+	evicted      int            // handshakes closed for newer ones since the last warning
+	refusedHS    int            // connections refused over the handshake bounds since the last warning
+	evictWarned  time.Time
+	closing      atomic.Bool
+	active       sync.WaitGroup // connection goroutines
 }
 
 // New makes a server; Serve starts it on a listener.
@@ -112,6 +121,9 @@ func New(opts Options) *Server {
 	}
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = DefaultMaxConnections
+	}
+	if opts.MaxConnectionsPerIdentity <= 0 {
+		opts.MaxConnectionsPerIdentity = max(1, opts.MaxConnections/4)
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
@@ -139,7 +151,7 @@ func New(opts Options) *Server {
 	}
 	s := &Server{
 		opts: opts, reg: opts.Registry, auth: opts.Auth, log: opts.Log, audit: opts.Audit,
-		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}, pendingFrom: map[string]*list.List{},
+		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}, pendingFrom: map[string]*list.List{}, byIdentity: map[string]int{},
 	}
 	s.admit, _ = opts.Auth.(Admitter)
 	s.base, s.cancel = context.WithCancel(context.Background())
@@ -172,15 +184,16 @@ func (s *Server) Serve(l net.Listener) error {
 			if s.closing.Load() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: wait a little rather than spin.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("kmip: accept failed; retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return merry.Prepend(err, "kmip: accept")
 			}
-			return merry.Prepend(err, "kmip: accept")
+			// Out of file descriptors (EMFILE, ENFILE), a connection reset before it was taken
+			// (ECONNABORTED) and the like pass: wait a little rather than spin, and never stop
+			// listening for them, which would end the KMIP service until a restart.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("kmip: accept failed; retrying", "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
 		}
 		backoff = 0
 		c, ok := s.track(nc)
@@ -279,21 +292,44 @@ func (s *Server) seat(c *conn) bool {
 		return false
 	}
 	s.unpendLocked(c)
+	if !c.privileged {
+		if s.unprivileged >= unprivilegedConns {
+			s.log.Info("kmip: connection of an identity without KMIP rights refused: too many such", "remote", c.remote, "identity", c.identity, "limit", unprivilegedConns)
+			return false
+		}
+		s.unprivileged++
+		c.admitted = true
+		return true
+	}
 	if s.established >= s.opts.MaxConnections {
 		s.log.Warn("kmip: connection limit reached; refusing connection", "remote", c.remote, "identity", c.identity, "limit", s.opts.MaxConnections)
 		return false
 	}
+	if s.byIdentity[c.identity] >= s.opts.MaxConnectionsPerIdentity {
+		s.log.Warn("kmip: connection limit of the identity reached; refusing connection", "remote", c.remote, "identity", c.identity, "limit", s.opts.MaxConnectionsPerIdentity)
+		return false
+	}
 	s.established++
+	s.byIdentity[c.identity]++
 	c.admitted = true
 	return true
 }
+
+// unprivilegedConns is how many connections identities without KMIP rights may hold together.
+const unprivilegedConns = 64
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.unpendLocked(c)
-	if c.admitted {
+	switch {
+	case c.admitted && !c.privileged:
+		s.unprivileged--
+	case c.admitted:
 		s.established--
+		if s.byIdentity[c.identity]--; s.byIdentity[c.identity] <= 0 {
+			delete(s.byIdentity, c.identity)
+		}
 	}
 	s.mu.Unlock()
 	s.active.Done()

@@ -17,9 +17,12 @@ type template struct {
 	length     int32  // Cryptographic Length, 0 if absent
 	objectType uint32 // Object Type, 0 if absent
 	curve      uint32 // Recommended Curve from Cryptographic Domain Parameters, 0 if absent
-	vals       map[string][]*node
-	defs       map[string]*attrDef
-	order      []string
+	// extractable and sensitive are the client's word on the key leaving the token (KMIP 1.4 and
+	// 2.0 Extractable, Sensitive); nil when it said nothing. The registry decides (access.go).
+	extractable, sensitive *bool
+	vals                   map[string][]*node
+	defs                   map[string]*attrDef
+	order                  []string
 }
 
 // parseTemplate reads one attribute list (TemplateAttribute in 1.x, Attributes in 2.0).
@@ -61,6 +64,12 @@ func (t *template) add(attrs []attr) error {
 					t.curve = c.u32()
 				}
 				continue
+			case kmip14.TagExtractable:
+				t.extractable = ptr(a.value.boolean())
+				continue
+			case kmip14.TagSensitive:
+				t.sensitive = ptr(a.value.boolean())
+				continue
 			}
 			if a.def.access == serverOnly {
 				return kerr(rReadOnly, "attribute %q is set by the server; a client cannot give it", a.name)
@@ -86,6 +95,12 @@ func merge(common, specific *template) *template {
 	for _, t := range []*template{common, specific} {
 		if t.alg != 0 {
 			out.alg = t.alg
+		}
+		if t.extractable != nil {
+			out.extractable = t.extractable
+		}
+		if t.sensitive != nil {
+			out.sensitive = t.sensitive
 		}
 		if t.length != 0 {
 			out.length = t.length
@@ -142,7 +157,9 @@ func (t *template) meta() (signer.Meta, error) {
 		}
 	}
 	nd := def(kmip14.TagName)
-	return signer.Meta{Name: rec.Name, Names: names(t.vals[nd.key]), State: rec.State, Attrs: rec.Attrs}, nil
+	m := signer.Meta{Name: rec.Name, Names: names(t.vals[nd.key]), State: rec.State, Attrs: rec.Attrs, Extractable: t.extractable}
+	m.Sensitive = t.sensitive != nil && *t.sensitive
+	return m, nil
 }
 
 // withAttr records one more attribute in a Meta (the algorithm the client named, …).

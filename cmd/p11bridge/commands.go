@@ -355,7 +355,7 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 		}
 		return v.Algorithm()
 	}
-	head := []string{"ID", "SIGNER", "CLASS", "ALGORITHM", "STATE", "NAME"}
+	head := []string{"ID", "SIGNER", "CLASS", "ALGORITHM", "STATE", "EXPORT", "NAME"}
 	width := make([]int, len(head)-1)
 	grow := func(i int, s string) { width[i] = max(width[i], utf8.RuneCountInString(s)) }
 	counts := map[string]map[keymap.State]int{}
@@ -368,6 +368,7 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 		grow(2, string(v.Class()))
 		grow(3, alg(v))
 		grow(4, string(v.State()))
+		grow(5, exportWordOfView(v))
 		if counts[v.Signer()] == nil {
 			counts[v.Signer()] = map[keymap.State]int{}
 		}
@@ -387,7 +388,7 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 	}
 	line(head...)
 	for _, v := range views {
-		line(v.ID(), v.Signer(), string(v.Class()), alg(v), string(v.State()), v.Name())
+		line(v.ID(), v.Signer(), string(v.Class()), alg(v), string(v.State()), exportWordOfView(v), v.Name())
 	}
 	names := make([]string, 0, len(counts))
 	for n := range counts {
@@ -405,11 +406,40 @@ func keysList(km signer.Store, only string, stdout io.Writer) error {
 	return w.Flush()
 }
 
+// exportWord says whether an object's material may leave its token, and why (attr reads the row).
+func exportWord(exportable bool, attr func(string) string) string {
+	switch {
+	case !exportable:
+		return "-"
+	case attr(signer.AttrExportable) == signer.ExportRegistered:
+		return "registered"
+	case attr(signer.AttrWrapOnly) != "":
+		return "wrapped"
+	}
+	return "yes"
+}
+
+func exportWordOfView(v keymap.View) string {
+	return exportWord(signer.IsExportableView(v), func(k string) string { s, _ := v.Attr(k); return s })
+}
+
 func showRecord(r keymap.Record, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "id         %s\ntag        %s\nsigner     %s\nclass      %s\nalgorithm  %s\nsize       %d\n",
 		r.ID, hex.EncodeToString(r.Tag), r.Signer, r.Class, r.Algorithm, r.Size)
 	fmt.Fprintf(stdout, "key id     %s\nname       %s\nstate      %s\nowner      %s\ncreated    %s\nupdated    %s\n",
 		hex.EncodeToString(r.KeyID), r.Name, r.State, r.Owner, r.Created.Format(time.RFC3339), r.Updated.Format(time.RFC3339))
+	exp := map[string]string{
+		"-":          "no: its material never leaves the token",
+		"registered": "yes: registered by a client, which may have it back",
+		"wrapped":    "yes, wrapped only (Sensitive): made under the export right",
+		"yes":        "yes: made under the export right; each export is audited",
+	}[exportWord(signer.IsExportable(r), func(k string) string { return r.Attrs[k] })]
+	if r.Class == keymap.PublicKey || r.Class == keymap.Certificate {
+		exp = "public"
+	} else if !signer.Live(r) {
+		exp = "no: destroyed"
+	}
+	fmt.Fprintf(stdout, "exportable %s\n", exp)
 	keys := make([]string, 0, len(r.Attrs))
 	for k := range r.Attrs {
 		keys = append(keys, k)

@@ -14,8 +14,9 @@ import os
 import sys
 import time
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes, keywrap, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kmip.core import enums, primitives
 from kmip.core import exceptions as core_exceptions
@@ -90,10 +91,11 @@ with c:
         check(all(o <= 0x29 for o in ops), "query at %s lists operations above 0x29" % version_name)
     if v2:
         check(enums.Operation.SET_ATTRIBUTE.value in ops, "query at 2.0 lacks SetAttribute")
-    check(getattr(q.vendor_identification, "value", q.vendor_identification) == "p11bridge-test", "vendor: %s" % q.vendor_identification)
+    check(str(getattr(q.vendor_identification, "value", q.vendor_identification)).startswith("p11bridge"), "vendor: %s" % q.vendor_identification)
     check(enums.ObjectType.SYMMETRIC_KEY.value in [getattr(o.value, "value", o.value) for o in q.object_types], "query objects")
 
-    # Create an AES key: Pre-Active, never extractable.
+    # Create an AES key: Pre-Active. This identity holds the export right (as a policy with
+    # export = true gives it), so its keys may leave the token.
     aes_name = "py-aes-" + tag
     aes = c.create(enums.CryptographicAlgorithm.AES, 256, name=aes_name,
                    cryptographic_usage_mask=[enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT])
@@ -104,6 +106,12 @@ with c:
     check(a["Cryptographic Length"][0].value == 256, "length")
     check(a["State"][0].value == enums.State.PRE_ACTIVE, "state after create: %s" % a["State"][0].value)
     check(a["Object Type"][0].value == enums.ObjectType.SYMMETRIC_KEY, "object type")
+    if not v2:
+        # KMIP 1.x: instances of multi-valued attributes carry their Attribute Index, 0 included.
+        _, raw = c.get_attributes(aes, ["Name", "State"])
+        by_name = {x.attribute_name.value: x for x in raw}
+        check(by_name["Name"].attribute_index is not None and by_name["Name"].attribute_index.value == 0, "Name without Attribute Index 0")
+        check(by_name["State"].attribute_index is None, "State (single-valued) with an Attribute Index")
     names = c.get_attribute_list(aes)
     for n in ("Name", "State", "Unique Identifier", "Cryptographic Algorithm", "Initial Date"):
         check(n in names, "get_attribute_list: %s missing from %s" % (n, names))
@@ -120,8 +128,10 @@ with c:
     found = c.locate(maximum_items=1, attributes=[af.create_attribute(enums.AttributeType.OBJECT_TYPE, enums.ObjectType.SYMMETRIC_KEY)])
     check(len(found) == 1, "locate maximum_items=1 gave %d" % len(found))
 
-    # A generated secret key never leaves the token; crypto needs an Active key.
-    expect_failure(lambda: c.get(aes), NOT_EXTRACTABLE, "get generated AES key")
+    # The generated key comes back (wrapped in the token, unwrapped by the server); crypto needs an
+    # Active key.
+    aes_value = c.get(aes).value
+    check(len(aes_value) == 32, "generated AES key of %d bytes" % len(aes_value))
     cbc = {"cryptographic_algorithm": enums.CryptographicAlgorithm.AES, "block_cipher_mode": enums.BlockCipherMode.CBC,
            "padding_method": enums.PaddingMethod.PKCS5}
     iv = os.urandom(16)
@@ -132,6 +142,34 @@ with c:
     ct, _ = c.encrypt(b"attack at dawn", uid=aes, cryptographic_parameters=cbc, iv_counter_nonce=iv)
     check(len(ct) == 16, "CBC ciphertext of %d bytes" % len(ct))
     check(c.decrypt(ct, uid=aes, cryptographic_parameters=cbc, iv_counter_nonce=iv) == b"attack at dawn", "CBC round trip")
+    # The value Get gave is the key the token encrypts with.
+    d = Cipher(algorithms.AES(aes_value), modes.CBC(iv)).decryptor()
+    plain = d.update(ct) + d.finalize()
+    check(plain[:14] == b"attack at dawn", "the key from Get does not decrypt the token's ciphertext")
+
+    # Wrapped export: a KEK that may wrap; the key wrapped under it in the token, unwrapped here
+    # with the KEK's own value, and registered back (unwrapped into the token).
+    kek = c.create(enums.CryptographicAlgorithm.AES, 256, name="py-kek-" + tag,
+                   cryptographic_usage_mask=[enums.CryptographicUsageMask.WRAP_KEY, enums.CryptographicUsageMask.UNWRAP_KEY])
+    c.activate(kek)
+    kek_value = c.get(kek).value
+    for mode, unwrap in ((enums.BlockCipherMode.NIST_KEY_WRAP, keywrap.aes_key_unwrap),
+                         (enums.BlockCipherMode.AES_KEY_WRAP_PADDING, keywrap.aes_key_unwrap_with_padding)):
+        spec = {"wrapping_method": enums.WrappingMethod.ENCRYPT,
+                "encryption_key_information": {"unique_identifier": kek, "cryptographic_parameters": {"block_cipher_mode": mode}},
+                "encoding_option": enums.EncodingOption.NO_ENCODING}
+        wrapped = c.get(aes, key_wrapping_specification=spec)
+        check(wrapped.key_wrapping_data is not None and wrapped.value != aes_value, "%s: not wrapped" % mode)
+        check(unwrap(kek_value, wrapped.value) == aes_value, "%s: unwrapped with the KEK's value, it is another key" % mode)
+        wrapped.cryptographic_usage_masks = [enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT]
+        back = c.register(wrapped)
+        c.activate(back)
+        ct2, iv4 = c.encrypt(b"round trip", uid=back, cryptographic_parameters=cbc)
+        d = Cipher(algorithms.AES(aes_value), modes.CBC(iv4)).decryptor()
+        check((d.update(ct2) + d.finalize())[:10] == b"round trip", "%s: the key registered wrapped is another key" % mode)
+    expect_failure(lambda: c.get(aes, key_wrapping_specification={"wrapping_method": enums.WrappingMethod.ENCRYPT,
+                   "encryption_key_information": {"unique_identifier": aes, "cryptographic_parameters": {"block_cipher_mode": enums.BlockCipherMode.NIST_KEY_WRAP}}}),
+                   [enums.ResultReason.INVALID_FIELD], "wrap a key under itself")
     # Server-made IV.
     ct, iv2 = c.encrypt(b"x" * 33, uid=aes, cryptographic_parameters=cbc)
     check(iv2 is not None and len(iv2) == 16, "server IV: %r" % iv2)
@@ -190,16 +228,54 @@ with c:
     ct, iv3 = c.encrypt(b"new key", uid=rekeyed, cryptographic_parameters=cbc)
     check(c.decrypt(ct, uid=rekeyed, cryptographic_parameters=cbc, iv_counter_nonce=iv3) == b"new key", "rekeyed key works")
 
-    # Lifecycle: an Active key cannot be destroyed; revoke, then destroy; then it is gone.
+    # The replacement of an exportable key is exportable, and Locate by Name finds it first.
+    check(len(c.get(rekeyed).value) == 32, "the replacement does not come back")
+    if not v2:
+        found = c.locate(attributes=[af.create_attribute(enums.AttributeType.NAME, "py-aes-renamed-" + tag)])
+        check(found[:1] == [rekeyed] and aes in found, "locate by name after rekey: %s" % found)
+
+    # Lifecycle: an Active key cannot be destroyed; revoke, then destroy; then its material is
+    # gone and its metadata stays.
     expect_failure(lambda: c.destroy(aes), WRONG_STATE, "destroy an Active key")
     c.revoke(enums.RevocationReasonCode.CESSATION_OF_OPERATION, aes, revocation_message="done")
     check(attrs_of(c, aes, ["State"])["State"][0].value == enums.State.DEACTIVATED, "state after revoke")
     expect_failure(lambda: c.encrypt(b"late", uid=aes, cryptographic_parameters=cbc, iv_counter_nonce=iv), WRONG_STATE, "encrypt with a deactivated key")
     c.destroy(aes)
-    expect_failure(lambda: c.get_attributes(aes), [enums.ResultReason.ITEM_NOT_FOUND], "get_attributes after destroy")
+    da = attrs_of(c, aes, ["State", "Destroy Date", "Name", "Cryptographic Length"])
+    check(da["State"][0].value == enums.State.DESTROYED, "state after destroy: %s" % da["State"][0].value)
+    check("Destroy Date" in da and da["Cryptographic Length"][0].value == 256, "destroyed key's metadata: %s" % list(da))
+    check(len(attrs_of(c, aes)) > 5, "unfiltered get_attributes of a destroyed key")
+    expect_failure(lambda: c.get(aes), WRONG_STATE, "get of a destroyed key")
+    expect_failure(lambda: c.destroy(aes), WRONG_STATE, "destroy twice")
+    check(aes not in c.locate(attributes=[af.create_attribute(enums.AttributeType.OBJECT_TYPE, enums.ObjectType.SYMMETRIC_KEY)]), "locate finds a destroyed key")
     c.revoke(enums.RevocationReasonCode.KEY_COMPROMISE, rekeyed, compromise_occurrence_date=int(time.time()) - 60)
     check(attrs_of(c, rekeyed, ["State"])["State"][0].value == enums.State.COMPROMISED, "state after compromise")
     c.destroy(rekeyed)
+    check(attrs_of(c, rekeyed, ["State"])["State"][0].value == enums.State.DESTROYED_COMPROMISED, "a compromised key destroyed")
+
+    # DeriveKey: a new key, made in the token, from the encryption of data under a base key.
+    base = c.create(enums.CryptographicAlgorithm.AES, 256, name="py-derive-base-" + tag,
+                    cryptographic_usage_mask=[enums.CryptographicUsageMask.DERIVE_KEY, enums.CryptographicUsageMask.ENCRYPT])
+    c.activate(base)
+    base_value = c.get(base).value
+    data, div = os.urandom(32), os.urandom(16)
+    derived = c.derive_key(enums.ObjectType.SYMMETRIC_KEY, [base], enums.DerivationMethod.ENCRYPT,
+                           {"cryptographic_parameters": {"block_cipher_mode": enums.BlockCipherMode.CBC, "cryptographic_algorithm": enums.CryptographicAlgorithm.AES},
+                            "initialization_vector": div, "derivation_data": data},
+                           cryptographic_algorithm=enums.CryptographicAlgorithm.AES, cryptographic_length=256)
+    e = Cipher(algorithms.AES(base_value), modes.CBC(div)).encryptor()
+    check(c.get(derived).value == (e.update(data) + e.finalize()), "derived key differs from the encryption of the data")
+    e = expect_failure(lambda: c.derive_key(enums.ObjectType.SYMMETRIC_KEY, [base], enums.DerivationMethod.PBKDF2,
+                                            {"salt": b"salt", "iteration_count": 1000, "cryptographic_parameters": {"hashing_algorithm": enums.HashingAlgorithm.SHA_256}},
+                                            cryptographic_algorithm=enums.CryptographicAlgorithm.AES, cryptographic_length=128),
+                       [enums.ResultReason.FEATURE_NOT_SUPPORTED], "derive with PBKDF2")
+    check("PBKDF2" in (getattr(e, "message", None) or str(e)), "the refusal does not name PBKDF2")
+
+    # Algorithms SoftHSM2 lacks are refused by name.
+    for alg, name in ((enums.CryptographicAlgorithm.BLOWFISH, "Blowfish"), (enums.CryptographicAlgorithm.IDEA, "IDEA"),
+                      (enums.CryptographicAlgorithm.CAST5, "CAST5")):
+        e = expect_failure(lambda: c.create(alg, 128), [enums.ResultReason.FEATURE_NOT_SUPPORTED], "create %s" % name)
+        check(name.lower() in (getattr(e, "message", None) or str(e)).lower(), "the refusal does not name %s" % name)
 
     # RSA key pair: sign with PKCS#1 v1.5 and PSS, verify, public key as PKCS#1.
     pub, priv = c.create_key_pair(enums.CryptographicAlgorithm.RSA, 2048,
@@ -232,7 +308,11 @@ with c:
     pem = b"-----BEGIN RSA PUBLIC KEY-----\n" + base64.encodebytes(got.value) + b"-----END RSA PUBLIC KEY-----\n"
     rsa_pub = serialization.load_pem_public_key(pem)
     rsa_pub.verify(bytes.fromhex(summary["sig_pkcs1"]), msg, padding.PKCS1v15(), hashes.SHA256())
-    expect_failure(lambda: c.get(priv), NOT_EXTRACTABLE, "get generated private key")
+    # The generated private key comes back as PKCS#8, the public key's partner.
+    got = c.get(priv)
+    check(got.key_format_type == enums.KeyFormatType.PKCS_8, "private key format %s" % got.key_format_type)
+    sk_back = serialization.load_der_private_key(got.value, None)
+    check(sk_back.public_key().public_numbers() == rsa_pub.public_numbers(), "the private key from Get is not the pair's")
     expect_failure(lambda: c.sign(msg, uid=pub, cryptographic_parameters={"padding_method": enums.PaddingMethod.PKCS1v15}),
                    [enums.ResultReason.INVALID_FIELD, enums.ResultReason.PERMISSION_DENIED, enums.ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK],
                    "sign with the public key")
@@ -262,6 +342,26 @@ with c:
     secret = c.register(objects.SecretData(b"hunter2", enums.SecretDataType.PASSWORD, name="py-secret-" + tag))
     got = c.get(secret)
     check(got.value == b"hunter2" and got.data_type == enums.SecretDataType.PASSWORD, "secret data came back different")
+    # A database master key: 96 bytes of Secret Data (MongoDB's), Activate, Get.
+    db_key = os.urandom(96)
+    db_secret = c.register(objects.SecretData(db_key, enums.SecretDataType.SEED, name="py-db-master-" + tag))
+    c.activate(db_secret)
+    check(c.get(db_secret).value == db_key, "96-byte secret data came back different")
+    # Keys as clients send them: a wrong AES length names the right ones; PKCS#1 bytes labelled
+    # PKCS_8 and SEC1 bytes labelled PKCS_8 are taken.
+    e = expect_failure(lambda: c.register(objects.SymmetricKey(enums.CryptographicAlgorithm.AES, 160, os.urandom(20))),
+                       [enums.ResultReason.INVALID_FIELD], "register a 20-byte AES key")
+    check("16, 24 or 32" in (getattr(e, "message", None) or str(e)), "the refusal does not name the AES sizes")
+    sk1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pkcs1 = sk1.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    mislabelled = c.register(objects.PrivateKey(enums.CryptographicAlgorithm.RSA, 2048, pkcs1, enums.KeyFormatType.PKCS_8, name="py-pkcs1-as-8-" + tag))
+    back = serialization.load_der_private_key(c.get(mislabelled).value, None)
+    check(back.private_numbers() == sk1.private_numbers(), "a PKCS#1 key registered as PKCS_8 came back different")
+    eck = ec.generate_private_key(ec.SECP256R1())
+    sec1 = eck.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    ec_uid = c.register(objects.PrivateKey(enums.CryptographicAlgorithm.EC, 256, sec1, enums.KeyFormatType.PKCS_8, name="py-sec1-as-8-" + tag))
+    back = serialization.load_der_private_key(c.get(ec_uid).value, None)
+    check(back.private_numbers() == eck.private_numbers(), "a SEC1 key registered as PKCS_8 came back different")
     opaque = c.register(objects.OpaqueObject(b"\x00\x01opaque", enums.OpaqueDataType.NONE, name="py-opaque-" + tag))
     check(c.get(opaque).value == b"\x00\x01opaque", "opaque object came back different")
     ca_der = open(ca_der_file, "rb").read()

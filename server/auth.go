@@ -21,6 +21,7 @@ import (
 
 // auth holds identities and policies of one configuration; a reload builds a new one.
 type auth struct {
+	gen        uint64 // this configuration's number (signer.Caller.Generation)
 	admin      string
 	policies   []conf.Policy
 	byIdentity map[string]*conf.Policy
@@ -43,6 +44,9 @@ type auth struct {
 	callers  sync.Map // identity -> signer.Caller
 	ncallers atomic.Int32
 }
+
+// authGeneration numbers the configurations an auth is made from.
+var authGeneration atomic.Uint64
 
 // maxCachedCallers bounds callers: identities that chain to the client CA may be many.
 const maxCachedCallers = 4096
@@ -71,7 +75,7 @@ func (e *expiredCerts) snapshot() map[string]time.Time {
 }
 
 func newAuth(cfg *conf.Config) *auth {
-	a := &auth{admin: cfg.Admin, policies: cfg.Policies, byIdentity: map[string]*conf.Policy{}, revoked: map[string]bool{},
+	a := &auth{gen: authGeneration.Add(1), admin: cfg.Admin, policies: cfg.Policies, byIdentity: map[string]*conf.Policy{}, revoked: map[string]bool{},
 		proxies: map[string]bool{}, plaintext: cfg.KES.Plaintext, loaded: time.Now().UTC(), notAfter: cfg.NotAfter}
 	for i := range a.policies {
 		for _, id := range a.policies[i].Identities {
@@ -139,7 +143,7 @@ func (a *auth) allowPath(identity, path string) bool {
 func (a *auth) caller(identity string) signer.Caller {
 	if a.revoked[identity] || a.ended(identity) {
 		// Not cached: an identity's end date passes while the cache lives.
-		return signer.Caller{Identity: identity}
+		return signer.Caller{Identity: identity, Generation: a.gen}
 	}
 	if c, ok := a.callers.Load(identity); ok {
 		return c.(signer.Caller)
@@ -155,12 +159,12 @@ func (a *auth) caller(identity string) signer.Caller {
 
 func (a *auth) makeCaller(identity string) signer.Caller {
 	if a.revoked[identity] || a.ended(identity) {
-		return signer.Caller{Identity: identity}
+		return signer.Caller{Identity: identity, Generation: a.gen}
 	}
 	if a.isAdmin(identity) {
-		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares, Export: true}
+		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares, Export: true, Generation: a.gen}
 	}
-	c := signer.Caller{Identity: identity, Shares: a.shares}
+	c := signer.Caller{Identity: identity, Shares: a.shares, Generation: a.gen}
 	p := a.byIdentity[identity]
 	own := ""
 	if p != nil {

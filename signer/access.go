@@ -48,6 +48,9 @@ type Caller struct {
 	// Export is the right to make keys that may leave the token (policy `export = true`, and the
 	// admin) and to take generated keys out of it (Get, in plain or wrapped): see exportable.
 	Export bool
+	// Generation names the configuration the caller was made under (0 for the operator): what is
+	// derived from a Caller and kept (the KMIP Locate cache) is good only under the same one.
+	Generation uint64
 }
 
 // Operator is the operator at the command line, and the server acting for itself: every key, owned

@@ -17,3 +17,6 @@ func (r *Registry) Scan(c Caller, q keymap.Query, fn func(keymap.View) bool) {
 		return fn(v)
 	})
 }
+
+// Sees says whether c may see row v (the check Scan makes on each row).
+func (r *Registry) Sees(c Caller, v keymap.View) bool { return c.reachesRow(v) }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
 	"github.com/ovh/kmip-go"
+	"github.com/ovh/kmip-go/kmipclient"
 	"github.com/ovh/kmip-go/payloads"
 
 	"github.com/p11bridge/p11bridge/keymap"
@@ -166,5 +168,71 @@ func TestLocatePlanMissesNothing(t *testing.T) {
 	env.srv.markFurtherNames()
 	if n, _ := answer(queries["further name"], false); n != 1 {
 		t.Fatalf("after markFurtherNames, a further name located %d objects, want 1", n)
+	}
+}
+
+// TestLocatePagesSearchOnce: paging through a Locate's matches with Offset Items searches the rows
+// once, not once a page (400 matches in pages of 40 visited 4,000 rows before), answers the order
+// a single Locate answers, searches again after a change, and keeps one identity's result from
+// another's Locate of the same filter.
+func TestLocatePagesSearchOnce(t *testing.T) {
+	_, addr, _ := startServer(t, Options{})
+	cl, err := dialOVH(addr, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const n, page = 400, 40
+	for i := 0; i < n; i++ {
+		if _, err := cl.Create().AES(128, kmip.CryptographicUsageEncrypt).WithAttribute("x-locate-pages", "run").Exec(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	locate := func(c *kmipclient.Client, offset, max int32) *payloads.LocateResponsePayload {
+		q := c.Locate().WithAttribute("x-locate-pages", "run").WithMaxItems(max)
+		if offset > 0 {
+			q = q.WithOffset(offset)
+		}
+		return must[*payloads.LocateResponsePayload](t)(q.Exec())
+	}
+	all := locate(cl, 0, 1000).UniqueIdentifier
+	if len(all) != n {
+		t.Fatalf("one Locate found %d of %d", len(all), n)
+	}
+	visits := &atomic.Int64{}
+	locateVisits = visits
+	defer func() { locateVisits = nil }()
+	var paged []string
+	for off := int32(0); off < n; off += page {
+		l := locate(cl, off, page)
+		if l.LocatedItems == nil || *l.LocatedItems != n {
+			t.Fatalf("page at %d: Located Items %v, want %d", off, l.LocatedItems, n)
+		}
+		paged = append(paged, l.UniqueIdentifier...)
+	}
+	t.Logf("%d pages of %d: %d rows visited", n/page, page, visits.Load())
+	if !slices.Equal(paged, all) {
+		t.Fatalf("the pages answered another order or other objects than one Locate")
+	}
+	if v := visits.Load(); v > 2*n {
+		t.Errorf("paging through %d matches visited %d rows: each page searched again", n, v)
+	}
+
+	// Another identity, same filter, at an offset: not the first one's result.
+	other, err := dialOVH(addr, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if l := locate(other, page, page); len(l.UniqueIdentifier) != 0 || l.LocatedItems == nil || *l.LocatedItems != 0 {
+		t.Errorf("another identity's page: %d identifiers, Located Items %v; want none", len(l.UniqueIdentifier), l.LocatedItems)
+	}
+
+	// A change: the next page comes from a new search.
+	if _, err := cl.Create().AES(128, kmip.CryptographicUsageEncrypt).WithAttribute("x-locate-pages", "run").Exec(); err != nil {
+		t.Fatal(err)
+	}
+	if l := locate(cl, page, page); l.LocatedItems == nil || *l.LocatedItems != n+1 {
+		t.Errorf("after a create, Located Items %v, want %d", l.LocatedItems, n+1)
 	}
 }

@@ -3,8 +3,9 @@ package ttlv
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"slices"
-	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -102,39 +103,10 @@ func locate(o *op, p *node) (any, error) {
 	// Filters that need the whole row (state, server-maintained attributes) come last: most rows
 	// are rejected by the cheap ones, read in place, and are never copied.
 	slices.SortStableFunc(filters, func(x, y *filter) int { return cmp.Compare(x.cost(), y.cost()) })
-	// Each match keeps its creation time beside it: ordering a large result compares times held in
-	// one array, not rows spread over the keymap's memory (at 100,000 matches, 250 ms a Locate
-	// against a few).
-	type hit struct {
-		created  time.Time
-		replaced bool // ReKey replaced it
-		v        keymap.View
-	}
-	var found []hit
 	// What another instance of a cluster just made, renamed or destroyed is found (or not) here too.
 	if err := o.s.reg.Sync(context.Background()); err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	plan := locatePlan(filters)
-	if locateScanAll {
-		plan = []branch{{}}
-	}
-	for _, b := range plan {
-		o.s.reg.Scan(o.caller, b.q, func(v keymap.View) bool {
-			if b.without != "" {
-				if _, ok := v.Attr(b.without); ok {
-					return true // another branch of the plan visits it
-				}
-			}
-			if (destroyed || live(v.State())) && o.matches(v, filters, now) {
-				r, _ := v.Attr(signer.AttrReplacement)
-				found = append(found, hit{v.Created(), r != "", v})
-			}
-			return true
-		})
-	}
-	total := len(found)
 	offset := 0
 	if req.OffsetItems != nil && *req.OffsetItems > 0 {
 		offset = int(*req.OffsetItems)
@@ -143,20 +115,33 @@ func locate(o *op, p *node) (any, error) {
 	if req.MaximumItems != nil && *req.MaximumItems > 0 {
 		limit = min(limit, int(*req.MaximumItems))
 	}
-	// Keys in use first: a key not replaced before one that was (Locate by Name after a ReKey
-	// answers the current key first), then the newest first.
-	found = keymap.Page(found, offset, limit, func(a, b hit) int {
-		if a.replaced != b.replaced {
-			if a.replaced {
-				return 1
+	now := time.Now()
+	// The changes counter is read before the search, so that a change made during it marks the
+	// result as old.
+	at := o.s.reg.Changes()
+	key := locateKey(o, destroyed, filters)
+	var found []hit
+	total := 0
+	if all := o.s.locates.get(key, at, now); all != nil && offset > 0 {
+		// A next page of a search made a moment ago: its items are checked again, one by one.
+		total = len(all)
+		for _, h := range all[min(offset, len(all)):min(offset+limit, len(all))] {
+			if o.s.reg.Sees(o.caller, h.v) && (destroyed || live(h.v.State())) && o.matches(h.v, filters, now) {
+				found = append(found, h)
 			}
-			return -1
 		}
-		if c := b.created.Compare(a.created); c != 0 {
-			return c // newest first
+	} else {
+		found = o.search(filters, destroyed, now)
+		total = len(found)
+		if total > limit {
+			// More than one page: ordered in full and kept for the next pages.
+			slices.SortFunc(found, hitOrder)
+			o.s.locates.put(key, at, now, found)
+			found = found[min(offset, total):min(offset+limit, total)]
+		} else {
+			found = keymap.Page(found, offset, limit, hitOrder)
 		}
-		return strings.Compare(a.v.ID(), b.v.ID())
-	})
+	}
 	resp := locateResponse{}
 	if o.v.atLeast(1, 3) {
 		resp.LocatedItems = ptr(int32(total))
@@ -169,6 +154,57 @@ func locate(o *op, p *node) (any, error) {
 	}
 	return resp, nil
 }
+
+// search returns every row matching filters that the caller may see, in no order.
+func (o *op) search(filters []*filter, destroyed bool, now time.Time) []hit {
+	var found []hit
+	plan := locatePlan(filters)
+	if locateScanAll {
+		plan = []branch{{}}
+	}
+	for _, b := range plan {
+		o.s.reg.Scan(o.caller, b.q, func(v keymap.View) bool {
+			if locateVisits != nil {
+				locateVisits.Add(1)
+			}
+			if b.without != "" {
+				if _, ok := v.Attr(b.without); ok {
+					return true // another branch of the plan visits it
+				}
+			}
+			if (destroyed || live(v.State())) && o.matches(v, filters, now) {
+				r, _ := v.Attr(signer.AttrReplacement)
+				found = append(found, hit{v.Created(), r != "", v})
+			}
+			return true
+		})
+	}
+	return found
+}
+
+// locateKey names a search for the locate cache: the caller's identity and the configuration it
+// was made under (a reload may change what it sees), the protocol version, whether destroyed
+// objects count, and the filters with their values as encoded.
+func locateKey(o *op, destroyed bool, filters []*filter) string {
+	b := []byte(o.caller.Identity)
+	b = binary.BigEndian.AppendUint64(append(b, 0), o.caller.Generation)
+	b = append(b, byte(o.v.Major), byte(o.v.Minor))
+	if destroyed {
+		b = append(b, 1)
+	}
+	for _, f := range filters {
+		b = append(b, 0)
+		b = append(b, f.a.name...)
+		for _, v := range f.vals {
+			b = append(b, 0)
+			b = v.encode(b)
+		}
+	}
+	return string(b)
+}
+
+// locateVisits, when set (tests), counts the rows Locate searches visit.
+var locateVisits *atomic.Int64
 
 // locateScanAll makes Locate visit every row (tests compare its answers with the plan's).
 var locateScanAll bool

@@ -94,6 +94,8 @@ type Server struct {
 	log   *slog.Logger
 	audit *slog.Logger
 
+	locates locateCache // recent Locate results, for their next pages
+
 	// base is cancelled when Shutdown gives up waiting, to abort requests still running.
 	base   context.Context
 	cancel context.CancelFunc

@@ -38,6 +38,8 @@ import (
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipclient"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/p11bridge/p11bridge/conf"
 	"github.com/p11bridge/p11bridge/keymap"
 	"github.com/p11bridge/p11bridge/server"
@@ -51,8 +53,16 @@ func main() {
 	workers := flag.Int("workers", 16, "keys created at once")
 	sample := flag.Int("sample", 2000, "keys used once after the restart (first use) and again (warm)")
 	create := flag.String("create", "", "internal: create keys for the config at this path")
+	probe := flag.String("probe", "", "internal: measure the token of the config at this path with plain PKCS#11")
 	n := flag.Int("n", 0, "internal: how many keys -create makes")
 	flag.Parse()
+	if *probe != "" {
+		if err := probeToken(*probe); err != nil {
+			fmt.Fprintln(os.Stderr, "benchscale:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *create != "" {
 		if err := createKeys(*create, *n, *workers); err != nil {
 			fmt.Fprintln(os.Stderr, "benchscale:", err)
@@ -71,6 +81,7 @@ type result struct {
 	keys                       int
 	load                       []string // load averages before and after
 	create                     float64
+	tokOpen, tokList           float64 // s: plain PKCS#11, the reference for the start figures
 	rebuild, rebuildRSS        float64 // s, MiB
 	list, listRSS              float64 // s, MiB
 	ready, warm                float64
@@ -165,6 +176,19 @@ func measure(bin, dir string, n, workers, sample int) (result, error) {
 	}
 	if lines := strings.Count(out, "\n"); lines < n+2 {
 		return r, fmt.Errorf("keys list printed %d lines for %d keys", lines, n)
+	}
+
+	// The token alone, through plain PKCS#11 in a process of its own: what any application pays.
+	{
+		cmd := exec.Command(self, "-probe", d.Config)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return r, fmt.Errorf("probe: %v\n%s", err, out)
+		}
+		if _, err := fmt.Sscan(string(out), &r.tokOpen, &r.tokList); err != nil {
+			return r, fmt.Errorf("probe answered %q: %v", out, err)
+		}
 	}
 
 	// The server, twice: a first start, where the sample's keys are used for the first time ever
@@ -461,6 +485,8 @@ func figures(r result) []struct {
 		unit string
 	}{
 		{"create keys (registry, 16 at once)", r.create, "s"},
+		{"token alone: initialize, open a session, log in", r.tokOpen, "s"},
+		{"token alone: list objects, read class and CKA_ID", r.tokList, "s"},
 		{"serve: start to ready", r.ready, "s"},
 		{"serve: start to every key warm (index pass done)", r.warm, "s"},
 		{"  index pass alone", r.indexSeconds, "s"},
@@ -650,4 +676,70 @@ func dialKMIP(dir, addr string) (*kmipclient.Client, error) {
 func encryptWith(cl *kmipclient.Client, id string) error {
 	_, err := cl.Encrypt(id).WithCryptographicParameters(kmip.CryptographicParameters{BlockCipherMode: kmip.BlockCipherModeGCM}).Data(make([]byte, 32)).Exec()
 	return err
+}
+
+// probeToken measures, with plain PKCS#11 calls on the config's first signer, what opening the
+// token costs (SoftHSM2 reads every object file at its first session) and what one pass over its
+// objects reading class and CKA_ID costs; it prints the two in seconds.
+func probeToken(path string) error {
+	cfg, err := conf.Load(path)
+	if err != nil {
+		return err
+	}
+	sc := server.SignerConfigs(cfg)[0]
+	t := time.Now()
+	p := pkcs11.New(sc.Module)
+	if p == nil {
+		return fmt.Errorf("load %s", sc.Module)
+	}
+	if err := p.Initialize(); err != nil {
+		return err
+	}
+	defer p.Finalize()
+	slots, err := p.GetSlotList(true)
+	if err != nil {
+		return err
+	}
+	slot, found := uint(0), false
+	for _, s := range slots {
+		if ti, err := p.GetTokenInfo(s); err == nil && ti.Label == sc.TokenLabel {
+			slot, found = s, true
+		}
+	}
+	if !found {
+		return fmt.Errorf("no token labelled %q", sc.TokenLabel)
+	}
+	sh, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		return err
+	}
+	if err := p.Login(sh, pkcs11.CKU_USER, sc.PIN); err != nil {
+		return err
+	}
+	open := time.Since(t)
+	t = time.Now()
+	if err := p.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}); err != nil {
+		return err
+	}
+	var all []pkcs11.ObjectHandle
+	for {
+		hs, _, err := p.FindObjects(sh, 1024)
+		if err != nil {
+			return err
+		}
+		if len(hs) == 0 {
+			break
+		}
+		all = append(all, hs...)
+	}
+	if err := p.FindObjectsFinal(sh); err != nil {
+		return err
+	}
+	for _, h := range all {
+		if _, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil), pkcs11.NewAttribute(pkcs11.CKA_ID, nil)}); err != nil {
+			return err
+		}
+	}
+	fmt.Println(open.Seconds(), time.Since(t).Seconds())
+	return nil
 }

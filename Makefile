@@ -78,7 +78,7 @@ bench: deps-test build
 # How costs grow with the number of keys on one token (not in CI): for each of SCALESIZES keys, a
 # fresh dev-mode token filled through the registry, then the real binary measured (start, warm-up,
 # first use, Locate, keys list and rebuild, RSS); docs/benchmarks.md. 1,000 + 10,000 + 100,000
-# keys take about 25 minutes here, most of it SoftHSM2 making 111,000 keys (~200 a second).
+# keys took 8½ minutes here, most of it SoftHSM2 making 111,000 keys (~320 a second).
 SCALESIZES ?= 1000,10000,100000
 bench-scale: deps-test build
 	$(GO) run ./test/benchscale -bin $(BIN) -sizes $(SCALESIZES) | tee bench-scale.out

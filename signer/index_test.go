@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,13 +31,28 @@ func TestIndexWarmsLinearly(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer r.Close()
-		var ids []string
-		for i := range n {
-			k, err := r.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: fmt.Sprintf("ix-%s-%d", name, i), State: keymap.Active})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, k.ID)
+		// Eight at once: the keymap's writers share fsyncs, and SoftHSM2 makes keys in parallel.
+		ids := make([]string, n)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < n; i += 8 {
+					k, err := r.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 128}, Meta{Name: fmt.Sprintf("ix-%s-%d", name, i), State: keymap.Active})
+					if err != nil {
+						errs <- err
+						return
+					}
+					ids[i] = k.ID
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			t.Fatal(err)
 		}
 		return ids
 	}

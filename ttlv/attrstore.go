@@ -368,7 +368,12 @@ func (s *Server) kmipAlgorithm(rec keymap.Record, v ProtocolVersion) (uint32, bo
 	if a, ok := s.storedInt(rec, kmip14.TagCryptographicAlgorithm); ok {
 		return a, true
 	}
-	switch rec.Algorithm {
+	return registryKMIPAlgorithm(rec.Algorithm, v)
+}
+
+// registryKMIPAlgorithm is the Cryptographic Algorithm of a registry algorithm, at version v.
+func registryKMIPAlgorithm(alg string, v ProtocolVersion) (uint32, bool) {
+	switch alg {
 	case signer.AES:
 		return uint32(kmip14.CryptographicAlgorithmAES), true
 	case signer.RSA:
@@ -392,20 +397,7 @@ func (s *Server) viewAlgorithm(v keymap.View, ver ProtocolVersion) (uint32, bool
 			return n.u32(), true
 		}
 	}
-	switch v.Algorithm() {
-	case signer.AES:
-		return uint32(kmip14.CryptographicAlgorithmAES), true
-	case signer.RSA:
-		return uint32(kmip14.CryptographicAlgorithmRSA), true
-	case signer.HMAC:
-		return uint32(kmip14.CryptographicAlgorithmHMAC_SHA256), true
-	case signer.EC:
-		if ver.atLeast(1, 2) {
-			return uint32(kmip14.CryptographicAlgorithmEC), true
-		}
-		return uint32(kmip14.CryptographicAlgorithmECDSA), true
-	}
-	return 0, false
+	return registryKMIPAlgorithm(v.Algorithm(), ver)
 }
 
 // registryLinks are the links the registry keeps, as KMIP Link types.

@@ -16,10 +16,13 @@ import (
 // signer opens; requests are served meanwhile. Keys this process makes or destroys are added or
 // dropped as it does (remember, forget).
 //
-// A lookup the index cannot answer — the pass has not reached the key yet, or another process made
-// it since — goes through search: one targeted search at a time per token (the gate), so a burst
-// of first uses costs the token one walk at a time, not one each at once; while the pass runs, a
-// waiting lookup is also woken by its end and usually finds its key then. A tag searched for and
+// The pass's handles are used once it has ended: an object is known to be the only one under its
+// tag only when every object has been read (someone with the token's PIN could have put a second
+// object under a key's CKA_ID, which the pass then withdraws and a search refuses). A lookup the
+// index cannot answer — the pass has not ended, or another process made the key since — goes
+// through search: one targeted search at a time per token (the gate), so a burst of first uses
+// costs the token one walk at a time, not one each at once; while the pass runs, a waiting lookup
+// is also woken by its end and usually finds its key then. A tag searched for and
 // not found is remembered for handleMissTTL, so a row whose object is gone does not search on
 // every use.
 
@@ -150,10 +153,11 @@ func (t *Token) indexPass(ctx context.Context) IndexStats {
 				continue
 			}
 			// A lookup may have cached the handle meanwhile, or forgotten a destroyed key: a
-			// handle the pass saw is only added where there is none, and it is checked before
-			// use later like any cached handle whose last look is old (findCached).
-			c := &cachedHandle{h: o.h}
-			c.checked.Store(t.clock())
+			// handle the pass saw is only added where there is none. It is used only once the
+			// pass has ended (a second object under the tag, later in the listing, withdraws it
+			// first), and checked at its first use as if its last look were old (findCached).
+			c := &cachedHandle{h: o.h, fromPass: true}
+			c.checked.Store(t.clock() - int64(copyRecheck))
 			e := &seen{}
 			if _, loaded := t.handles.LoadOrStore(o.key, c); !loaded {
 				e.c = c
@@ -280,6 +284,19 @@ func kindOfTemplate(tmpl []*pkcs11.Attribute) objKind {
 	return objKind{class: class}
 }
 
+// indexEnded says whether the index pass has ended (or never ran).
+func (t *Token) indexEnded() bool {
+	if t.indexDone == nil {
+		return true
+	}
+	select {
+	case <-t.indexDone:
+		return true
+	default:
+		return false
+	}
+}
+
 // indexing returns a channel closed when the pass publishes more handles or ends, or nil when it
 // has ended.
 func (t *Token) indexing() <-chan struct{} {
@@ -299,7 +316,7 @@ func (t *Token) indexing() <-chan struct{} {
 // A tag found missing within handleMissTTL is not searched again.
 func (t *Token) search(ctx context.Context, key handleKey) (cached *cachedHandle, hs []pkcs11.ObjectHandle, err error) {
 	for {
-		if v, ok := t.handles.Load(key); ok {
+		if v, ok := t.handles.Load(key); ok && t.trusted(v.(*cachedHandle)) {
 			return v.(*cachedHandle), nil, nil
 		}
 		if t.missedRecently(key) {
@@ -312,7 +329,7 @@ func (t *Token) search(ctx context.Context, key handleKey) (cached *cachedHandle
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}
-		if v, ok := t.handles.Load(key); ok {
+		if v, ok := t.handles.Load(key); ok && t.trusted(v.(*cachedHandle)) {
 			<-t.searchGate
 			return v.(*cachedHandle), nil, nil
 		}

@@ -171,3 +171,55 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// A handle the index pass published is not used before the pass ends: until every object has
+// been read, a second object under the same CKA_ID (planted by someone with the token's PIN, with
+// a value they know) may still come. A use while the pass runs searches instead, and the search
+// refuses two objects under one tag; before, the pass's first handle was used at once, and a
+// session copy made from it outlived the pass's discovery of the duplicate.
+func TestPassHandleUsedOnlyAfterPass(t *testing.T) {
+	owner := Caller{Identity: "index-planted"}
+	victim, err := testReg.Create(ctx, owner, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "planted-victim", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(Options{Signers: []Config{cfgOf("a", tokA)}, Logger: quietLog(), NoIndex: true}, testKM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	tok2, _ := r2.Signer("a")
+	var planted pkcs11.ObjectHandle
+	if err := tok2.do(ctx, func(sh pkcs11.SessionHandle) error {
+		planted, err = tok2.ctx.CreateObject(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, victim.Tag), pkcs11.NewAttribute(pkcs11.CKA_VALUE, make([]byte, 32)),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer tok2.do(ctx, func(sh pkcs11.SessionHandle) error { return tok2.ctx.DestroyObject(sh, planted) })
+
+	// The pass is under way and has published the planted object first.
+	done, wake := make(chan struct{}), make(chan struct{})
+	tok2.indexDone = done
+	tok2.indexWake.Store(&wake)
+	c := &cachedHandle{h: planted, fromPass: true}
+	c.checked.Store(tok2.clock())
+	key := handleKey{string(victim.Tag), kindAES}
+	tok2.handles.Store(key, c)
+	if _, _, err := r2.Seal(ctx, owner, victim.ID, nil, []byte("x"), nil); err == nil {
+		t.Fatal("sealed while the pass ran, with the handle it published first (the planted key)")
+	}
+	if v, ok := tok2.copies.Load(key); ok && v.(*keyCopy) != nil {
+		t.Fatal("a session copy was made while the pass ran")
+	}
+	// The pass reads the real object, withdraws the tag and ends: still refused.
+	tok2.handles.Delete(key)
+	close(done)
+	if _, _, err := r2.Seal(ctx, owner, victim.ID, nil, []byte("x"), nil); err == nil {
+		t.Fatal("sealed after the pass, with two objects under the key's tag")
+	}
+}

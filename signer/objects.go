@@ -39,7 +39,14 @@ type handleKey struct {
 type cachedHandle struct {
 	h       pkcs11.ObjectHandle
 	checked atomic.Int64 // t.clock()
+	// fromPass marks a handle the index pass published: trusted only once the pass has ended,
+	// when a second object under the same tag (someone else wrote to the token) would have been
+	// seen and the handle withdrawn (index.go).
+	fromPass bool
 }
+
+// trusted says whether c may be used now.
+func (t *Token) trusted(c *cachedHandle) bool { return !c.fromPass || t.indexEnded() }
 
 // remember caches h as the object of tag and kind, just seen to carry the tag.
 func (t *Token) remember(key handleKey, h pkcs11.ObjectHandle) {
@@ -67,7 +74,7 @@ func (t *Token) findCached(ctx context.Context, tag []byte, k objKind) (pkcs11.O
 		}
 		return c.h, nil, nil
 	}
-	if v, ok := t.handles.Load(key); ok {
+	if v, ok := t.handles.Load(key); ok && t.trusted(v.(*cachedHandle)) {
 		return fromCache(v.(*cachedHandle))
 	}
 	c, hs, err := t.search(ctx, key)

@@ -236,3 +236,29 @@ func TestLocatePagesSearchOnce(t *testing.T) {
 		t.Errorf("after a create, Located Items %v, want %d", l.LocatedItems, n+1)
 	}
 }
+
+// One identity's Locates keep at most maxLocatesPerIdentity results: many of its own do not push
+// out another identity's.
+func TestLocateCacheShares(t *testing.T) {
+	var c locateCache
+	now := time.Now()
+	c.put("b", "b-1", 7, now, make([]hit, 3))
+	for i := range 3 * maxLocatesPerIdentity {
+		c.put("a", fmt.Sprintf("a-%d", i), 7, now.Add(time.Duration(i+1)*time.Millisecond), make([]hit, 3))
+	}
+	if c.get("b-1", 7, now) == nil {
+		t.Error("another identity's Locates pushed out b's result")
+	}
+	n := 0
+	for _, r := range c.m {
+		if r.who == "a" {
+			n++
+		}
+	}
+	if n != maxLocatesPerIdentity || c.held != 3*(n+1) {
+		t.Errorf("a holds %d results (want %d), %d hits held", n, maxLocatesPerIdentity, c.held)
+	}
+	if c.get("b-1", 8, now) != nil || c.get("b-1", 7, now.Add(locateCacheTTL)) != nil {
+		t.Error("a result outlived a change or its TTL")
+	}
+}

@@ -48,11 +48,14 @@ const (
 	locateCacheTTL = 30 * time.Second
 	// maxCachedHits bounds the items all results hold together (~40 bytes each).
 	maxCachedHits = 1 << 20
-	// maxCachedLocates bounds the results: a few clients paging at once.
-	maxCachedLocates = 16
+	// maxCachedLocates bounds the results: a few clients paging at once;
+	// maxLocatesPerIdentity keeps one identity from pushing out the others'.
+	maxCachedLocates      = 16
+	maxLocatesPerIdentity = 4
 )
 
 type locateResult struct {
+	who  string // the identity that searched
 	at   uint64 // the keymap's Changes() when the search ran
 	made time.Time
 	hits []hit // in hitOrder
@@ -81,9 +84,9 @@ func (c *locateCache) get(key string, at uint64, now time.Time) []hit {
 	return r.hits
 }
 
-// put keeps hits (ordered) as key's result, made at changes at; results that expired or are
-// older go first when room is needed.
-func (c *locateCache) put(key string, at uint64, now time.Time, hits []hit) {
+// put keeps hits (ordered) as key's result for identity who, made at changes at; results that
+// expired or are older go first, then who's oldest beyond its share, then the oldest of all.
+func (c *locateCache) put(who, key string, at uint64, now time.Time, hits []hit) {
 	if len(hits) > maxCachedHits {
 		return
 	}
@@ -98,16 +101,27 @@ func (c *locateCache) put(key string, at uint64, now time.Time, hits []hit) {
 			c.drop(k)
 		}
 	}
-	for len(c.m) >= maxCachedLocates || c.held+len(hits) > maxCachedHits {
-		oldest := ""
-		for k, r := range c.m {
-			if oldest == "" || r.made.Before(c.m[oldest].made) {
-				oldest = k
+	oldest := func(of string) (string, int) {
+		k, n := "", 0
+		for kk, r := range c.m {
+			if of != "" && r.who != of {
+				continue
+			}
+			n++
+			if k == "" || r.made.Before(c.m[k].made) {
+				k = kk
 			}
 		}
-		c.drop(oldest)
+		return k, n
 	}
-	c.m[key] = &locateResult{at: at, made: now, hits: hits}
+	if k, n := oldest(who); n >= maxLocatesPerIdentity {
+		c.drop(k)
+	}
+	for len(c.m) >= maxCachedLocates || c.held+len(hits) > maxCachedHits {
+		k, _ := oldest("")
+		c.drop(k)
+	}
+	c.m[key] = &locateResult{who: who, at: at, made: now, hits: hits}
 	c.held += len(hits)
 }
 

@@ -136,7 +136,7 @@ func locate(o *op, p *node) (any, error) {
 		if total > limit {
 			// More than one page: ordered in full and kept for the next pages.
 			slices.SortFunc(found, hitOrder)
-			o.s.locates.put(key, at, now, found)
+			o.s.locates.put(o.caller.Identity, key, at, now, found)
 			found = found[min(offset, total):min(offset+limit, total)]
 		} else {
 			found = keymap.Page(found, offset, limit, hitOrder)
@@ -186,18 +186,21 @@ func (o *op) search(filters []*filter, destroyed bool, now time.Time) []hit {
 // was made under (a reload may change what it sees), the protocol version, whether destroyed
 // objects count, and the filters with their values as encoded.
 func locateKey(o *op, destroyed bool, filters []*filter) string {
-	b := []byte(o.caller.Identity)
-	b = binary.BigEndian.AppendUint64(append(b, 0), o.caller.Generation)
+	// Every part length-prefixed: custom attribute names may hold any byte.
+	field := func(b, f []byte) []byte { return append(binary.AppendUvarint(b, uint64(len(f))), f...) }
+	b := field(nil, []byte(o.caller.Identity))
+	b = binary.BigEndian.AppendUint64(b, o.caller.Generation)
 	b = append(b, byte(o.v.Major), byte(o.v.Minor))
 	if destroyed {
 		b = append(b, 1)
+	} else {
+		b = append(b, 0)
 	}
 	for _, f := range filters {
-		b = append(b, 0)
-		b = append(b, f.a.name...)
+		b = field(b, []byte(f.a.name))
+		b = binary.AppendUvarint(b, uint64(len(f.vals)))
 		for _, v := range f.vals {
-			b = append(b, 0)
-			b = v.encode(b)
+			b = field(b, v.encode(nil))
 		}
 	}
 	return string(b)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/p11bridge/p11bridge/signer"
 )
@@ -40,7 +41,21 @@ func FuzzMessage(f *testing.F) {
 	panicHook.Store(&fatal)
 	f.Cleanup(func() { panicHook.Store(nil) })
 	f.Fuzz(func(t *testing.T, b []byte) {
-		out := srv.handleMessage(context.Background(), "fuzzer", b)
+		// A time budget linear in the message's size (the token's operations included): a message
+		// over it is run twice more and fails only when every run is over, since on a shared
+		// machine one run can stall; a superlinear input is slow every time.
+		var out []byte
+		run := func() time.Duration {
+			start := time.Now()
+			out = srv.handleMessage(context.Background(), "fuzzer", b)
+			return time.Since(start)
+		}
+		budget := time.Second + time.Duration(len(b))*50*time.Microsecond
+		if took := run(); took > budget {
+			if took = min(took, run(), run()); took > budget {
+				t.Fatalf("a message of %d bytes took %v (the least of three runs), over its linear budget of %v", len(b), took, budget)
+			}
+		}
 		if msg := encodeMismatch.Load(); msg != nil {
 			t.Fatal(*msg)
 		}

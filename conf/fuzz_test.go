@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"testing"
+	"time"
 )
 
 // FuzzParse: any input either parses into a config that keeps the promised
@@ -12,6 +13,15 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(Example()))
 	f.Fuzz(func(t *testing.T, src []byte) {
+		// A time budget linear in the input's size, the least of three parses.
+		parse := func() time.Duration {
+			start := time.Now()
+			_, _ = Parse(src, "testdata/fuzz.hcl")
+			return time.Since(start)
+		}
+		if budget := time.Second + time.Duration(len(src))*50*time.Microsecond; parse() > budget && min(parse(), parse()) > budget {
+			t.Fatalf("parsing %d bytes took longer than %v, three times", len(src), budget)
+		}
 		cfg, err := Parse(src, "testdata/fuzz.hcl")
 		if err != nil {
 			var ce *Error

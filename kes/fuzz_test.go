@@ -107,7 +107,14 @@ func FuzzRequest(f *testing.F) {
 
 	allowed := map[int]bool{200: true, 301: true, 400: true, 403: true, 404: true, 405: true, 406: true, 413: true, 501: true}
 	f.Fuzz(func(t *testing.T, method, path string, body []byte, who byte) {
+		// A time budget linear in the request's size (the token's work included); a request over
+		// it is sent twice more and fails only when every run is over.
+		start := time.Now()
 		w := serve(method, path, body, who)
+		timed := func() time.Duration { s := time.Now(); serve(method, path, body, who); return time.Since(s) }
+		if budget := time.Second + time.Duration(len(path)+len(body))*50*time.Microsecond; time.Since(start) > budget && min(timed(), timed()) > budget {
+			t.Fatalf("%s %q with %d bytes took longer than %v, three times", method, path, len(body), budget)
+		}
 		if !allowed[w.Code] {
 			t.Fatalf("%s %q: status %d: %s", method, path, w.Code, w.Body)
 		}

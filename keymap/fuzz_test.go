@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -29,6 +30,17 @@ func FuzzOpen(f *testing.F) {
 		path := filepath.Join(t.TempDir(), "k.csv")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
+		}
+		// A time budget linear in the file's size, the least of three opens: a superlinear load fails.
+		load := func() time.Duration {
+			start := time.Now()
+			if m, err := OpenReadOnly(path, quiet); err == nil {
+				m.Close()
+			}
+			return time.Since(start)
+		}
+		if budget := time.Second + time.Duration(len(data))*20*time.Microsecond; load() > budget && min(load(), load()) > budget {
+			t.Fatalf("opening %d bytes took longer than %v, three times", len(data), budget)
 		}
 		m, err := Open(path, quiet)
 		if err != nil {

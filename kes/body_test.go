@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+	"time"
 )
 
 // bodyCases are bodies of both forms: the compact one bytesObject takes and those it leaves to
@@ -53,12 +54,25 @@ func FuzzBytesObject(f *testing.F) {
 	for _, c := range bodyCases {
 		f.Add([]byte(c.body))
 	}
+	makers := []func() byteFields{
+		func() byteFields { return &contextBody{} },
+		func() byteFields { return &ciphertextBody{} },
+		func() byteFields { return &plaintextBody{} },
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, mk := range []func() byteFields{
-			func() byteFields { return &contextBody{} },
-			func() byteFields { return &ciphertextBody{} },
-			func() byteFields { return &plaintextBody{} },
-		} {
+		// A time budget linear in the body's size, the least of three decodes.
+		decode := func() time.Duration {
+			start := time.Now()
+			for _, mk := range makers {
+				names, dst := mk().fields()
+				bytesObject(data, names, dst)
+			}
+			return time.Since(start)
+		}
+		if budget := time.Second + time.Duration(len(data))*20*time.Microsecond; decode() > budget && min(decode(), decode()) > budget {
+			t.Fatalf("decoding %d bytes took longer than %v, three times", len(data), budget)
+		}
+		for _, mk := range makers {
 			fast, slow := mk(), mk()
 			names, dst := fast.fields()
 			if !bytesObject(data, names, dst) {

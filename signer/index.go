@@ -59,6 +59,9 @@ func (t *Token) startIndex() {
 			t.indexProgress()
 		}()
 		st := t.indexPass(context.Background())
+		if st.Err != nil {
+			st.Indexed -= t.withdrawPass()
+		}
 		t.indexStats.Store(&st)
 		if st.Err != nil {
 			// A signer closed before its pass ended (`check` opens and closes at once) needs no
@@ -70,6 +73,20 @@ func (t *Token) startIndex() {
 		}
 		t.log.Debug("handle index built", "objects", st.Objects, "indexed", st.Indexed, "took", st.Took)
 	}()
+}
+
+// withdrawPass drops the handles a pass that failed part way published, and says how many: it
+// did not read every object, so another object under one of their tags may be among those it
+// missed. Their keys are found by a search each, which refuses two objects under one tag.
+func (t *Token) withdrawPass() int {
+	n := 0
+	t.handles.Range(func(k, v any) bool {
+		if v.(*cachedHandle).fromPass && t.handles.CompareAndDelete(k, v) {
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 // Index reports the index pass (Done false while it runs).

@@ -223,3 +223,27 @@ func TestPassHandleUsedOnlyAfterPass(t *testing.T) {
 		t.Fatal("sealed after the pass, with two objects under the key's tag")
 	}
 }
+
+// A pass that fails part way has not read every object: the handles it published are withdrawn
+// (their keys are then found by a search each), the others stay.
+func TestFailedPassWithdrawsItsHandles(t *testing.T) {
+	r2, err := Open(Options{Signers: []Config{cfgOf("a", tokA)}, Logger: quietLog(), NoIndex: true}, testKM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	tok2, _ := r2.Signer("a")
+	pass := handleKey{"pass-published-tag-0", kindAES}
+	found := handleKey{"searched-for-tag-0000", kindAES}
+	tok2.handles.Store(pass, &cachedHandle{h: 1, fromPass: true})
+	tok2.handles.Store(found, &cachedHandle{h: 2})
+	if n := tok2.withdrawPass(); n != 1 {
+		t.Fatalf("withdrew %d handles, want 1", n)
+	}
+	if _, ok := tok2.handles.Load(pass); ok {
+		t.Error("a failed pass's handle is still cached")
+	}
+	if _, ok := tok2.handles.Load(found); !ok {
+		t.Error("a handle a search found was withdrawn with the pass's")
+	}
+}

@@ -96,9 +96,17 @@ func (t *Token) makeCopy(ctx context.Context, tag []byte, k objKind, key handleK
 	if t.copyCount >= t.cfg.KeyCopies || t.closed.Load() {
 		return nil
 	}
-	src, err := t.find(ctx, tag, k)
+	src, stale, err := t.findCached(ctx, tag, k)
 	if err != nil {
 		return nil // the token object's way reports it
+	}
+	if stale != nil {
+		// A handle not looked at for a while (or published by the index pass) may name another
+		// object now: look before copying it, as withKey looks before using it.
+		if err := t.sameObject(t.anchor, src, tag, k); err != nil {
+			return nil // the token object's way finds the key again, or reports it
+		}
+		stale.checked.Store(t.clock())
 	}
 	h, err := t.ctx.CopyObject(t.anchor, src, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
 	switch c := ckr(err); {

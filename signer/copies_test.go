@@ -284,5 +284,17 @@ func TestReusedHandleIsNotTrusted(t *testing.T) {
 			t.Fatalf("%s: a's session copy is still checked against b's object", where)
 		}
 	}
+	// A copy is made from a cached handle only after the handle is seen to still name the key:
+	// with no copy of a yet, a's stale handle names b's object.
+	tok.copies.Delete(keyA)
+	c := &cachedHandle{h: hb, fromPass: true}
+	c.checked.Store(tok.clock() - int64(2*copyRecheck))
+	tok.handles.Store(keyA, c)
+	if pt, err := testReg.Open(ctx, owner, a.ID, iv, ct, nil); err != nil || string(pt) != "sealed under a" {
+		t.Fatalf("new copy: open with a after its handle was reused: %q %v", pt, err)
+	}
+	if v, ok := tok.copies.Load(keyA); ok && v.(*keyCopy) != nil && v.(*keyCopy).src == hb {
+		t.Fatal("a's session copy was made from b's object")
+	}
 	tok.copies.Delete(keyA)
 }

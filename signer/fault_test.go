@@ -269,3 +269,44 @@ func TestDestroyIntentFirst(t *testing.T) {
 		t.Fatalf("%d token objects left after FinishDestroys", n)
 	}
 }
+
+// An object the index pass cannot read (a device fault) fails the pass, which then withdraws what
+// it published: the object it could not read may share a tag with one it published. Before, the
+// unreadable object was taken for a foreign one and the pass ended as if complete.
+func TestIndexPassFailsOnUnreadableObject(t *testing.T) {
+	k, err := testReg.Create(ctx, Operator, KeySpec{Algorithm: AES, Size: 256}, Meta{Name: "pass-unreadable", State: keymap.Active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	InjectFault(pkcs11.CKR_DEVICE_ERROR, "GetAttributeValue")
+	r, err := Open(Options{Signers: []Config{cfgOf("a", tokA)}, Logger: quietLog()}, testKM)
+	if err != nil {
+		ClearFault()
+		t.Fatal(err)
+	}
+	defer r.Close()
+	tok, _ := r.Signer("a")
+	werr := tok.WaitIndex(ctx)
+	ClearFault()
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	st := tok.Index()
+	if st.Err == nil || st.Indexed != 0 {
+		t.Fatalf("pass over unreadable objects: %+v, want an error and nothing indexed", st)
+	}
+	n := 0
+	tok.handles.Range(func(_, v any) bool {
+		if v.(*cachedHandle).fromPass {
+			n++
+		}
+		return true
+	})
+	if n != 0 {
+		t.Fatalf("%d handles of the failed pass are still cached", n)
+	}
+	// The key is found by a search once the token answers again.
+	if _, _, err := r.Seal(ctx, Operator, k.ID, nil, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -200,7 +200,16 @@ func (t *Token) indexPass(ctx context.Context) IndexStats {
 					}
 					batch = batch[:0]
 					for _, h := range all[i:min(i+indexPublish, len(all))] {
-						if k, tag, ok := t.kindOf(sh, h); ok {
+						k, tag, ok, err := t.kindOf(sh, h)
+						if err != nil {
+							// Once more; an object left unread fails the pass, whose handles
+							// are then withdrawn: another object under one of their tags may
+							// be this one.
+							if k, tag, ok, err = t.kindOf(sh, h); err != nil {
+								return fmt.Errorf("read object %d: %w", h, err)
+							}
+						}
+						if ok {
 							batch = append(batch, object{handleKey{string(tag), k}, h})
 						}
 					}
@@ -236,31 +245,60 @@ func (t *Token) indexProgress() {
 }
 
 // kindOf reads what a lookup needs of object h: its kind and its tag (CKA_ID, or CKA_APPLICATION
-// for data objects). ok is false for objects p11bridge did not make. Keys answer class, CKA_ID and
-// key type in one call; other objects (certificates, data) lack an attribute of the three, fail
-// that call, and are read one attribute at a time.
-func (t *Token) kindOf(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (objKind, []byte, bool) {
-	a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, nil), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
-	if err == nil && len(a) == 3 {
-		return keyKind(keyType(a[0].Value), keyType(a[2].Value), a[1].Value)
+// for data objects). ok is false for objects p11bridge did not make; err is a read that failed
+// otherwise than for an attribute the object lacks (a device or session fault), which leaves the
+// object unknown. Keys answer class, CKA_ID and key type in one call; other objects (certificates,
+// data) lack an attribute of the three, fail that call, and are read one attribute at a time.
+func (t *Token) kindOf(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (objKind, []byte, bool, error) {
+	read := func(types ...uint) ([]*pkcs11.Attribute, error) {
+		tmpl := make([]*pkcs11.Attribute, len(types))
+		for i, ty := range types {
+			tmpl[i] = pkcs11.NewAttribute(ty, nil)
+		}
+		a, err := t.ctx.GetAttributeValue(sh, h, tmpl)
+		if err == nil && len(a) != len(types) {
+			err = fmt.Errorf("object %d: %d attributes read of %d", h, len(a), len(types))
+		}
+		return a, err
 	}
-	a, err = t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)})
-	if err != nil || len(a) == 0 {
-		return objKind{}, nil, false
+	lacks := func(err error) bool {
+		c := ckr(err)
+		return c == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID || c == pkcs11.CKR_ATTRIBUTE_SENSITIVE
+	}
+	a, err := read(pkcs11.CKA_CLASS, pkcs11.CKA_ID, pkcs11.CKA_KEY_TYPE)
+	if err == nil {
+		k, tag, ok := keyKind(keyType(a[0].Value), keyType(a[2].Value), a[1].Value)
+		return k, tag, ok, nil
+	}
+	if !lacks(err) {
+		return objKind{}, nil, false, err
+	}
+	if a, err = read(pkcs11.CKA_CLASS); err != nil {
+		return objKind{}, nil, false, err
 	}
 	switch class := keyType(a[0].Value); class {
 	case pkcs11.CKO_DATA:
-		o, ok := t.describe(sh, h)
-		return kindData, o.tag, ok
-	case pkcs11.CKO_CERTIFICATE:
-		a, err := t.ctx.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
-		if err != nil || len(a) == 0 {
-			return objKind{}, nil, false
+		a, err := read(pkcs11.CKA_APPLICATION)
+		if err != nil {
+			if lacks(err) {
+				return objKind{}, nil, false, nil
+			}
+			return objKind{}, nil, false, err
 		}
-		return keyKind(class, 0, a[0].Value)
+		tag, ok := dataTag(a[0].Value)
+		return kindData, tag, ok, nil
+	case pkcs11.CKO_CERTIFICATE:
+		a, err := read(pkcs11.CKA_ID)
+		if err != nil {
+			if lacks(err) {
+				return objKind{}, nil, false, nil
+			}
+			return objKind{}, nil, false, err
+		}
+		k, tag, ok := keyKind(class, 0, a[0].Value)
+		return k, tag, ok, nil
 	}
-	return objKind{}, nil, false
+	return objKind{}, nil, false, nil
 }
 
 // keyKind is the kind under which lookups ask for an object of class and key type with CKA_ID id;

@@ -59,8 +59,24 @@ func (t *Token) remember(key handleKey, h pkcs11.ObjectHandle) {
 // find returns the handle of the one object with tag and kind, from the cache when it can.
 // Handles of token objects stay valid across sessions of this process, so one lookup serves all.
 func (t *Token) find(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectHandle, error) {
-	h, _, err := t.findCached(ctx, tag, k)
-	return h, err
+	for attempt := 0; ; attempt++ {
+		h, stale, err := t.findCached(ctx, tag, k)
+		if err != nil || stale == nil {
+			return h, err
+		}
+		// Not looked at for a while (or published by the index pass): it may name another
+		// object now. Callers use the handle on sessions of their own, so look here.
+		err = t.do(ctx, func(sh pkcs11.SessionHandle) error { return t.sameObject(sh, h, tag, k) })
+		if err == nil {
+			stale.checked.Store(t.clock())
+			return h, nil
+		}
+		if c := ckr(err); attempt == 0 && (c == pkcs11.CKR_OBJECT_HANDLE_INVALID || c == pkcs11.CKR_KEY_HANDLE_INVALID) {
+			t.forget(tag, k)
+			continue
+		}
+		return 0, classify(err, fmt.Sprintf("signer %q: find object %s", t.cfg.Name, hex.EncodeToString(tag)))
+	}
 }
 
 // findCached is find, also saying whether the handle came from the cache unchecked for longer than

@@ -67,13 +67,9 @@ func (t *Token) describe(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (tokenO
 	}
 	o := tokenObject{class: keyType(get(pkcs11.CKA_CLASS)), label: string(get(pkcs11.CKA_LABEL))}
 	if o.class == pkcs11.CKO_DATA {
-		app, ok := strings.CutPrefix(string(get(pkcs11.CKA_APPLICATION)), "p11bridge:")
-		tag, err := hex.DecodeString(app)
-		if !ok || err != nil || len(tag) != TagSize {
-			return o, false
-		}
+		tag, ok := dataTag(get(pkcs11.CKA_APPLICATION))
 		o.tag = tag
-		return o, true
+		return o, ok
 	}
 	o.tag = get(pkcs11.CKA_ID)
 	if len(o.tag) != TagSize {
@@ -240,6 +236,16 @@ type kindedObject struct {
 	h     pkcs11.ObjectHandle
 }
 
+// dataTag reads the tag of a data object from its CKA_APPLICATION (dataApplication).
+func dataTag(app []byte) ([]byte, bool) {
+	hexTag, ok := strings.CutPrefix(string(app), "p11bridge:")
+	tag, err := hex.DecodeString(hexTag)
+	if !ok || err != nil || len(tag) != TagSize {
+		return nil, false
+	}
+	return tag, true
+}
+
 // scanKinds lists the token objects that carry a p11bridge tag, with their class.
 func (t *Token) scanKinds(ctx context.Context) ([]kindedObject, error) {
 	var objs []kindedObject
@@ -250,7 +256,11 @@ func (t *Token) scanKinds(ctx context.Context) ([]kindedObject, error) {
 			return err
 		}
 		for _, h := range hs {
-			if k, tag, ok := t.kindOf(sh, h); ok {
+			k, tag, ok, err := t.kindOf(sh, h)
+			if err != nil {
+				return fmt.Errorf("read object %d: %w", h, err) // a scan that misses objects is no scan
+			}
+			if ok {
 				objs = append(objs, kindedObject{tag: string(tag), class: k.class, h: h})
 			}
 		}

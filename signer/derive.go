@@ -89,11 +89,8 @@ func (r *Registry) Derive(ctx context.Context, c Caller, baseID string, d Deriva
 	if err := r.bindMode(base, ModeCBC); err != nil {
 		return keymap.Record{}, err
 	}
-	meta = c.own(meta)
-	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
-		return keymap.Record{}, err
-	}
-	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+	meta, err = r.admitNew(c, meta)
+	if err != nil {
 		return keymap.Record{}, err
 	}
 	flags, err := t.flagsFor(c, &meta)
@@ -104,10 +101,7 @@ func (r *Registry) Derive(ctx context.Context, c Caller, baseID string, d Deriva
 	if err != nil {
 		return keymap.Record{}, err
 	}
-	kt := uint(pkcs11.CKK_AES)
-	if spec.Algorithm == HMAC {
-		kt = pkcs11.CKK_GENERIC_SECRET
-	}
+	kt := secretKeyType(spec.Algorithm)
 	// The data goes to C memory: the mechanism parameters point at it.
 	block := newCBlock(C.sizeof_p11b_cbc_data_params + uintptr(len(d.Data)))
 	defer block.free()

@@ -465,11 +465,8 @@ func (r *Registry) ImportWrapped(ctx context.Context, c Caller, wrapped []byte, 
 	if err := checkSecretSize(alg, 0, size); err != nil {
 		return keymap.Record{}, err
 	}
-	meta = c.own(meta)
-	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
-		return keymap.Record{}, err
-	}
-	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+	meta, err := r.admitNew(c, meta)
+	if err != nil {
 		return keymap.Record{}, err
 	}
 	kek, t, err := r.wrapKeyRow(c, w, UseUnwrap)
@@ -488,10 +485,7 @@ func (r *Registry) ImportWrapped(ctx context.Context, c Caller, wrapped []byte, 
 	if err != nil {
 		return keymap.Record{}, err
 	}
-	kt := uint(pkcs11.CKK_AES)
-	if alg == HMAC {
-		kt = pkcs11.CKK_GENERIC_SECRET
-	}
+	kt := secretKeyType(alg)
 	kh, err := t.find(ctx, kek.Tag, kindForClass(kek))
 	if err != nil {
 		return keymap.Record{}, err

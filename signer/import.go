@@ -72,11 +72,8 @@ func checkSecretSize(alg string, hash crypto.Hash, n int) error {
 // A private key gets its public object under the same tag, so verify, export of the public key and
 // rebuild from the token work as for generated pairs.
 func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
-	meta = c.own(meta)
-	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
-		return keymap.Record{}, err
-	}
-	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+	meta, err := r.admitNew(c, meta)
+	if err != nil {
 		return keymap.Record{}, err
 	}
 	t, err := r.target(signer)

@@ -276,29 +276,26 @@ func (t *Token) kindOf(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (objKind,
 	if a, err = read(pkcs11.CKA_CLASS); err != nil {
 		return objKind{}, nil, false, err
 	}
-	switch class := keyType(a[0].Value); class {
+	class, idAttr := keyType(a[0].Value), uint(pkcs11.CKA_ID)
+	switch class {
 	case pkcs11.CKO_DATA:
-		a, err := read(pkcs11.CKA_APPLICATION)
-		if err != nil {
-			if lacks(err) {
-				return objKind{}, nil, false, nil
-			}
-			return objKind{}, nil, false, err
+		idAttr = pkcs11.CKA_APPLICATION
+	case pkcs11.CKO_CERTIFICATE:
+	default:
+		return objKind{}, nil, false, nil
+	}
+	if a, err = read(idAttr); err != nil {
+		if lacks(err) {
+			err = nil // not one of ours
 		}
+		return objKind{}, nil, false, err
+	}
+	if class == pkcs11.CKO_DATA {
 		tag, ok := dataTag(a[0].Value)
 		return kindData, tag, ok, nil
-	case pkcs11.CKO_CERTIFICATE:
-		a, err := read(pkcs11.CKA_ID)
-		if err != nil {
-			if lacks(err) {
-				return objKind{}, nil, false, nil
-			}
-			return objKind{}, nil, false, err
-		}
-		k, tag, ok := keyKind(class, 0, a[0].Value)
-		return k, tag, ok, nil
 	}
-	return objKind{}, nil, false, nil
+	k, tag, ok := keyKind(class, 0, a[0].Value)
+	return k, tag, ok, nil
 }
 
 // keyKind is the kind under which lookups ask for an object of class and key type with CKA_ID id;

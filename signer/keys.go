@@ -162,11 +162,8 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	if err := spec.check(false); err != nil {
 		return keymap.Record{}, err
 	}
-	meta = c.own(meta)
-	if err := r.checkNew(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}, meta.Names...); err != nil {
-		return keymap.Record{}, err
-	}
-	if err := r.checkQuota(c, keymap.Record{Name: meta.Name, Attrs: meta.Attrs}); err != nil {
+	meta, err := r.admitNew(c, meta)
+	if err != nil {
 		return keymap.Record{}, err
 	}
 	t, err := r.target(spec.Signer)
@@ -193,9 +190,9 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 			}
 		}
 		var mech uint = pkcs11.CKM_AES_KEY_GEN
-		var kt uint = pkcs11.CKK_AES
+		kt := secretKeyType(spec.Algorithm)
 		if spec.Algorithm == HMAC {
-			mech, kt = pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET
+			mech = pkcs11.CKM_GENERIC_SECRET_KEY_GEN
 		}
 		h, err := t.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, secretTemplate(tag, label, kt, spec.Size/8, flags))
 		if err != nil {
@@ -607,4 +604,12 @@ func ecPublic(size int, point []byte) (*ecdsa.PublicKey, error) {
 		return nil, errorf(ErrInvalid, "EC point is not on %s: %v", c.Params().Name, err)
 	}
 	return pk, nil
+}
+
+// secretKeyType is the PKCS#11 key type of a secret key of registry algorithm alg (AES or HMAC).
+func secretKeyType(alg string) uint {
+	if alg == HMAC {
+		return pkcs11.CKK_GENERIC_SECRET
+	}
+	return pkcs11.CKK_AES
 }

@@ -106,3 +106,17 @@ func attrBytes(name string, attrs map[string]string) int {
 	}
 	return n
 }
+
+// admitNew is what the key model asks of an object c is about to make, before the token makes it:
+// its owner (c, or nobody for the admin), names c may take, and room in c's quota.
+func (r *Registry) admitNew(c Caller, meta Meta) (Meta, error) {
+	meta = c.own(meta)
+	rec := keymap.Record{Name: meta.Name, Attrs: meta.Attrs}
+	if err := r.checkNew(c, rec, meta.Names...); err != nil {
+		return Meta{}, err
+	}
+	if err := r.checkQuota(c, rec); err != nil {
+		return Meta{}, err
+	}
+	return meta, nil
+}

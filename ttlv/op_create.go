@@ -40,6 +40,24 @@ func attrsNode(a, b *node) *node {
 	return b
 }
 
+// secretKey is the key and metadata a template asks for of a secret key made in the token
+// (Create, DeriveKey).
+func secretKey(t *template) (signer.KeySpec, signer.Meta, error) {
+	spec, err := secretSpec(t)
+	if err != nil {
+		return spec, signer.Meta{}, err
+	}
+	meta, err := t.meta()
+	if err != nil {
+		return spec, meta, err
+	}
+	if spec.Algorithm == signer.HMAC {
+		// Remember which HMAC the client asked for: MAC uses its hash by default.
+		err = withStored(&meta, kmip14.TagCryptographicAlgorithm, newEnum(kmip14.TagCryptographicAlgorithm, t.alg))
+	}
+	return spec, meta, err
+}
+
 // secretSpec maps a template to the registry's secret key generation.
 func secretSpec(t *template) (signer.KeySpec, error) {
 	alg, err := symmetricAlgorithm(t.alg)
@@ -68,19 +86,9 @@ func create(o *op, p *node) (any, error) {
 	if t.objectType != 0 && t.objectType != req.ObjectType {
 		return nil, kerr(rInvalidField, "the template's Object Type contradicts the request's")
 	}
-	spec, err := secretSpec(t)
+	spec, meta, err := secretKey(t)
 	if err != nil {
 		return nil, err
-	}
-	meta, err := t.meta()
-	if err != nil {
-		return nil, err
-	}
-	if spec.Algorithm == signer.HMAC {
-		// Remember which HMAC the client asked for: MAC uses its hash by default.
-		if err := withStored(&meta, kmip14.TagCryptographicAlgorithm, newEnum(kmip14.TagCryptographicAlgorithm, t.alg)); err != nil {
-			return nil, err
-		}
 	}
 	rec, err := o.s.reg.Create(o.ctx, o.caller, spec, meta)
 	if err != nil {

@@ -81,18 +81,9 @@ func deriveKey(o *op, p *node) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec, err := secretSpec(t)
+	spec, meta, err := secretKey(t)
 	if err != nil {
 		return nil, err
-	}
-	meta, err := t.meta()
-	if err != nil {
-		return nil, err
-	}
-	if spec.Algorithm == signer.HMAC {
-		if err := withStored(&meta, kmip14.TagCryptographicAlgorithm, newEnum(kmip14.TagCryptographicAlgorithm, t.alg)); err != nil {
-			return nil, err
-		}
 	}
 	rec, err := o.s.reg.Derive(o.ctx, o.caller, base.ID, d, spec, meta)
 	if err != nil {

@@ -3,6 +3,7 @@ package ttlv
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/gemalto/kmip-go/kmip14"
@@ -185,13 +186,7 @@ func get(o *op, p *node) (any, error) {
 	}
 	m, err := o.s.reg.Export(o.ctx, o.caller, rec.ID)
 	if err != nil {
-		switch {
-		case errors.Is(err, signer.ErrNotExtractable):
-			return nil, withReason(err, rNotExtract, "Get %s: its material never leaves the token", rec.ID)
-		case errors.Is(err, signer.ErrDenied):
-			return nil, withReason(err, rDenied, "Get %s", rec.ID)
-		}
-		return nil, err
+		return nil, exportRefusal(err, fmt.Sprintf("Get %s", rec.ID), ": its material never leaves the token")
 	}
 	if rec.Class == keymap.PublicKey && m.Public == nil {
 		return nil, kerr(rGeneral, "public key %s could not be read from its token", rec.ID)
@@ -242,15 +237,22 @@ func (o *op) getWrapped(rec keymap.Record, alg uint32, spec *keyWrapping, as *si
 	}
 	kek, wrapped, err := o.s.reg.ExportWrapped(o.ctx, o.caller, rec.ID, w)
 	if err != nil {
-		switch {
-		case errors.Is(err, signer.ErrNotExtractable):
-			return nil, withReason(err, rNotExtract, "Get %s wrapped", rec.ID)
-		case errors.Is(err, signer.ErrDenied):
-			return nil, withReason(err, rDenied, "Get %s wrapped", rec.ID)
-		}
-		return nil, err
+		return nil, exportRefusal(err, fmt.Sprintf("Get %s wrapped", rec.ID), "")
 	}
 	o.exported(rec.ID, "wrapped in the token under "+kek.ID+" with "+w.Mech.String())
 	ot := classTypes[rec.Class]
 	return getResponse{ObjectType: uint32(ot), UID: rec.ID, Object: encodeStruct(objectTag[ot], wrappedBlock(rec, alg, wrapped, kek.ID, params, encoding))}, nil
+}
+
+// exportRefusal gives the registry's refusals of an export their KMIP reasons: Key Value Not
+// Extractable for material that never leaves the token (notExtractable says why, after what),
+// Permission Denied for a caller without the right.
+func exportRefusal(err error, what, notExtractable string) error {
+	switch {
+	case errors.Is(err, signer.ErrNotExtractable):
+		return withReason(err, rNotExtract, "%s%s", what, notExtractable)
+	case errors.Is(err, signer.ErrDenied):
+		return withReason(err, rDenied, "%s", what)
+	}
+	return err
 }

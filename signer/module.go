@@ -16,6 +16,7 @@ import (
 type module struct {
 	path string
 	ctx  *pkcs11.Ctx
+	api  p11 // what tokens call: ctx, guarded where the library needs it (storeGuard)
 	refs int
 }
 
@@ -62,7 +63,13 @@ func openModule(path string) (*module, error) {
 		}
 		return nil, errorf(ErrConfig, "module %s: C_Initialize: %v%s", path, err, hint)
 	}
-	m := &module{path: real, ctx: ctx, refs: 1}
+	info, err := ctx.GetInfo()
+	if err != nil {
+		_ = ctx.Finalize()
+		ctx.Destroy()
+		return nil, errorf(ErrConfig, "module %s: C_GetInfo: %v", path, err)
+	}
+	m := &module{path: real, ctx: ctx, api: guardStore(wrapP11(ctx), info), refs: 1}
 	modules.byPath[real] = m
 	return m, nil
 }

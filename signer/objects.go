@@ -109,8 +109,9 @@ func (t *Token) findCached(ctx context.Context, tag []byte, k objKind) (pkcs11.O
 	}
 	// Tags are random 20-byte values; duplicates mean someone else wrote to the token. Refuse to
 	// guess — unless the handles are one secret key seen twice: SoftHSM2's file store, written by
-	// several processes at once (a cluster on one token), can index an object this process made
-	// a second time. Equal key check values (the same fixed input processed by each) show that.
+	// several processes at once (a cluster on one token), can index an object a second time
+	// (storeGuard prevents it only within a process). Equal key check values (the same fixed
+	// input processed by each) show that.
 	if h, ok := t.sameSecret(ctx, hs, k); ok {
 		t.remember(key, h)
 		return h, nil, nil

@@ -100,7 +100,7 @@ func openToken(cfg Config, log *slog.Logger, index bool) (*Token, error) {
 	if err != nil {
 		return nil, errorf(ErrConfig, "signer %q: %v", cfg.Name, err)
 	}
-	t := &Token{cfg: cfg, mod: mod, ctx: wrapP11(mod.ctx), log: log.With("signer", cfg.Name), opened: time.Now(),
+	t := &Token{cfg: cfg, mod: mod, ctx: mod.api, log: log.With("signer", cfg.Name), opened: time.Now(),
 		searchGate: make(chan struct{}, 1)}
 	t.random.draw = t.ctx.GenerateRandom
 	ok := false

@@ -156,12 +156,7 @@ func (b *bridge) kesClient() *kesclient.Client {
 // as pkcs11-tool sees it.
 func (b *bridge) onToken(label, id string) bool {
 	b.t.Helper()
-	tok := b.tokens[label]
-	out, code := runTool(b.t, b.env, "pkcs11-tool", "--module", tok.Module, "--token-label", tok.Label, "--login", "--pin", tok.PIN, "--list-objects")
-	if code != 0 {
-		b.t.Fatalf("pkcs11-tool: %s", out)
-	}
-	return strings.Contains(strings.ToLower(out), strings.TrimSuffix(id, "-pub"))
+	return tokenIDs(b.t, b, label)[strings.TrimSuffix(id, "-pub")]
 }
 
 var ctxBG = context.Background()

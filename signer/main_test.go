@@ -22,6 +22,7 @@ var (
 	tokA     *softhsm.Token
 	tokB     *softhsm.Token
 	tokSpare *softhsm.Token // never opened except by the wrong-PIN test
+	tokGuard *softhsm.Token // TestSearchBesideCreate's alone: it adds hundreds of objects
 	// Tokens of TestIndexWarmsLinearly alone, filled to two sizes.
 	tokIxSmall, tokIxLarge *softhsm.Token
 	testKM                 *keymap.Map
@@ -44,7 +45,7 @@ func run(m *testing.M) int {
 	for _, p := range []struct {
 		tok   **softhsm.Token
 		label string
-	}{{&tokA, "sig-a"}, {&tokB, "sig-b"}, {&tokSpare, "sig-spare"}, {&tokIxSmall, "sig-ix-small"}, {&tokIxLarge, "sig-ix-large"}} {
+	}{{&tokA, "sig-a"}, {&tokB, "sig-b"}, {&tokSpare, "sig-spare"}, {&tokGuard, "sig-guard"}, {&tokIxSmall, "sig-ix-small"}, {&tokIxLarge, "sig-ix-large"}} {
 		if *p.tok, err = softhsm.Ensure(testDir, p.label); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

@@ -80,6 +80,10 @@ func TestPoolWaitsThenTimesOut(t *testing.T) {
 	}
 	defer r.Close()
 	tok, _ := r.Signer("s")
+	// The index pass borrows a session too; with one session it would time a request out.
+	if err := tok.WaitIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
 	sh, err := tok.acquire(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -16,8 +16,12 @@ import (
 type module struct {
 	path string
 	ctx  *pkcs11.Ctx
-	api  p11 // what tokens call: ctx, guarded where the library needs it (storeGuard)
+	api  p11 // ctx as tokens call it (wrapped in fault-injection builds)
 	refs int
+
+	// guards holds a storeGuard per slot for libraries that need one (needsStoreGuard).
+	guards   map[uint]*storeGuard
+	guardsMu sync.Mutex
 }
 
 var modules = struct {
@@ -55,7 +59,9 @@ func openModule(path string) (*module, error) {
 	if ctx == nil {
 		return nil, errorf(ErrConfig, "module %s: %s", path, whyNotLoadable(real))
 	}
-	if err := ctx.Initialize(); err != nil && ckr(err) != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
+	err = ctx.Initialize()
+	ours := err == nil // a library another part of the process initialized is not ours to finalize
+	if err != nil && ckr(err) != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
 		ctx.Destroy()
 		hint := ""
 		if ckr(err) == pkcs11.CKR_GENERAL_ERROR && filepath.Base(real) == "libsofthsm2.so" {
@@ -65,13 +71,33 @@ func openModule(path string) (*module, error) {
 	}
 	info, err := ctx.GetInfo()
 	if err != nil {
-		_ = ctx.Finalize()
+		if ours {
+			_ = ctx.Finalize()
+		}
 		ctx.Destroy()
 		return nil, errorf(ErrConfig, "module %s: C_GetInfo: %v", path, err)
 	}
-	m := &module{path: real, ctx: ctx, api: guardStore(wrapP11(ctx), info), refs: 1}
+	m := &module{path: real, ctx: ctx, api: wrapP11(ctx), refs: 1}
+	if needsStoreGuard(info) {
+		m.guards = map[uint]*storeGuard{}
+	}
 	modules.byPath[real] = m
 	return m, nil
+}
+
+// apiFor is what a token in slot calls: the library, behind the slot's storeGuard where it needs one.
+func (m *module) apiFor(slot uint) p11 {
+	if m.guards == nil {
+		return m.api
+	}
+	m.guardsMu.Lock()
+	defer m.guardsMu.Unlock()
+	g := m.guards[slot]
+	if g == nil {
+		g = &storeGuard{p11: m.api}
+		m.guards[slot] = g
+	}
+	return g
 }
 
 // whyNotLoadable explains a failed dlopen/C_GetFunctionList from what the file is.

@@ -7,62 +7,131 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// storeGuard keeps a library's object searches apart from the calls that add token objects, for
+// storeGuard keeps one token's object searches apart from the calls that add objects to it, for
 // libraries that cannot run the two at once. SoftHSM2 (2.6, file store) can not: C_FindObjectsInit
-// rescans the token directory, and when it runs while another session's new object has its file
-// but is not yet in the token's object list, the library loads that file a second time. The
-// creating call then fails (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT or CKR_FUNCTION_FAILED)
-// and a copy nobody can read stays in every later search of this process, which fails each
-// handle index pass. Measured: 44 of 400 key pair generations failed with a search running
-// beside them, none with this guard (TestSearchBesideCreate). Creations still run side by side;
-// a search waits for those in flight, which on SoftHSM2 are milliseconds apart from RSA
-// generation. Copies into session objects (keyCopies) do not touch the token's files and are
-// not held back.
+// rescans the token's directory and walks its objects, and when that runs while another session
+// of the process adds a token object — its file written, the object not yet in the token's list —
+// the library loads the file a second time. The creating call then fails (CKR_GENERAL_ERROR,
+// CKR_TEMPLATE_INCONSISTENT or CKR_FUNCTION_FAILED) and a copy nobody can read stays in every
+// later search of the process, which fails each handle index pass. In plain PKCS#11, 44 of 400
+// key pair generations failed beside a loop of searches, none beside other generations or with
+// searches kept apart; destroys beside searches did no harm (TestSearchBesideCreate).
+//
+// Searches run side by side, and so do creations; a search waits for the creations in flight and
+// the reverse, taking turns when both wait (groupLock). The race is per token, so the guard is
+// per slot: other tokens of the library are not held back. Calls whose templates all make
+// session objects (CKA_TOKEN false) touch no file and pass.
 type storeGuard struct {
 	p11
-	mu sync.RWMutex
+	lock groupLock
 }
 
-// guardStore wraps c in a storeGuard when the library is one that needs it.
-func guardStore(c p11, info pkcs11.Info) p11 {
-	if strings.HasPrefix(info.ManufacturerID, "SoftHSM") {
-		return &storeGuard{p11: c}
-	}
-	return c
+// needsStoreGuard says whether the library described by info needs a storeGuard per token.
+func needsStoreGuard(info pkcs11.Info) bool {
+	return strings.HasPrefix(info.ManufacturerID, "SoftHSM")
 }
+
+// The two groups of a storeGuard's lock.
+const (
+	searching = iota
+	creating
+)
 
 func (g *storeGuard) FindObjectsInit(sh pkcs11.SessionHandle, t []*pkcs11.Attribute) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.lock.enter(searching)
+	defer g.lock.exit(searching)
 	return g.p11.FindObjectsInit(sh, t)
 }
 
-func (g *storeGuard) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.p11.GenerateKey(sh, m, t)
+// create runs fn as a creation unless every template asks for a session object.
+func (g *storeGuard) create(fn func(), templates ...[]*pkcs11.Attribute) {
+	for _, t := range templates {
+		if !sessionObject(t) {
+			g.lock.enter(creating)
+			defer g.lock.exit(creating)
+			break
+		}
+	}
+	fn()
 }
 
-func (g *storeGuard) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.p11.GenerateKeyPair(sh, m, pub, priv)
+// sessionObject says whether a template sets CKA_TOKEN false. Without CKA_TOKEN a new object is a
+// session object, but a copy keeps its source's, so only an explicit false counts.
+func sessionObject(t []*pkcs11.Attribute) bool {
+	for _, a := range t {
+		if a.Type == pkcs11.CKA_TOKEN {
+			return len(a.Value) == 1 && a.Value[0] == 0
+		}
+	}
+	return false
 }
 
-func (g *storeGuard) CreateObject(sh pkcs11.SessionHandle, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.p11.CreateObject(sh, t)
+func (g *storeGuard) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, t []*pkcs11.Attribute) (h pkcs11.ObjectHandle, err error) {
+	g.create(func() { h, err = g.p11.GenerateKey(sh, m, t) }, t)
+	return
 }
 
-func (g *storeGuard) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, k pkcs11.ObjectHandle, wrapped []byte, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.p11.UnwrapKey(sh, m, k, wrapped, t)
+func (g *storeGuard) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (ph, qh pkcs11.ObjectHandle, err error) {
+	g.create(func() { ph, qh, err = g.p11.GenerateKeyPair(sh, m, pub, priv) }, pub, priv)
+	return
 }
 
-func (g *storeGuard) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, t []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.p11.DeriveKey(sh, m, base, t)
+func (g *storeGuard) CreateObject(sh pkcs11.SessionHandle, t []*pkcs11.Attribute) (h pkcs11.ObjectHandle, err error) {
+	g.create(func() { h, err = g.p11.CreateObject(sh, t) }, t)
+	return
+}
+
+func (g *storeGuard) CopyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, t []*pkcs11.Attribute) (h pkcs11.ObjectHandle, err error) {
+	g.create(func() { h, err = g.p11.CopyObject(sh, o, t) }, t)
+	return
+}
+
+func (g *storeGuard) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, k pkcs11.ObjectHandle, wrapped []byte, t []*pkcs11.Attribute) (h pkcs11.ObjectHandle, err error) {
+	g.create(func() { h, err = g.p11.UnwrapKey(sh, m, k, wrapped, t) }, t)
+	return
+}
+
+func (g *storeGuard) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, t []*pkcs11.Attribute) (h pkcs11.ObjectHandle, err error) {
+	g.create(func() { h, err = g.p11.DeriveKey(sh, m, base, t) }, t)
+	return
+}
+
+// groupLock is held by any number of members of one of two groups at a time. A member that finds
+// the other group holding it claims the next turn for its own group, and from then on newcomers of
+// the holding group wait too, so neither group can keep the other out by overlapping.
+type groupLock struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	active  [2]int
+	waiting [2]int
+	turn    int
+}
+
+func (l *groupLock) enter(g int) {
+	o := 1 - g
+	l.mu.Lock()
+	if l.cond.L == nil {
+		l.cond.L = &l.mu
+	}
+	l.waiting[g]++
+	for {
+		if l.active[o] > 0 {
+			l.turn = g
+		} else if l.waiting[o] == 0 || l.turn != o {
+			break
+		}
+		l.cond.Wait()
+	}
+	l.waiting[g]--
+	l.active[g]++
+	l.mu.Unlock()
+}
+
+func (l *groupLock) exit(g int) {
+	l.mu.Lock()
+	l.active[g]--
+	if l.active[g] == 0 {
+		l.cond.Broadcast()
+	}
+	l.mu.Unlock()
 }

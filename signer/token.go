@@ -102,7 +102,6 @@ func openToken(cfg Config, log *slog.Logger, index bool) (*Token, error) {
 	}
 	t := &Token{cfg: cfg, mod: mod, ctx: mod.api, log: log.With("signer", cfg.Name), opened: time.Now(),
 		searchGate: make(chan struct{}, 1)}
-	t.random.draw = t.ctx.GenerateRandom
 	ok := false
 	defer func() {
 		if !ok {
@@ -112,6 +111,8 @@ func openToken(cfg Config, log *slog.Logger, index bool) (*Token, error) {
 	if t.slot, t.info, err = findSlot(mod.ctx, cfg); err != nil {
 		return nil, errorf(ErrConfig, "%s: %v", where, err)
 	}
+	t.ctx = mod.apiFor(t.slot)
+	t.random.draw = t.ctx.GenerateRandom
 	max := cfg.MaxSessions
 	if max <= 0 {
 		max = 8

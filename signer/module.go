@@ -18,6 +18,7 @@ type module struct {
 	ctx  *pkcs11.Ctx
 	api  p11 // ctx as tokens call it (wrapped in fault-injection builds)
 	refs int
+	ours bool // this process's C_Initialize succeeded: the last release finalizes it
 
 	// guards holds a storeGuard per slot for libraries that need one (needsStoreGuard).
 	guards   map[uint]*storeGuard
@@ -77,7 +78,7 @@ func openModule(path string) (*module, error) {
 		ctx.Destroy()
 		return nil, errorf(ErrConfig, "module %s: C_GetInfo: %v", path, err)
 	}
-	m := &module{path: real, ctx: ctx, api: wrapP11(ctx), refs: 1}
+	m := &module{path: real, ctx: ctx, api: wrapP11(ctx), refs: 1, ours: ours}
 	if needsStoreGuard(info) {
 		m.guards = map[uint]*storeGuard{}
 	}
@@ -127,6 +128,8 @@ func (m *module) release() {
 		return
 	}
 	delete(modules.byPath, m.path)
-	_ = m.ctx.Finalize()
+	if m.ours {
+		_ = m.ctx.Finalize()
+	}
 	m.ctx.Destroy()
 }

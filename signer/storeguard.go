@@ -96,9 +96,9 @@ func (g *storeGuard) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, b
 	return
 }
 
-// groupLock is held by any number of members of one of two groups at a time. A member that finds
-// the other group holding it claims the next turn for its own group, and from then on newcomers of
-// the holding group wait too, so neither group can keep the other out by overlapping.
+// groupLock is held by any number of members of one of two groups at a time. While one group
+// holds it and the other waits, the next turn is the waiting group's, and newcomers of the holding
+// group wait too, so neither group can keep the other out by overlapping.
 type groupLock struct {
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -124,6 +124,11 @@ func (l *groupLock) enter(g int) {
 	}
 	l.waiting[g]--
 	l.active[g]++
+	if l.waiting[o] > 0 {
+		// Members of the other group that woke before this one entered went back to sleep
+		// without seeing it active: claim the next turn for them here.
+		l.turn = o
+	}
 	l.mu.Unlock()
 }
 

@@ -252,6 +252,35 @@ func TestStoreGuardShares(t *testing.T) {
 	<-searchIn
 	f.hold <- struct{}{} // then the creation
 	<-created
+	// A group that woke and slept again before the other entered still gets the next turn: the
+	// holder's newcomers wait behind it (whichever order the wakeups run in).
+	for i := 0; i < 200; i++ {
+		f := &fakeStore{hold: make(chan struct{})}
+		g := &storeGuard{p11: f}
+		go func() { _, _ = g.GenerateKey(0, nil, onToken) }() // A1
+		waitFor(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.creations == 1 })
+		go func() { _ = g.FindObjectsInit(0, nil) }() // B1
+		waitFor(t, func() bool { g.lock.mu.Lock(); defer g.lock.mu.Unlock(); return g.lock.waiting[searching] == 1 })
+		go func() { _, _ = g.GenerateKey(0, nil, onToken) }() // A2
+		waitFor(t, func() bool { g.lock.mu.Lock(); defer g.lock.mu.Unlock(); return g.lock.waiting[creating] == 1 })
+		f.hold <- struct{}{} // A1 leaves; B1 enters
+		waitFor(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.searches == 1 })
+		go func() { _ = g.FindObjectsInit(0, nil) }() // B2
+		waitFor(t, func() bool {
+			g.lock.mu.Lock()
+			defer g.lock.mu.Unlock()
+			return g.lock.waiting[searching] == 1 || g.lock.active[searching] == 2
+		})
+		f.mu.Lock()
+		overtook := f.searches == 2
+		f.mu.Unlock()
+		if overtook {
+			t.Fatalf("round %d: a new search overtook a waiting creation", i)
+		}
+		f.hold <- struct{}{} // B1, then A2, then B2
+		f.hold <- struct{}{}
+		f.hold <- struct{}{}
+	}
 	// A mixed load of both kinds.
 	f = &fakeStore{}
 	g = &storeGuard{p11: f}

@@ -22,7 +22,6 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,6 +43,7 @@ import (
 	"github.com/p11bridge/p11bridge/keymap"
 	"github.com/p11bridge/p11bridge/server"
 	"github.com/p11bridge/p11bridge/signer"
+	"github.com/p11bridge/p11bridge/test/benchproc"
 )
 
 func main() {
@@ -133,16 +133,11 @@ func run(bin, sizeList, base string, workers, sample int) error {
 }
 
 func measure(bin, dir string, n, workers, sample int) (result, error) {
-	r := result{keys: n, load: []string{loadavg()}}
-	addr := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		defer l.Close()
-		return l.Addr().String()
+	r := result{keys: n, load: []string{benchproc.Loadavg()}}
+	opts, err := benchproc.DevOptions(dir)
+	if err != nil {
+		return r, err
 	}
-	opts := server.DevOptions{Dir: dir, KMIP: addr(), KES: addr(), Ops: addr()}
 	d, err := server.PrepareDev(opts)
 	if err != nil {
 		return r, err
@@ -218,7 +213,7 @@ func measure(bin, dir string, n, workers, sample int) (result, error) {
 			}
 			cl.Close()
 		}
-		srv.stop()
+		srv.Stop()
 		if err != nil {
 			return r, fmt.Errorf("first use ever: %w", err)
 		}
@@ -227,10 +222,10 @@ func measure(bin, dir string, n, workers, sample int) (result, error) {
 	if err != nil {
 		return r, err
 	}
-	defer srv.stop()
+	defer srv.Stop()
 	r.ready, r.warm = srv.ready, srv.warm
 	r.indexSeconds, r.indexObjects = srv.indexSeconds, srv.indexObjects
-	r.startRSS, _ = procMiB(srv.cmd.Process.Pid, "VmRSS")
+	r.startRSS, _ = procMiB(srv.Pid(), "VmRSS")
 
 	cl, err := dialKMIP(dir, opts.KMIP)
 	if err != nil {
@@ -300,14 +295,14 @@ func measure(bin, dir string, n, workers, sample int) (result, error) {
 		return r, err
 	}
 	r.searches = st.Signers[0].Index.Searches
-	r.rss, _ = procMiB(srv.cmd.Process.Pid, "VmRSS")
+	r.rss, _ = procMiB(srv.Pid(), "VmRSS")
 	r.goHeap, _ = metric(hc, opts.Ops, "go_gc_heap_live_bytes")
 	r.goHeap /= 1 << 20
-	r.hwm, _ = procMiB(srv.cmd.Process.Pid, "VmHWM")
+	r.hwm, _ = procMiB(srv.Pid(), "VmHWM")
 	if fi, err := os.Stat(filepath.Join(dir, "keymap.csv")); err == nil {
 		r.keymapMiB = float64(fi.Size()) / (1 << 20)
 	}
-	r.load = append(r.load, loadavg())
+	r.load = append(r.load, benchproc.Loadavg())
 	return r, nil
 }
 
@@ -461,18 +456,6 @@ func procMiB(pid int, field string) (float64, error) {
 	return 0, fmt.Errorf("%s not in /proc/%d/status", field, pid)
 }
 
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 // figures lists what the table prints, in order, with its unit.
 func figures(r result) []struct {
 	name string
@@ -577,9 +560,7 @@ func expScale(ratio, k float64) float64 {
 
 // serving is a running p11bridge serve and what its start took.
 type serving struct {
-	cmd          *exec.Cmd
-	exited       chan error
-	log          *os.File
+	*benchproc.Serve
 	ready, warm  float64 // s from the start to /ready, and to the handle index pass's end
 	indexSeconds float64
 	indexObjects int
@@ -589,66 +570,28 @@ type serving struct {
 // its handle index pass is done.
 func startServe(bin string, env []string, dir, config, ops string, hc *http.Client) (*serving, error) {
 	t := time.Now()
-	s := &serving{cmd: exec.Command(bin, "serve", "--config", config), exited: make(chan error, 1)}
-	s.cmd.Env = env
-	logf, err := os.OpenFile(filepath.Join(dir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	srv, err := benchproc.StartServe(bin, config, env, filepath.Join(dir, "serve.log"), ops, 10*time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	s.log = logf
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, err
-	}
-	go func() { s.exited <- s.cmd.Wait() }()
-	fail := func(err error) (*serving, error) { s.stop(); return nil, err }
-	for {
-		if resp, err := hc.Get("http://" + ops + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case err := <-s.exited:
-			s.exited <- err
-			return fail(fmt.Errorf("p11bridge serve exited: %v (see %s)", err, logf.Name()))
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Since(t) > 10*time.Minute {
-			return fail(fmt.Errorf("not ready after 10 minutes"))
-		}
-	}
-	s.ready = time.Since(t).Seconds()
+	s := &serving{Serve: srv, ready: srv.Ready.Seconds()}
 	for {
 		st, err := status(hc, ops)
 		if err == nil && len(st.Signers) > 0 && st.Signers[0].Index.Done {
 			s.warm = time.Since(t).Seconds()
 			s.indexSeconds, s.indexObjects = st.Signers[0].Index.Seconds, st.Signers[0].Index.Objects
 			if st.Signers[0].Index.Error != "" {
-				return fail(fmt.Errorf("index pass: %s", st.Signers[0].Index.Error))
+				s.Stop()
+				return nil, fmt.Errorf("index pass: %s", st.Signers[0].Index.Error)
 			}
 			return s, nil
 		}
 		time.Sleep(20 * time.Millisecond)
 		if time.Since(t) > 20*time.Minute {
-			return fail(fmt.Errorf("index pass not done after 20 minutes"))
+			s.Stop()
+			return nil, fmt.Errorf("index pass not done after 20 minutes")
 		}
 	}
-}
-
-// stop ends the server with SIGTERM (SIGKILL after 30 s) and waits for it.
-func (s *serving) stop() {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-s.exited:
-		s.exited <- err
-	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		s.exited <- <-s.exited
-	}
-	s.log.Close()
 }
 
 // keyList reads every key's identifier and name from dir's keymap file, as `keys list` reads it.

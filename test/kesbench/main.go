@@ -22,10 +22,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -39,6 +36,7 @@ import (
 
 	"github.com/p11bridge/p11bridge/server"
 	"github.com/p11bridge/p11bridge/server/pki"
+	"github.com/p11bridge/p11bridge/test/benchproc"
 	"github.com/p11bridge/p11bridge/test/kesref"
 )
 
@@ -103,14 +101,14 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 		defer os.RemoveAll(dir)
 	}
 	started := time.Now().UTC()
-	load0 := loadavg()
+	load0 := benchproc.Loadavg()
 
 	// p11bridge: dev mode's setup, run by serve.
-	d, endpoint, pid, stop, err := startP11(bin, filepath.Join(dir, "p11bridge"), nil, profile)
+	d, endpoint, srv, err := startP11(bin, filepath.Join(dir, "p11bridge"), nil, profile)
 	if err != nil {
 		return err
 	}
-	defer stop()
+	defer srv.Stop()
 	env, err := readEnv(filepath.Join(d.Dir, "minio.env"))
 	if err != nil {
 		return err
@@ -162,7 +160,7 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 		return kesclient.NewClientWithConfig(endpoint, &tls.Config{Certificates: []tls.Certificate{ccert}, RootCAs: roots})
 	}
 	subjects := []*subject{
-		{name: "p11bridge", client: newClient(endpoint), pid: pid},
+		{name: "p11bridge", client: newClient(endpoint), pid: srv.Pid()},
 		{name: "kes-v0.24", client: newClient("https://" + ref.Addr), pid: ref.Pid()},
 	}
 	if bBin != "" || bEnv != "" {
@@ -182,11 +180,11 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 		if bEnv != "" {
 			extra = strings.Split(bEnv, ",")
 		}
-		bd, bEndpoint, bPid, bStop, err := startP11(bBin, bDir, extra, "")
+		bd, bEndpoint, bSrv, err := startP11(bBin, bDir, extra, "")
 		if err != nil {
 			return err
 		}
-		defer bStop()
+		defer bSrv.Stop()
 		bCA, err := os.ReadFile(filepath.Join(bd.Dir, "tls", "ca.pem"))
 		if err != nil {
 			return err
@@ -194,7 +192,7 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 		bRoots := x509.NewCertPool()
 		bRoots.AppendCertsFromPEM(bCA)
 		bc := kesclient.NewClientWithConfig(bEndpoint, &tls.Config{Certificates: []tls.Certificate{ccert}, RootCAs: bRoots})
-		subjects = append(subjects, &subject{name: "p11bridge-b", client: bc, pid: bPid})
+		subjects = append(subjects, &subject{name: "p11bridge-b", client: bc, pid: bSrv.Pid()})
 	}
 	cx := context.Background()
 	for _, s := range subjects {
@@ -275,55 +273,35 @@ func run(bin string, rounds int, slice time.Duration, concList, opList, profile,
 		}
 	}
 	fmt.Printf("\nload average %s at the end (%s); ratio = p11bridge ops/s ÷ KES ops/s in adjacent slices; srv µs/op = each server process's CPU per request; client µs/op = this process's, against p11bridge / KES\n",
-		loadavg(), time.Now().UTC().Format("15:04 UTC"))
+		benchproc.Loadavg(), time.Now().UTC().Format("15:04 UTC"))
 	return nil
 }
 
 // startP11 prepares dev mode's setup in dir and runs `bin serve` on it with extra environment
 // (and a CPU profile into profile, when set); it returns once /ready answers.
-func startP11(bin, dir string, extra []string, profile string) (*server.DevSetup, string, int, func(), error) {
-	opts := server.DevOptions{Dir: dir, KMIP: freeAddr(), KES: freeAddr(), Ops: freeAddr()}
+func startP11(bin, dir string, extra []string, profile string) (*server.DevSetup, string, *benchproc.Serve, error) {
+	opts, err := benchproc.DevOptions(dir)
+	if err != nil {
+		return nil, "", nil, err
+	}
 	d, err := server.PrepareDev(opts)
 	if err != nil {
-		return nil, "", 0, nil, err
+		return nil, "", nil, err
 	}
 	env := append(os.Environ(), "SOFTHSM2_CONF="+d.Token.Conf)
 	env = append(env, extra...)
 	if profile != "" {
 		if err := os.MkdirAll(profile, 0o755); err != nil {
-			return nil, "", 0, nil, err
+			return nil, "", nil, err
 		}
 		p, _ := filepath.Abs(filepath.Join(profile, "p11bridge.pprof"))
 		env = append(env, "P11BRIDGE_CPU_PROFILE="+p)
 	}
-	srv := exec.Command(bin, "serve", "--config", d.Config)
-	srv.Env = env
-	logf, err := os.Create(filepath.Join(dir, "serve.log"))
+	srv, err := benchproc.StartServe(bin, d.Config, env, filepath.Join(dir, "serve.log"), opts.Ops, time.Minute)
 	if err != nil {
-		return nil, "", 0, nil, err
+		return nil, "", nil, err
 	}
-	srv.Stdout, srv.Stderr = logf, logf
-	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := srv.Start(); err != nil {
-		logf.Close()
-		return nil, "", 0, nil, err
-	}
-	exited := make(chan struct{})
-	go func() { _ = srv.Wait(); close(exited) }()
-	stop := func() {
-		_ = srv.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = srv.Process.Kill()
-		}
-		logf.Close()
-	}
-	if err := waitReady(opts.Ops, exited); err != nil {
-		stop()
-		return nil, "", 0, nil, fmt.Errorf("p11bridge serve: %w (log: %s)", err, logf.Name())
-	}
-	return d, "https://" + opts.KES, srv.Process.Pid, stop, nil
+	return d, "https://" + opts.KES, srv, nil
 }
 
 type measurement struct {
@@ -436,44 +414,4 @@ func readEnv(path string) (map[string]string, error) {
 		}
 	}
 	return out, sc.Err()
-}
-
-func waitReady(ops string, exited <-chan struct{}) error {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := hc.Get("http://" + ops + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("exited at start")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("not ready after 60 s")
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }

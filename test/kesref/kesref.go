@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/p11bridge/p11bridge/test/benchproc"
 )
 
 // Version is the KES release compared against.
@@ -93,7 +95,7 @@ func Start(bin string, o Options) (*Server, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	addr, err := freeLoopbackAddr()
+	addr, err := benchproc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +138,7 @@ keystore:
 	}
 	s.cmd = exec.Command(bin, "server", "--config", confFile, "--addr", addr)
 	s.cmd.Stdout, s.cmd.Stderr = auditLog, errLog
-	s.cmd.SysProcAttr = childAttr()
+	s.cmd.SysProcAttr = benchproc.ChildAttr()
 	if err := s.cmd.Start(); err != nil {
 		errLog.Close()
 		auditLog.Close()
@@ -183,15 +185,4 @@ func (s *Server) Stop() {
 		_ = s.cmd.Process.Kill()
 		<-s.exited
 	}
-}
-
-// freeLoopbackAddr asks the kernel for a free port. KES takes an address, not a listener, so the
-// port is released before KES binds it; nothing else on 127.0.0.1 races for it in practice.
-func freeLoopbackAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := l.Addr().String()
-	return addr, l.Close()
 }

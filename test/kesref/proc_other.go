@@ -1,7 +1,0 @@
-//go:build !linux
-
-package kesref
-
-import "syscall"
-
-func childAttr() *syscall.SysProcAttr { return nil }

@@ -39,17 +39,14 @@ type auth struct {
 	// expired records configured identities seen with an expired certificate (they are taken
 	// anyway, as KES takes them), for /status; shared by every auth of the process.
 	expired *expiredCerts
-	// callers caches caller's answer per identity: it depends on this configuration alone, which
-	// a reload replaces whole (with its cache), and building it allocated on every request.
-	callers  sync.Map // identity -> signer.Caller
-	ncallers atomic.Int32
+	// callers holds caller's answer for each configured identity, made with the configuration
+	// (which a reload replaces whole): building it allocated on every request. Other identities
+	// (any that chains to the client CA) get theirs made per request, so they cannot fill it.
+	callers map[string]signer.Caller
 }
 
 // authGeneration numbers the configurations an auth is made from.
 var authGeneration atomic.Uint64
-
-// maxCachedCallers bounds callers: identities that chain to the client CA may be many.
-const maxCachedCallers = 4096
 
 // expiredCerts remembers, per identity, the expiry of the last expired certificate it presented.
 type expiredCerts struct {
@@ -90,6 +87,13 @@ func newAuth(cfg *conf.Config) *auth {
 		for _, id := range p.Identities {
 			a.proxies[id] = true
 		}
+	}
+	a.callers = map[string]signer.Caller{}
+	for id := range a.byIdentity {
+		a.callers[id] = a.makeCaller(id)
+	}
+	if a.admin != "" {
+		a.callers[a.admin] = a.makeCaller(a.admin)
 	}
 	return a
 }
@@ -145,22 +149,14 @@ func (a *auth) caller(identity string) signer.Caller {
 		// Not cached: an identity's end date passes while the cache lives.
 		return signer.Caller{Identity: identity, Generation: a.gen}
 	}
-	if c, ok := a.callers.Load(identity); ok {
-		return c.(signer.Caller)
+	if c, ok := a.callers[identity]; ok {
+		return c
 	}
-	c := a.makeCaller(identity)
-	if a.ncallers.Load() < maxCachedCallers {
-		if _, loaded := a.callers.LoadOrStore(identity, c); !loaded {
-			a.ncallers.Add(1)
-		}
-	}
-	return c
+	return a.makeCaller(identity)
 }
 
+// makeCaller builds caller's answer for an identity that is neither revoked nor ended.
 func (a *auth) makeCaller(identity string) signer.Caller {
-	if a.revoked[identity] || a.ended(identity) {
-		return signer.Caller{Identity: identity, Generation: a.gen}
-	}
 	if a.isAdmin(identity) {
 		return signer.Caller{Identity: identity, Admin: true, SHA1: true, Shares: a.shares, Export: true, Generation: a.gen}
 	}
@@ -255,7 +251,7 @@ func identify(cs *tls.ConnectionState, a *auth, pool *x509.CertPool) (string, er
 // other certificate must chain to the client CA, for client authentication. There is no third
 // way: an unknown self-signed certificate is nobody.
 func (a *auth) identifyCert(leaf *x509.Certificate, chain []*x509.Certificate, pool *x509.CertPool) (string, error) {
-	id := certIdentity(leaf)
+	id := pki.Identity(leaf)
 	if a.revoked[id] {
 		return "", errors.New("client certificate identity " + id + " is revoked")
 	}
@@ -335,32 +331,8 @@ func peerIdentity(cs *tls.ConnectionState) string {
 	if cs == nil || len(cs.PeerCertificates) == 0 {
 		return ""
 	}
-	return certIdentity(cs.PeerCertificates[0])
+	return pki.Identity(cs.PeerCertificates[0])
 }
-
-// certIdentity is pki.Identity, remembered per certificate: every request of a connection
-// presents the same parsed certificate, whose identity (a hash of its public key) never changes.
-// What an identity may do is still decided on every request.
-func certIdentity(c *x509.Certificate) string {
-	if id, ok := certIDs.m.Load(c); ok {
-		return id.(string)
-	}
-	id := pki.Identity(c)
-	if certIDs.n.Add(1) > maxCertIDs {
-		// Bounded: certificates of closed connections would otherwise stay. Start over.
-		certIDs.m.Clear()
-		certIDs.n.Store(1)
-	}
-	certIDs.m.Store(c, id)
-	return id
-}
-
-var certIDs struct {
-	m sync.Map // *x509.Certificate -> string
-	n atomic.Int32
-}
-
-const maxCertIDs = 4096
 
 // kmipAuth and kesAuth adapt auth to what each front end asks.
 type kmipAuth struct{ s *Server }

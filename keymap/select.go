@@ -79,8 +79,9 @@ func (m *Map) selectLocked(q Query) []*stored {
 
 // eachLocked calls fn with each live record matching q. Needs mu held.
 func (m *Map) eachLocked(q Query, fn func(*stored)) {
-	if q.Names != nil {
-		// Names are a unique-ish key: its buckets are the smallest candidates there are.
+	if q.Names != nil && !slices.Contains(q.Names, "") {
+		// Names are a unique-ish key: its buckets are the smallest candidates there are. The
+		// empty name is filed nowhere; a search for it walks another index or all rows.
 		for _, n := range dedup(q.Names) {
 			if e := m.byName.one[n]; e != nil {
 				if st := e.st; st != nil && q.matches(st) {
@@ -132,7 +133,7 @@ func (m *Map) eachLocked(q Query, fn func(*stored)) {
 	}
 	if bestN < 0 {
 		for _, e := range m.slots {
-			if e != nil && e.st != nil {
+			if e != nil && e.st != nil && q.matches(e.st) {
 				fn(e.st)
 			}
 		}

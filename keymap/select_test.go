@@ -28,6 +28,9 @@ func TestSelectAgreesWithScan(t *testing.T) {
 			Class: classes[rnd.IntN(len(classes))], State: states[rnd.IntN(len(states))],
 			Algorithm: algs[rnd.IntN(len(algs))], Owner: owners[rnd.IntN(len(owners))],
 			Name: fmt.Sprintf("n-%d", rnd.IntN(300)), Attrs: map[string]string{}}
+		if rnd.IntN(10) == 0 {
+			r.Name = "" // filed under no name
+		}
 		for _, k := range attrKeys {
 			if rnd.IntN(3) == 0 || k == "x.rare" && rnd.IntN(20) != 0 {
 				continue
@@ -46,6 +49,7 @@ func TestSelectAgreesWithScan(t *testing.T) {
 		{Attrs: []string{"x.tenant", "kmip.Name"}, Signers: []string{"b"}},
 		{Names: []string{"n-5", "n-6"}},
 		{Names: []string{"n-7"}, Classes: []Class{PublicKey}},
+		{Names: []string{"", "n-5"}},
 		{Algorithms: []string{"nothing"}},
 		{Owners: []string{}},
 	}

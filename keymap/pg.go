@@ -280,7 +280,6 @@ func (s *PG) ByName(name string) []Record        { return s.mem.ByName(name) }
 func (s *PG) Range(fn func(Record) bool)         { s.mem.Range(fn) }
 func (s *PG) RangeViews(fn func(View) bool)      { s.mem.RangeViews(fn) }
 func (s *PG) Select(q Query, fn func(View) bool) { s.mem.Select(q, fn) }
-func (s *PG) Count(q Query) int                  { return s.mem.Count(q) }
 func (s *PG) Census() map[string]map[State]int   { return s.mem.Census() }
 func (s *PG) Len() int                           { return s.mem.Len() }
 func (s *PG) Changes() uint64                    { return s.mem.Changes() }

@@ -33,8 +33,9 @@ type Query struct {
 // returns false. It visits the records filed under the most selective condition of q only, and
 // calls fn outside the map's lock: fn may use the map, writes included.
 func (m *Map) Select(q Query, fn func(View) bool) {
+	var found []*stored
 	m.mu.RLock()
-	found := m.selectLocked(q)
+	m.eachLocked(q, func(st *stored) { found = append(found, st) })
 	m.mu.RUnlock()
 	for _, st := range found {
 		if !fn(View{st}) {
@@ -68,12 +69,6 @@ func (m *Map) Census() map[string]map[State]int {
 		}
 		out[sg] = c
 	}
-	return out
-}
-
-func (m *Map) selectLocked(q Query) []*stored {
-	var out []*stored
-	m.eachLocked(q, func(st *stored) { out = append(out, st) })
 	return out
 }
 

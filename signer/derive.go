@@ -89,7 +89,7 @@ func (r *Registry) Derive(ctx context.Context, c Caller, baseID string, d Deriva
 	if err := r.bindMode(base, ModeCBC); err != nil {
 		return keymap.Record{}, err
 	}
-	meta, err = r.admitNew(c, meta)
+	err = r.admitNew(c, &meta)
 	if err != nil {
 		return keymap.Record{}, err
 	}

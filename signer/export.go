@@ -465,7 +465,7 @@ func (r *Registry) ImportWrapped(ctx context.Context, c Caller, wrapped []byte, 
 	if err := checkSecretSize(alg, 0, size); err != nil {
 		return keymap.Record{}, err
 	}
-	meta, err := r.admitNew(c, meta)
+	err := r.admitNew(c, &meta)
 	if err != nil {
 		return keymap.Record{}, err
 	}

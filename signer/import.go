@@ -72,7 +72,7 @@ func checkSecretSize(alg string, hash crypto.Hash, n int) error {
 // A private key gets its public object under the same tag, so verify, export of the public key and
 // rebuild from the token work as for generated pairs.
 func (r *Registry) Import(ctx context.Context, c Caller, m Material, meta Meta, exportable bool, signer string) (keymap.Record, error) {
-	meta, err := r.admitNew(c, meta)
+	err := r.admitNew(c, &meta)
 	if err != nil {
 		return keymap.Record{}, err
 	}

@@ -26,9 +26,6 @@ import (
 // not found is remembered for handleMissTTL, so a row whose object is gone does not search on
 // every use.
 
-// indexBatch is how many handles one C_FindObjects returns in the pass.
-const indexBatch = 1024
-
 // handleMissTTL is how long a tag searched for in vain is not searched for again; maxHandleMisses
 // bounds how many are remembered (beyond it the expired go, then others until half remain).
 const (
@@ -123,22 +120,9 @@ func (t *Token) indexPass(ctx context.Context) IndexStats {
 	st := IndexStats{}
 	var all []pkcs11.ObjectHandle
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
-		all = all[:0]
-		if err := t.ctx.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}); err != nil {
-			return err
-		}
-		for {
-			hs, _, err := t.ctx.FindObjects(sh, indexBatch)
-			if err != nil {
-				_ = t.ctx.FindObjectsFinal(sh)
-				return err
-			}
-			if len(hs) == 0 {
-				break
-			}
-			all = append(all, hs...)
-		}
-		return t.ctx.FindObjectsFinal(sh)
+		var err error
+		all, err = t.findAll(sh, nil, objKind{class: ^uint(0)})
+		return err
 	})
 	if err != nil {
 		st.Err = classify(err, fmt.Sprintf("signer %q: index token objects", t.cfg.Name))
@@ -200,14 +184,11 @@ func (t *Token) indexPass(ctx context.Context) IndexStats {
 					}
 					batch = batch[:0]
 					for _, h := range all[i:min(i+indexPublish, len(all))] {
-						k, tag, ok, err := t.kindOf(sh, h)
+						// An object left unread fails the pass, whose handles are then
+						// withdrawn: another object under one of their tags may be this one.
+						k, tag, ok, err := t.readKind(sh, h)
 						if err != nil {
-							// Once more; an object left unread fails the pass, whose handles
-							// are then withdrawn: another object under one of their tags may
-							// be this one.
-							if k, tag, ok, err = t.kindOf(sh, h); err != nil {
-								return fmt.Errorf("read object %d: %w", h, err)
-							}
+							return err
 						}
 						if ok {
 							batch = append(batch, object{handleKey{string(tag), k}, h})
@@ -242,6 +223,18 @@ func (t *Token) indexProgress() {
 	next := make(chan struct{})
 	old := t.indexWake.Swap(&next)
 	close(*old)
+}
+
+// readKind is kindOf tried once more after a failed read, for the walks over every object of the
+// token (the handle index pass, rebuild's scan), which fail when one is left unread.
+func (t *Token) readKind(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (objKind, []byte, bool, error) {
+	k, tag, ok, err := t.kindOf(sh, h)
+	if err != nil {
+		if k, tag, ok, err = t.kindOf(sh, h); err != nil {
+			return objKind{}, nil, false, fmt.Errorf("read object %d: %w", h, err)
+		}
+	}
+	return k, tag, ok, nil
 }
 
 // kindOf reads what a lookup needs of object h: its kind and its tag (CKA_ID, or CKA_APPLICATION

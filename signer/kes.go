@@ -39,8 +39,13 @@ type KESKey struct {
 
 // isKESVersion: a live AES secret key marked as a KES key version.
 func isKESVersion(rec keymap.Record) bool {
-	_, ok := rec.Attrs[AttrKESName]
-	return ok && rec.Class == keymap.SecretKey && rec.Algorithm == AES && live(rec)
+	_, named := rec.Attrs[AttrKESName]
+	return kesVersion(named, rec.Class, rec.Algorithm, rec.State)
+}
+
+// kesVersion is the rule of isKESVersion on a row's fields (a Record's, or a View's in place).
+func kesVersion(named bool, class keymap.Class, alg string, st keymap.State) bool {
+	return named && class == keymap.SecretKey && alg == AES && LiveState(st)
 }
 
 // IsKESVersionOf reports whether rec is a version of the KES key name.
@@ -48,8 +53,11 @@ func IsKESVersionOf(rec keymap.Record, name string) bool {
 	return isKESVersion(rec) && rec.Attrs[AttrKESName] == name
 }
 
-func live(rec keymap.Record) bool {
-	return rec.State != keymap.Destroyed && rec.State != keymap.DestroyedCompromised
+func live(rec keymap.Record) bool { return LiveState(rec.State) }
+
+// LiveState says whether an object in state st still has its key material (it is not destroyed).
+func LiveState(st keymap.State) bool {
+	return st != keymap.Destroyed && st != keymap.DestroyedCompromised
 }
 
 // Current is the version generate and encrypt use: the newest one that has not been replaced, or,
@@ -145,8 +153,8 @@ func (r *Registry) KESNames(c Caller) []string {
 	var out []string
 	q := keymap.Query{Attrs: []string{AttrKESName}, Classes: []keymap.Class{keymap.SecretKey}, Algorithms: []string{AES}}
 	r.Scan(c, q, func(v keymap.View) bool {
-		// isKESVersion on the row in place: a live AES secret key with a KES name.
-		if n, _ := v.Attr(AttrKESName); !seen[n] && v.State() != keymap.Destroyed && v.State() != keymap.DestroyedCompromised {
+		n, named := v.Attr(AttrKESName)
+		if !seen[n] && kesVersion(named, v.Class(), v.Algorithm(), v.State()) {
 			seen[n] = true
 			out = append(out, n)
 		}
@@ -359,7 +367,7 @@ func UnsharedKESCandidates(km interface {
 }, valid func(string) bool) []keymap.Record {
 	var out []keymap.Record
 	km.Select(keymap.Query{Classes: []keymap.Class{keymap.SecretKey}, Algorithms: []string{AES}}, func(v keymap.View) bool {
-		if v.State() == keymap.Destroyed || v.State() == keymap.DestroyedCompromised || v.Name() == "" || !valid(v.Name()) {
+		if !LiveState(v.State()) || v.Name() == "" || !valid(v.Name()) {
 			return true
 		}
 		if _, marked := v.Attr(AttrKESName); !marked {

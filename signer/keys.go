@@ -162,7 +162,7 @@ func (r *Registry) Create(ctx context.Context, c Caller, spec KeySpec, meta Meta
 	if err := spec.check(false); err != nil {
 		return keymap.Record{}, err
 	}
-	meta, err := r.admitNew(c, meta)
+	err := r.admitNew(c, &meta)
 	if err != nil {
 		return keymap.Record{}, err
 	}
@@ -271,13 +271,7 @@ func (r *Registry) CreateKeyPair(ctx context.Context, c Caller, spec KeySpec, pr
 	if err := spec.check(true); err != nil {
 		return keymap.Record{}, keymap.Record{}, err
 	}
-	priv, pub = c.own(priv), c.own(pub)
-	for _, m := range []Meta{priv, pub} {
-		if err := r.checkNew(c, keymap.Record{Name: m.Name, Attrs: m.Attrs}, m.Names...); err != nil {
-			return keymap.Record{}, keymap.Record{}, err
-		}
-	}
-	if err := r.checkQuota(c, keymap.Record{Name: priv.Name, Attrs: priv.Attrs}, keymap.Record{Name: pub.Name, Attrs: pub.Attrs}); err != nil {
+	if err := r.admitNew(c, &priv, &pub); err != nil {
 		return keymap.Record{}, keymap.Record{}, err
 	}
 	t, err := r.target(spec.Signer)

@@ -187,8 +187,11 @@ func (r *Registry) flushAllSeals() {
 }
 
 // Seals is the GCM seals rec has made as far as its row knows.
-func Seals(rec keymap.Record) uint64 {
-	n, _ := strconv.ParseUint(rec.Attrs[AttrSeals], 10, 64)
+func Seals(rec keymap.Record) uint64 { return parseSeals(rec.Attrs[AttrSeals]) }
+
+// parseSeals reads a seal count as the row keeps it (AttrSeals); none or a bad one is 0.
+func parseSeals(s string) uint64 {
+	n, _ := strconv.ParseUint(s, 10, 64)
 	return n
 }
 
@@ -202,7 +205,7 @@ func (r *Registry) SealHeavy() map[string]uint64 {
 		found := map[string]uint64{}
 		r.km.Select(keymap.Query{Attrs: []string{AttrSeals}}, func(v keymap.View) bool {
 			s, _ := v.Attr(AttrSeals)
-			if n, _ := strconv.ParseUint(s, 10, 64); n >= SealWarning {
+			if n := parseSeals(s); n >= SealWarning {
 				found[v.ID()] = n
 			}
 			return true

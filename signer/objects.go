@@ -162,7 +162,7 @@ func (t *Token) findAll(sh pkcs11.SessionHandle, tag []byte, k objKind) ([]pkcs1
 	}
 	var all []pkcs11.ObjectHandle
 	for {
-		hs, _, err := t.ctx.FindObjects(sh, 256)
+		hs, _, err := t.ctx.FindObjects(sh, findBatch)
 		if err != nil {
 			_ = t.ctx.FindObjectsFinal(sh)
 			return nil, err
@@ -174,6 +174,10 @@ func (t *Token) findAll(sh pkcs11.SessionHandle, tag []byte, k objKind) ([]pkcs1
 	}
 	return all, t.ctx.FindObjectsFinal(sh)
 }
+
+// findBatch is how many handles one C_FindObjects asks for: a round trip each on a network HSM
+// when the handle index pass lists the whole token.
+const findBatch = 1024
 
 // forget drops cached handles of tag (after destroy, or when the token says a handle is stale).
 func (t *Token) forget(tag []byte, k objKind) {

@@ -84,7 +84,7 @@ func (r *Registry) usageOf(owner string) ownerUsage {
 	if r.usage.by == nil || time.Since(r.usage.at) > usageRefresh {
 		by := map[string]ownerUsage{}
 		r.km.RangeViews(func(v keymap.View) bool {
-			if o := v.Owner(); o != "" && v.State() != keymap.Destroyed && v.State() != keymap.DestroyedCompromised {
+			if o := v.Owner(); o != "" && LiveState(v.State()) {
 				u := by[o]
 				u.objects++
 				u.attrBytes += len(v.Name())
@@ -107,16 +107,17 @@ func attrBytes(name string, attrs map[string]string) int {
 	return n
 }
 
-// admitNew is what the key model asks of an object c is about to make, before the token makes it:
-// its owner (c, or nobody for the admin), names c may take, and room in c's quota.
-func (r *Registry) admitNew(c Caller, meta Meta) (Meta, error) {
-	meta = c.own(meta)
-	rec := keymap.Record{Name: meta.Name, Attrs: meta.Attrs}
-	if err := r.checkNew(c, rec, meta.Names...); err != nil {
-		return Meta{}, err
+// admitNew is what the key model asks of the objects c is about to make, before the token makes
+// them: their owner (c, or nobody for the admin), names c may take, and room in c's quota for all
+// of them. It sets each meta's owner.
+func (r *Registry) admitNew(c Caller, metas ...*Meta) error {
+	recs := make([]keymap.Record, len(metas))
+	for i, m := range metas {
+		*m = c.own(*m)
+		recs[i] = keymap.Record{Name: m.Name, Attrs: m.Attrs}
+		if err := r.checkNew(c, recs[i], m.Names...); err != nil {
+			return err
+		}
 	}
-	if err := r.checkQuota(c, rec); err != nil {
-		return Meta{}, err
-	}
-	return meta, nil
+	return r.checkQuota(c, recs...)
 }

@@ -27,16 +27,12 @@ type tokenObject struct {
 	ecParams       []byte
 }
 
-// scanTokenObjects lists the token objects that carry a p11bridge tag (tag nil: all of them).
+// scanTokenObjects lists the token objects under tag.
 func (t *Token) scanTokenObjects(ctx context.Context, tag []byte) ([]tokenObject, error) {
 	var objs []tokenObject
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
 		objs = objs[:0]
 		for _, k := range []objKind{{class: ^uint(0)}, kindData} {
-			if k == kindData && tag == nil {
-				// Without a tag, data objects are found with the others and told apart by CKA_APPLICATION.
-				continue
-			}
 			hs, err := t.findAll(sh, tag, k)
 			if err != nil {
 				return err
@@ -256,9 +252,9 @@ func (t *Token) scanKinds(ctx context.Context) ([]kindedObject, error) {
 			return err
 		}
 		for _, h := range hs {
-			k, tag, ok, err := t.kindOf(sh, h)
+			k, tag, ok, err := t.readKind(sh, h)
 			if err != nil {
-				return fmt.Errorf("read object %d: %w", h, err) // a scan that misses objects is no scan
+				return err // a scan that misses objects is no scan
 			}
 			if ok {
 				objs = append(objs, kindedObject{tag: string(tag), class: k.class, h: h})

@@ -324,22 +324,6 @@ func (r *Registry) ByKeyID(kid []byte) []keymap.Record { return r.km.ByKeyID(kid
 // Range visits every row in identifier order until fn returns false.
 func (r *Registry) Range(fn func(keymap.Record) bool) { r.km.Range(fn) }
 
-// List returns the rows held by signer (all signers when empty), in identifier order.
-func (r *Registry) List(signer string) []keymap.Record {
-	var q keymap.Query
-	if signer != "" {
-		q.Signers = []string{signer}
-	}
-	var views []keymap.View
-	r.km.Select(q, func(v keymap.View) bool { views = append(views, v); return true })
-	slices.SortFunc(views, func(a, b keymap.View) int { return strings.Compare(a.ID(), b.ID()) })
-	out := make([]keymap.Record, len(views))
-	for i, v := range views {
-		out[i] = v.Record()
-	}
-	return out
-}
-
 // Select calls fn with each row matching q (keymap.Select: in place, in no particular order,
 // visiting the rows filed under q's most selective condition) until fn returns false.
 func (r *Registry) Select(q keymap.Query, fn func(keymap.View) bool) { r.km.Select(q, fn) }
@@ -505,12 +489,15 @@ func (r *Registry) Exportable() map[string][]string {
 // IsExportable says whether rec is a live object whose secret material may leave its token (to a
 // caller the key model allows): not a public key or certificate, which always may.
 func IsExportable(rec keymap.Record) bool {
-	return live(rec) && rec.Attrs[AttrExportable] != "" && rec.Class != keymap.PublicKey && rec.Class != keymap.Certificate
+	return exportable(rec.State, rec.Class, rec.Attrs[AttrExportable])
 }
 
 // IsExportableView is IsExportable on a row read in place.
 func IsExportableView(v keymap.View) bool {
-	ex, _ := v.Attr(AttrExportable)
-	st := v.State()
-	return st != keymap.Destroyed && st != keymap.DestroyedCompromised && ex != "" && v.Class() != keymap.PublicKey && v.Class() != keymap.Certificate
+	mark, _ := v.Attr(AttrExportable)
+	return exportable(v.State(), v.Class(), mark)
+}
+
+func exportable(st keymap.State, class keymap.Class, mark string) bool {
+	return LiveState(st) && mark != "" && class != keymap.PublicKey && class != keymap.Certificate
 }

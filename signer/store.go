@@ -27,9 +27,8 @@ type Store interface {
 	// RangeViews is Range without copies: views of the rows as the store holds them in memory.
 	RangeViews(fn func(keymap.View) bool)
 	// Select is RangeViews of the rows matching q, in no particular order, visiting only the rows
-	// filed under q's most selective condition; Count counts them.
+	// filed under q's most selective condition.
 	Select(q keymap.Query, fn func(keymap.View) bool)
-	Count(q keymap.Query) int
 	// Census counts the live rows per signer and state.
 	Census() map[string]map[keymap.State]int
 	Len() int

@@ -62,10 +62,9 @@ type locateResult struct {
 }
 
 type locateCache struct {
-	mu    sync.Mutex
-	m     map[string]*locateResult
-	held  int // hits held by all results
-	Stats struct{ Hits, Misses int64 }
+	mu   sync.Mutex
+	m    map[string]*locateResult
+	held int // hits held by all results
 }
 
 // get returns the result of key made at changes at, if it is still good.
@@ -77,10 +76,8 @@ func (c *locateCache) get(key string, at uint64, now time.Time) []hit {
 		if r != nil {
 			c.drop(key)
 		}
-		c.Stats.Misses++
 		return nil
 	}
-	c.Stats.Hits++
 	return r.hits
 }
 

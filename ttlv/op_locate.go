@@ -49,9 +49,6 @@ type locateResponse struct {
 	UIDs         []string `kmip:"UniqueIdentifier"`
 }
 
-// live says whether an object in state st still has its key material.
-func live(st keymap.State) bool { return st != keymap.Destroyed && st != keymap.DestroyedCompromised }
-
 // storageDestroyed is KMIP 2.0's Destroyed Storage bit of the Storage Status Mask.
 const storageDestroyed = 0x4
 
@@ -126,7 +123,7 @@ func locate(o *op, p *node) (any, error) {
 		// A next page of a search made a moment ago: its items are checked again, one by one.
 		total = len(all)
 		for _, h := range all[min(offset, len(all)):min(offset+limit, len(all))] {
-			if o.s.reg.Sees(o.caller, h.v) && (destroyed || live(h.v.State())) && o.matches(h.v, filters, now) {
+			if o.s.reg.Sees(o.caller, h.v) && (destroyed || signer.LiveState(h.v.State())) && o.matches(h.v, filters, now) {
 				found = append(found, h)
 			}
 		}
@@ -172,7 +169,7 @@ func (o *op) search(filters []*filter, destroyed bool, now time.Time) []hit {
 					return true // another branch of the plan visits it
 				}
 			}
-			if (destroyed || live(v.State())) && o.matches(v, filters, now) {
+			if (destroyed || signer.LiveState(v.State())) && o.matches(v, filters, now) {
 				r, _ := v.Attr(signer.AttrReplacement)
 				found = append(found, hit{v.Created(), r != "", v})
 			}
@@ -271,17 +268,15 @@ func locatePlan(filters []*filter) []branch {
 }
 
 // registryAlgorithm is the registry algorithm of the rows that report a as their Cryptographic
-// Algorithm without a stored one (kmipAlgorithm).
+// Algorithm without a stored one (kmipAlgorithm): registryKMIPAlgorithm read backwards, at
+// either version's spelling.
 func registryAlgorithm(a kmip14.CryptographicAlgorithm) (string, bool) {
-	switch a {
-	case kmip14.CryptographicAlgorithmAES:
-		return signer.AES, true
-	case kmip14.CryptographicAlgorithmRSA:
-		return signer.RSA, true
-	case kmip14.CryptographicAlgorithmHMAC_SHA256:
-		return signer.HMAC, true
-	case kmip14.CryptographicAlgorithmEC, kmip14.CryptographicAlgorithmECDSA:
-		return signer.EC, true
+	for _, alg := range []string{signer.AES, signer.RSA, signer.HMAC, signer.EC} {
+		for _, v := range []ProtocolVersion{{1, 0}, {1, 2}} {
+			if k, ok := registryKMIPAlgorithm(alg, v); ok && kmip14.CryptographicAlgorithm(k) == a {
+				return alg, true
+			}
+		}
 	}
 	return "", false
 }

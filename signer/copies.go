@@ -58,8 +58,7 @@ func (t *Token) useKey(ctx context.Context, tag []byte, k objKind, fn func(sh pk
 		}
 		return fn(sh, c.h)
 	})
-	switch ckr(err) {
-	case pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
+	if handleGone(err) {
 		// The token object is gone (destroyed by another process) or the copy is: drop the
 		// copy and take the token object's way, which finds out which and answers for it.
 		t.dropCopy(handleKey{string(tag), k}, c)
@@ -100,13 +99,8 @@ func (t *Token) makeCopy(ctx context.Context, tag []byte, k objKind, key handleK
 	if err != nil {
 		return nil // the token object's way reports it
 	}
-	if stale != nil {
-		// A handle not looked at for a while (or published by the index pass) may name another
-		// object now: look before copying it, as withKey looks before using it.
-		if err := t.sameObject(t.anchor, src, tag, k); err != nil {
-			return nil // the token object's way finds the key again, or reports it
-		}
-		stale.checked.Store(t.clock())
+	if err := t.confirm(t.anchor, src, stale, tag, k); err != nil {
+		return nil // the token object's way finds the key again, or reports it
 	}
 	h, err := t.ctx.CopyObject(t.anchor, src, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
 	switch c := ckr(err); {

@@ -47,14 +47,10 @@ type IndexStats struct {
 
 // startIndex runs the pass in the background; Index reports it.
 func (t *Token) startIndex() {
-	done, wake := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
 	t.indexDone = done
-	t.indexWake.Store(&wake)
 	go func() {
-		defer func() {
-			close(done)
-			t.indexProgress()
-		}()
+		defer close(done)
 		st := t.indexPass(context.Background())
 		if st.Err != nil {
 			st.Indexed -= t.withdrawPass()
@@ -112,7 +108,7 @@ func (t *Token) WaitIndex(ctx context.Context) error {
 // indexPass lists every token object and caches the handle of each object that carries a
 // p11bridge tag, under the kinds lookups ask for. The objects are read by indexWorkers sessions at
 // once (SoftHSM2 spends most of a pass loading each object's file, which runs in parallel), and
-// published a batch at a time, each batch waking the lookups that wait for the pass. An object
+// published a batch at a time (used once the pass has ended: trusted). An object
 // kind seen twice under one tag is left out (dropped again if already published), so find
 // refuses it as it always did.
 func (t *Token) indexPass(ctx context.Context) IndexStats {
@@ -166,7 +162,6 @@ func (t *Token) indexPass(ctx context.Context) IndexStats {
 			}
 			found[o.key] = e
 		}
-		t.indexProgress()
 	}
 	var next atomic.Int64
 	errs := make(chan error, indexWorkers)
@@ -217,13 +212,6 @@ const (
 	indexWorkers = 2
 	indexPublish = 256
 )
-
-// indexProgress wakes the lookups waiting for the pass (search).
-func (t *Token) indexProgress() {
-	next := make(chan struct{})
-	old := t.indexWake.Swap(&next)
-	close(*old)
-}
 
 // readKind is kindOf tried once more after a failed read, for the walks over every object of the
 // token (the handle index pass, rebuild's scan), which fail when one is left unread.
@@ -342,18 +330,13 @@ func (t *Token) indexEnded() bool {
 	}
 }
 
-// indexing returns a channel closed when the pass publishes more handles or ends, or nil when it
-// has ended.
+// indexing returns a channel closed when the pass ends (its handles are used from then on), or
+// nil when it has ended.
 func (t *Token) indexing() <-chan struct{} {
-	if t.indexDone == nil {
+	if t.indexEnded() {
 		return nil
 	}
-	select {
-	case <-t.indexDone:
-		return nil
-	default:
-		return *t.indexWake.Load()
-	}
+	return t.indexDone
 }
 
 // search looks for tag's object of kind k for a lookup the cache could not answer: cached when
@@ -370,7 +353,7 @@ func (t *Token) search(ctx context.Context, key handleKey) (cached *cachedHandle
 		select {
 		case t.searchGate <- struct{}{}:
 		case <-t.indexing():
-			continue // the pass published more: the key may be cached now
+			continue // the pass ended: the key may be cached now
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}

@@ -203,9 +203,8 @@ func TestPassHandleUsedOnlyAfterPass(t *testing.T) {
 	defer tok2.do(ctx, func(sh pkcs11.SessionHandle) error { return tok2.ctx.DestroyObject(sh, planted) })
 
 	// The pass is under way and has published the planted object first.
-	done, wake := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
 	tok2.indexDone = done
-	tok2.indexWake.Store(&wake)
 	c := &cachedHandle{h: planted, fromPass: true}
 	c.checked.Store(tok2.clock())
 	key := handleKey{string(victim.Tag), kindAES}

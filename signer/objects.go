@@ -64,14 +64,12 @@ func (t *Token) find(ctx context.Context, tag []byte, k objKind) (pkcs11.ObjectH
 		if err != nil || stale == nil {
 			return h, err
 		}
-		// Not looked at for a while (or published by the index pass): it may name another
-		// object now. Callers use the handle on sessions of their own, so look here.
-		err = t.do(ctx, func(sh pkcs11.SessionHandle) error { return t.sameObject(sh, h, tag, k) })
+		// Callers use the handle on sessions of their own, so look here.
+		err = t.do(ctx, func(sh pkcs11.SessionHandle) error { return t.confirm(sh, h, stale, tag, k) })
 		if err == nil {
-			stale.checked.Store(t.clock())
 			return h, nil
 		}
-		if c := ckr(err); attempt == 0 && (c == pkcs11.CKR_OBJECT_HANDLE_INVALID || c == pkcs11.CKR_KEY_HANDLE_INVALID) {
+		if attempt == 0 && handleGone(err) {
 			t.forget(tag, k)
 			continue
 		}
@@ -117,6 +115,27 @@ func (t *Token) findCached(ctx context.Context, tag []byte, k objKind) (pkcs11.O
 		return h, nil, nil
 	}
 	return 0, nil, errorf(ErrInvalid, "signer %q holds %d objects of kind %s with CKA_ID %s; refusing to pick one", t.cfg.Name, len(hs), k, hex.EncodeToString(tag))
+}
+
+// confirm looks on session sh at a handle findCached returned as stale (not looked at for a
+// while, or published by the index pass: it may name another object now) before it is used, and
+// notes the look. A fresh handle (stale nil) passes.
+func (t *Token) confirm(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, stale *cachedHandle, tag []byte, k objKind) error {
+	if stale == nil {
+		return nil
+	}
+	if err := t.sameObject(sh, h, tag, k); err != nil {
+		return err
+	}
+	stale.checked.Store(t.clock())
+	return nil
+}
+
+// handleGone says the token calls a handle invalid: its object is gone, or the handle names
+// another object now (errOtherObject).
+func handleGone(err error) bool {
+	c := ckr(err)
+	return c == pkcs11.CKR_OBJECT_HANDLE_INVALID || c == pkcs11.CKR_KEY_HANDLE_INVALID
 }
 
 // errOtherObject says a handle now names an object other than the one it was cached for; callers
@@ -194,16 +213,12 @@ func (t *Token) withKey(ctx context.Context, tag []byte, k objKind, fn func(sh p
 			return err
 		}
 		err = t.do(ctx, func(sh pkcs11.SessionHandle) error {
-			if stale != nil {
-				if err := t.sameObject(sh, h, tag, k); err != nil {
-					return err
-				}
-				stale.checked.Store(t.clock())
+			if err := t.confirm(sh, h, stale, tag, k); err != nil {
+				return err
 			}
 			return fn(sh, h)
 		})
-		c := ckr(err)
-		if attempt == 0 && (c == pkcs11.CKR_OBJECT_HANDLE_INVALID || c == pkcs11.CKR_KEY_HANDLE_INVALID) {
+		if attempt == 0 && handleGone(err) {
 			t.forget(tag, k)
 			continue
 		}

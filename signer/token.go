@@ -63,12 +63,11 @@ type Token struct {
 	slots   chan struct{}
 	timeout time.Duration
 
-	handles    sync.Map                      // handleKey -> *cachedHandle
-	indexDone  chan struct{}                 // closed when the index pass has ended (index.go)
-	indexWake  atomic.Pointer[chan struct{}] // closed (and replaced) as the pass publishes handles
-	indexStats atomic.Pointer[IndexStats]    // what it did
-	searchGate chan struct{}                 // held by the one targeted search at a time (index.go)
-	searches   atomic.Int64                  // targeted searches made
+	handles    sync.Map                   // handleKey -> *cachedHandle
+	indexDone  chan struct{}              // closed when the index pass has ended (index.go)
+	indexStats atomic.Pointer[IndexStats] // what it did
+	searchGate chan struct{}              // held by the one targeted search at a time (index.go)
+	searches   atomic.Int64               // targeted searches made
 	missMu     sync.Mutex
 	misses     map[handleKey]int64 // tags searched for in vain, at t.clock()
 	pubs       sync.Map            // string(tag) -> crypto.PublicKey; public keys never change

@@ -129,6 +129,7 @@ func TestLocatePlanMissesNothing(t *testing.T) {
 		"active":            {active},
 		"pre-active":        {enum("State", uint32(kmip14.StatePreActive))},
 		"active AES":        {symmetric, enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmAES)), active},
+		"name and AES":      {enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmAES)), name("plan-third")},
 		"HMAC-SHA384":       {enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmHMAC_SHA384))},
 		"HMAC-SHA256":       {enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmHMAC_SHA256))},
 		"RSA private keys":  {enum("Object Type", uint32(kmip14.ObjectTypePrivateKey)), enum("Cryptographic Algorithm", uint32(kmip14.CryptographicAlgorithmRSA))},

@@ -72,7 +72,16 @@ func (c *locateCache) get(key string, at uint64, now time.Time) []hit {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.m[key]
-	if r == nil || r.at != at || now.Sub(r.made) >= locateCacheTTL {
+	if r != nil && r.at != at {
+		// The keymap changed: every result made before is old, and holds rows it replaced.
+		for k, r := range c.m {
+			if r.at != at {
+				c.drop(k)
+			}
+		}
+		return nil
+	}
+	if r == nil || now.Sub(r.made) >= locateCacheTTL {
 		if r != nil {
 			c.drop(key)
 		}

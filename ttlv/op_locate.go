@@ -3,6 +3,7 @@ package ttlv
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"slices"
 	"sync/atomic"
@@ -116,10 +117,13 @@ func locate(o *op, p *node) (any, error) {
 	// The changes counter is read before the search, so that a change made during it marks the
 	// result as old.
 	at := o.s.reg.Changes()
-	key := locateKey(o, destroyed, filters)
+	var all []hit
+	if offset > 0 {
+		all = o.s.locates.get(locateKey(o, destroyed, filters), at, now)
+	}
 	var found []hit
 	total := 0
-	if all := o.s.locates.get(key, at, now); all != nil && offset > 0 {
+	if all != nil {
 		// A next page of a search made a moment ago: its items are checked again, one by one.
 		total = len(all)
 		for _, h := range all[min(offset, len(all)):min(offset+limit, len(all))] {
@@ -130,14 +134,12 @@ func locate(o *op, p *node) (any, error) {
 	} else {
 		found = o.search(filters, destroyed, now)
 		total = len(found)
+		slices.SortFunc(found, hitOrder)
 		if total > limit {
-			// More than one page: ordered in full and kept for the next pages.
-			slices.SortFunc(found, hitOrder)
-			o.s.locates.put(o.caller.Identity, key, at, now, found)
-			found = found[min(offset, total):min(offset+limit, total)]
-		} else {
-			found = keymap.Page(found, offset, limit, hitOrder)
+			// More than one page: kept for the next pages.
+			o.s.locates.put(o.caller.Identity, locateKey(o, destroyed, filters), at, now, found)
 		}
+		found = found[min(offset, total):min(offset+limit, total)]
 	}
 	resp := locateResponse{}
 	if o.v.atLeast(1, 3) {
@@ -200,7 +202,9 @@ func locateKey(o *op, destroyed bool, filters []*filter) string {
 			b = field(b, v.encode(nil))
 		}
 	}
-	return string(b)
+	// Kept hashed: the filters may fill a whole request.
+	sum := sha256.Sum256(b)
+	return string(sum[:])
 }
 
 // locateVisits, when set (tests), counts the rows Locate searches visit.
@@ -224,6 +228,11 @@ type branch struct {
 func locatePlan(filters []*filter) []branch {
 	var q keymap.Query
 	var alt *branch
+	// One condition may have a second branch; a Name's rows are fewer than an algorithm's, so a
+	// Name takes it whichever comes first (filters are ordered by cost, algorithms first).
+	named := slices.ContainsFunc(filters, func(f *filter) bool {
+		return f.a.def != nil && f.a.def.tag == kmip14.TagName && f.vals[0].find(kmip14.TagNameValue) != nil
+	})
 	for _, f := range filters {
 		if f.a.def == nil {
 			q.Attrs = append(q.Attrs, storeKey(nil, f.a.name))
@@ -247,7 +256,7 @@ func locatePlan(filters []*filter) []branch {
 				q.Names = []string{nv.text()}
 				alt = &branch{q: keymap.Query{Attrs: []string{moreNames}}}
 			}
-		case d.tag == kmip14.TagCryptographicAlgorithm && alt == nil:
+		case d.tag == kmip14.TagCryptographicAlgorithm && alt == nil && !named:
 			if a, ok := registryAlgorithm(kmip14.CryptographicAlgorithm(f.vals[0].u32())); ok {
 				q.Algorithms = []string{a}
 				alt = &branch{q: keymap.Query{Attrs: []string{d.key}}}

@@ -69,14 +69,19 @@ func (s *Serve) Pid() int { return s.cmd.Process.Pid }
 
 // Stop ends the server with SIGTERM (SIGKILL after 30 s) and waits for it.
 func (s *Serve) Stop() {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
+	Stop(s.cmd.Process, s.exited, syscall.SIGTERM, 30*time.Second)
 	s.log.Close()
+}
+
+// Stop sends p sig and waits until exited is closed, killing p after grace.
+func Stop(p *os.Process, exited <-chan struct{}, sig os.Signal, grace time.Duration) {
+	_ = p.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(grace):
+		_ = p.Kill()
+		<-exited
+	}
 }
 
 // FreeAddr asks the kernel for a free loopback port. Servers take an address, not a listener, so

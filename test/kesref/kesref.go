@@ -177,12 +177,4 @@ func (s *Server) Pid() int { return s.cmd.Process.Pid }
 func (s *Server) Exited() <-chan struct{} { return s.exited }
 
 // Stop interrupts the server and waits for it (killing it after 5 s).
-func (s *Server) Stop() {
-	_ = s.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-s.exited:
-	case <-time.After(5 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
-}
+func (s *Server) Stop() { benchproc.Stop(s.cmd.Process, s.exited, os.Interrupt, 5*time.Second) }
